@@ -1,0 +1,270 @@
+"""The ``qexport`` command: a thin click shell over :mod:`qexport.api`.
+
+torch is imported inside command bodies only, so ``qexport --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from qexport import __version__
+from qexport.errors import CheckFailed, QExportError
+
+if TYPE_CHECKING:
+    from qexport.api import Loaded, SourceOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MODELS = ("VGG16_quant", "VGG16_quant_gradual", "VGG16_quant_squeeze")
+
+
+def _fail(err: QExportError) -> None:
+    click.echo(f"error: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+def handles_errors(func: F) -> F:
+    """Turn library errors into one message on stderr and the error's exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except QExportError as err:
+            _fail(err)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def source_options(func: F) -> F:
+    """Model and input options shared by every command that runs the model."""
+    options = [
+        click.option(
+            "--checkpoint",
+            type=click.Path(path_type=Path),
+            help="Course checkpoint (.pth / .pth.tar). Without it: the demo model (untrained).",
+        ),
+        click.option(
+            "--model",
+            type=click.Choice(MODELS),
+            help="Architecture. Default: the built-in that fits the checkpoint, else one inferred "
+            "from its state dict; VGG16_quant_gradual for the demo.",
+        ),
+        click.option(
+            "--data-dir",
+            type=click.Path(path_type=Path),
+            help="Folder holding cifar-10-batches-py. Default ./data when it has CIFAR-10, "
+            "else the demo images.",
+        ),
+        click.option("--download", is_flag=True, help="Download CIFAR-10 into --data-dir first."),
+        click.option(
+            "--input",
+            "input_file",
+            type=click.Path(path_type=Path),
+            help="Inputs as .npy/.pt: float N×3×32×32 (normalised) or uint8 images.",
+        ),
+        click.option(
+            "--images",
+            default="0",
+            show_default=True,
+            help="Which images: an index (0), a range (0:128, the seeds' first batch) or a list (1,5,9).",
+        ),
+        click.option(
+            "--act-clip",
+            type=click.Choice(["course", "relu"]),
+            default="course",
+            show_default=True,
+            help="Activation clip: 'course' clips at alpha only (the course code, so the first "
+            "layer's normalised image gives negative ints); 'relu' also clips at 0.",
+        ),
+        click.option(
+            "--trust-recomputed",
+            is_flag=True,
+            help="Export weights recomputed from 'weight' even if a stored weight_q disagrees.",
+        ),
+        click.option("--device", help="torch device (default: cuda when present, else cpu)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _source(kwargs: dict[str, Any]) -> SourceOptions:
+    from qexport.api import SourceOptions
+
+    return SourceOptions(
+        checkpoint=kwargs.pop("checkpoint"),
+        model=kwargs.pop("model"),
+        data_dir=kwargs.pop("data_dir"),
+        input_file=kwargs.pop("input_file"),
+        images=kwargs.pop("images"),
+        download=kwargs.pop("download"),
+        act_clip=kwargs.pop("act_clip"),
+        trust_recomputed=kwargs.pop("trust_recomputed"),
+        device=kwargs.pop("device"),
+    )
+
+
+def _describe_source(loaded: Loaded) -> str:
+    model = loaded.arch.name
+    if loaded.demo_label:
+        return f"{model} ({loaded.demo_label})"
+    return f"{model} from {loaded.source['checkpoint']}"
+
+
+def _parse_layers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a features index or a comma list of them") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qexport")
+def main() -> None:
+    """Export bit-exact integer test vectors from 4-bit quantized CNNs for RTL simulation.
+
+    \b
+    Example:
+      qexport layers
+      qexport dump --layer 33 --format hex -o out/layer33
+    """
+
+
+@main.command()
+@source_options
+@handles_errors
+def layers(**kwargs: Any) -> None:
+    """List the model's quantized conv layers (features index, channels, bits, alphas, shapes).
+
+    \b
+    Example:
+      qexport layers --checkpoint result/VGG16_quant_gradual/model_best.pth.tar
+    """
+    from qexport import api
+
+    loaded, infos = api.layers(_source(kwargs))
+    click.echo(f"# {_describe_source(loaded)}")
+    header = f"{'layer':>5} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} {'act_alpha':>9} {'wgt_alpha':>9}  input -> output"
+    click.echo(header)
+    for info in infos:
+        ksp = f"{info.kernel}/{info.stride}/{info.padding}"
+        shapes = f"{'x'.join(map(str, info.input_shape))} -> {'x'.join(map(str, info.output_shape))}"
+        click.echo(
+            f"{info.layer:>5} {info.conv_number:>4} {info.in_channels:>4} {info.out_channels:>4} "
+            f"{ksp:>7} {info.w_bit:>5} {info.act_bit:>7} {info.act_alpha:>9.4f} "
+            f"{info.wgt_alpha:>9.4f}  {shapes}"
+        )
+
+
+@main.command()
+@source_options
+@click.option("--layer", "layer_text", help="features index (e.g. 33), or a comma list.")
+@click.option("--all", "all_layers", is_flag=True, help="Every quantized conv layer.")
+@click.option("--format", "fmt", type=click.Choice(["hex", "bin", "npy"]), default="hex", show_default=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output folder [default: qexport-out/layer<L> or qexport-out/all].")
+@click.option("--force", is_flag=True, help="Replace an existing qexport output folder.")
+@click.option("--lanes", type=click.IntRange(1, 64), default=8, show_default=True, help="Values per word for weights and inputs.")
+@click.option("--psum-lanes", type=click.IntRange(1, 64), default=1, show_default=True, help="Values per word for psums and outputs.")
+@click.option("--lane-order", type=click.Choice(["lsb_first", "msb_first"]), default="lsb_first", show_default=True, help="Where a word's first value sits.")
+@click.option("--psum-bits", type=click.IntRange(2, 62), help="Psum width [default: the layer's worst case]; smaller widths are checked for overflow.")
+@click.option("--input-sign", type=click.Choice(["auto", "unsigned", "signed"]), default="auto", show_default=True, help="Input lanes: auto = unsigned act_bit unless values are negative.")
+@click.option("--pad-input", is_flag=True, help="Store the input with the conv's zero border.")
+@click.option("--template-dir", type=click.Path(path_type=Path, file_okay=False), help="Templates here override the built-in ones by name.")
+@handles_errors
+def dump(
+    layer_text: str | None,
+    all_layers: bool,
+    fmt: str,
+    out_dir: Path | None,
+    force: bool,
+    lanes: int,
+    psum_lanes: int,
+    lane_order: str,
+    psum_bits: int | None,
+    input_sign: str,
+    pad_input: bool,
+    template_dir: Path | None,
+    **kwargs: Any,
+) -> None:
+    """Write weight, input, psum and output vectors plus manifest.json for conv layers.
+
+    \b
+    Example:
+      qexport dump --layer 33 --format hex
+      qexport dump --all --format bin -o out/
+    """
+    from qexport import api
+    from qexport.layout import LayoutOptions
+
+    if all_layers == (layer_text is not None):
+        raise click.UsageError("give exactly one of --layer L or --all")
+    layer_ids = None if all_layers else _parse_layers(layer_text or "")
+    if out_dir is None:
+        out_dir = Path("qexport-out") / ("all" if layer_ids is None else "layer" + "_".join(map(str, layer_ids)))
+    layout = LayoutOptions(
+        lanes=lanes,
+        psum_lanes=psum_lanes,
+        lane_order=lane_order,  # type: ignore[arg-type]
+        psum_bits=psum_bits,
+        input_sign=input_sign,  # type: ignore[arg-type]
+        pad_input=pad_input,
+    )
+    result = api.export(
+        _source(kwargs), layer_ids, out_dir, fmt, layout, force=force, template_dir=template_dir  # type: ignore[arg-type]
+    )
+    for notice in result.notices:
+        click.echo(f"notice: {notice}", err=True)
+    label = f" ({result.manifest['label']})" if "label" in result.manifest else ""
+    files = sum(len(entry["files"]) for entry in result.manifest["layers"])
+    layers_written = ", ".join(str(entry["index"]) for entry in result.manifest["layers"])
+    click.echo(
+        f"wrote {files} {fmt} files + manifest.json for layer(s) {layers_written} of "
+        f"{result.manifest['model']}{label} to {out_dir}"
+    )
+
+
+@main.command()
+@source_options
+@click.option("--layer", "layer_text", help="Only these features indices (comma list).")
+@handles_errors
+def verify(layer_text: str | None, **kwargs: Any) -> None:
+    """Check every conv layer as seed 003 does; exit 1 if any layer fails.
+
+    recovered = psum · x_delta · w_delta is compared with the float conv output, and ReLU(recovered)
+    with the next conv's input where only a ReLU lies between. A layer passes when the mean
+    absolute error is below 1e-3.
+
+    \b
+    Example:
+      qexport verify --checkpoint result/VGG16_quant_gradual/model_best.pth.tar --data-dir ./data
+    """
+    from qexport import api
+
+    layer_ids = _parse_layers(layer_text) if layer_text else None
+    loaded, results = api.verify(_source(kwargs), layer_ids)
+    click.echo(f"# {_describe_source(loaded)}, {len(loaded.inputs.indices)} image(s)")
+    click.echo(f"{'layer':>5} {'conv':>4} {'mean_err':>10} {'max_err':>10} {'next_mean':>10} {'next_max':>10}  result")
+    failed = []
+    for r in results:
+        c = r.checks
+
+        def fmt(value: object) -> str:
+            return f"{value:10.2e}" if isinstance(value, float) else f"{'-':>10}"
+
+        verdict = "PASS" if c["passed"] else "FAIL"
+        if not c["passed"]:
+            failed.append(r.layer)
+        click.echo(
+            f"{r.layer:>5} {r.conv_number:>4} {fmt(c['output_mean_error'])} {fmt(c['output_max_error'])} "
+            f"{fmt(c['next_input_mean_error'])} {fmt(c['next_input_max_error'])}  {verdict}"
+        )
+    if failed:
+        _fail(CheckFailed(f"{len(failed)} layer(s) failed the 1e-3 mean-error check: {failed}"))
+    click.echo(f"all {len(results)} layers pass (mean error < 1e-3)")

@@ -1,0 +1,83 @@
+"""Read our memory files back into integers, from the manifest's description alone."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qexport.errors import InputError
+
+_VALUE_OF = np.full(256, 255, dtype=np.uint8)
+for _digit, _char in enumerate("0123456789abcdef"):
+    _VALUE_OF[ord(_char)] = _digit
+    _VALUE_OF[ord(_char.upper())] = _digit
+
+
+def _data_lines(text: str, header_lines: int, where: str) -> list[str]:
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.strip() for line in lines[header_lines:] if line.strip() and not line.startswith("//")]
+
+
+def parse_words(text: str, radix: str, word_bits: int, header_lines: int, where: str) -> np.ndarray:
+    """Text words -> (words, word_bits) 0/1 array, MSB first. Raises InputError naming the line."""
+    lines = _data_lines(text, header_lines, where)
+    per_char = 1 if radix == "bin" else 4
+    width = -(-word_bits // per_char)
+    for number, line in enumerate(lines):
+        if len(line) != width:
+            raise InputError(
+                f"{where}: data word {number} is {len(line)} digits, expected {width} "
+                f"({word_bits}-bit {radix} words)"
+            )
+    if not lines:
+        return np.zeros((0, word_bits), dtype=np.uint8)
+    chars = np.frombuffer("".join(lines).encode("ascii", "replace"), dtype=np.uint8)
+    values = _VALUE_OF[chars].reshape(len(lines), width)
+    limit = 2 if radix == "bin" else 16
+    bad = np.argwhere(values >= limit)
+    if bad.size:
+        row, col = (int(v) for v in bad[0])
+        raise InputError(f"{where}: data word {row} has a bad {radix} digit {lines[row][col]!r}")
+    if radix == "bin":
+        bits = values
+    else:
+        bits = ((values[..., None] >> np.array([3, 2, 1, 0], dtype=np.uint8)) & 1).reshape(len(lines), -1)
+    extra = bits.shape[1] - word_bits
+    if extra and bits[:, :extra].any():
+        raise InputError(f"{where}: a word has bits set above bit {word_bits - 1}")
+    return bits[:, extra:]
+
+
+def lanes_from_bits(bits: np.ndarray, lanes: int, lane_bits: int, signed: bool, lane_order: str) -> np.ndarray:
+    """(words, word_bits) MSB-first bits -> (words, lanes) integers in file order."""
+    lsb_first = bits[:, ::-1][:, : lanes * lane_bits].astype(np.int64)
+    per_lane = lsb_first.reshape(bits.shape[0], lanes, lane_bits)
+    values = (per_lane << np.arange(lane_bits, dtype=np.int64)).sum(axis=2)
+    if signed:
+        values = np.where(values >= 1 << (lane_bits - 1), values - (1 << lane_bits), values)
+    if lane_order == "msb_first":
+        values = values[:, ::-1]
+    return values
+
+
+def decode_file(path: Path, entry: Mapping[str, Any]) -> np.ndarray:
+    """Decode one file of a manifest into its integer tensor (shape and axes as the manifest says)."""
+    shape = tuple(int(s) for s in entry["shape"])
+    count = int(np.prod(shape))
+    if entry["format"] == "npy":
+        array = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+        return array.astype(np.int64).reshape(shape)
+    text = path.read_text(encoding="ascii")
+    bits = parse_words(text, entry["format"], int(entry["word_bits"]), int(entry["header_lines"]), str(path))
+    if bits.shape[0] < int(entry["words"]):
+        raise InputError(f"{path}: {bits.shape[0]} data words, the manifest says {entry['words']}")
+    values = lanes_from_bits(
+        bits[: int(entry["words"])], int(entry["lanes"]), int(entry["lane_bits"]), bool(entry["signed"]), entry["lane_order"]
+    )
+    return values.reshape(-1)[:count].reshape(shape)

@@ -1,0 +1,111 @@
+"""The built-in demo: a deterministic, untrained model and images, the same bits on any machine.
+
+Random numbers come from numpy's PCG64 raw 64-bit stream (fixed by its algorithm, unlike
+distribution samplers or torch's generators), turned into floats by our own arithmetic. Every
+parameter is snapped to a dyadic grid, so it is exact in float32 and tiny float differences in
+calibration cannot move it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from qexport.model import Arch, VGGQuant, build_model
+from qexport.quant_layer import DEFAULT_ACT_CLIP, ActClip, QuantConv2d
+
+DEMO_LABEL = "demo, untrained"
+DEMO_SEED = 284
+DEMO_IMAGES = 128
+_CALIBRATION_IMAGES = 32
+
+
+class _Stream:
+    """Uniform floats in [0, 1) from PCG64's raw output: 53 high bits / 2^53."""
+
+    def __init__(self, seed: int) -> None:
+        self._bits = np.random.PCG64(seed)
+
+    def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
+        count = int(np.prod(shape)) if shape else 1
+        raw = self._bits.random_raw(count).astype(np.uint64)
+        return ((raw >> np.uint64(11)).astype(np.float64) / float(1 << 53)).reshape(shape)
+
+
+def _snap(values: np.ndarray | float, step: float) -> np.ndarray:
+    return np.round(np.asarray(values, dtype=np.float64) / step) * step
+
+
+def demo_images(count: int = DEMO_IMAGES) -> np.ndarray:
+    """Deterministic uint8 images (N, 32, 32, 3): smooth colour gradients, blobs and noise."""
+    stream = _Stream(DEMO_SEED + 1)
+    yy, xx = np.meshgrid(np.arange(32) / 31.0, np.arange(32) / 31.0, indexing="ij")
+    images = np.empty((count, 32, 32, 3), dtype=np.uint8)
+    for n in range(count):
+        p = stream.uniform((12,))
+        noise = stream.uniform((32, 32, 3))
+        base = p[0:3] * 0.6 + 0.2
+        slope = (p[3:6] - 0.5) * 0.8
+        cy, cx, radius = p[6] , p[7], 0.1 + 0.3 * p[8]
+        blob = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (radius**2)))
+        img = (
+            base[None, None, :]
+            + slope[None, None, :] * (yy if p[9] > 0.5 else xx)[..., None]
+            + (p[10] - 0.5) * blob[..., None]
+            + (noise - 0.5) * 0.2
+        )
+        images[n] = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+    return images
+
+
+def demo_model(arch: Arch, act_clip: ActClip = DEFAULT_ACT_CLIP) -> VGGQuant:
+    """Seeded weights; alphas and BatchNorm statistics calibrated on the demo images.
+
+    Each act_alpha sits near the 98th percentile of its layer's input, so the 4-bit activation
+    integers spread over 0..15; each BatchNorm normalises its conv's output, so about half the
+    ReLU outputs are non-zero.
+    """
+    from qexport.inputs import normalise_uint8
+
+    model = build_model(arch, act_clip)
+    stream = _Stream(DEMO_SEED)
+    with torch.no_grad():
+        for module in model.features:
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+                w = (stream.uniform(tuple(module.weight.shape)) * 2 - 1) * np.sqrt(3.0 / fan_in)
+                module.weight.copy_(torch.from_numpy(_snap(w, 2**-14)))
+            if isinstance(module, QuantConv2d):
+                alpha = 2.0 + stream.uniform(())
+                module.weight_quant.wgt_alpha.fill_(float(_snap(alpha, 2**-6)))
+            if isinstance(module, nn.BatchNorm2d):
+                c = module.num_features
+                module.weight.copy_(torch.from_numpy(_snap(0.8 + 0.4 * stream.uniform((c,)), 2**-8)))
+                module.bias.copy_(torch.from_numpy(_snap((stream.uniform((c,)) - 0.3) * 0.4, 2**-8)))
+        w = (stream.uniform(tuple(model.classifier.weight.shape)) * 2 - 1) * 0.05
+        model.classifier.weight.copy_(torch.from_numpy(_snap(w, 2**-14)))
+        model.classifier.bias.zero_()
+    _calibrate(model, normalise_uint8(demo_images(_CALIBRATION_IMAGES)))
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def _calibrate(model: VGGQuant, images: torch.Tensor) -> None:
+    """Walk ``features`` in float64, setting each alpha and BatchNorm from the data it sees."""
+    model.eval()
+    model.double()
+    x = images.double()
+    for module in model.features:
+        if isinstance(module, QuantConv2d):
+            magnitude = np.percentile(np.abs(x.numpy()), 98.0)
+            module.act_alpha.fill_(float(max(_snap(magnitude, 2**-4), 2**-4)))
+        if isinstance(module, nn.BatchNorm2d):
+            per_channel = x.transpose(0, 1).reshape(x.shape[1], -1).numpy()
+            mean = _snap(per_channel.mean(axis=1), 2**-10)
+            var = np.maximum(_snap(per_channel.var(axis=1), 2**-10), 2**-10)
+            module.running_mean.copy_(torch.from_numpy(mean))
+            module.running_var.copy_(torch.from_numpy(var))
+        x = module(x)
+    model.float()

@@ -1,0 +1,108 @@
+"""Arrange a layer's integer tensors for memory: axis order, padding, lane widths (flat layout).
+
+The flat layout puts channels innermost, so with 8 lanes one word holds 8 channels of one pixel
+(inputs, psums, outputs) or 8 input channels of one kernel tap (weights):
+
+    weight  (oc, kh, kw, ic)   input  (n, h, w, c)   psum / output  (n, h, w, c)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from qexport.errors import BitWidthError
+from qexport.integerize import IntLayer
+from qexport.pack import LaneOrder, PackSpec, check_fits, smallest_signed_bits
+from qexport.reference import Psums, psum_bound
+
+InputSign = Literal["auto", "unsigned", "signed"]
+Tensor = Literal["weight", "input", "psum", "output"]
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutOptions:
+    """User choices for the flat layout (CLI flags of the same names)."""
+
+    lanes: int = 8
+    psum_lanes: int = 1
+    lane_order: LaneOrder = "lsb_first"
+    psum_bits: int | None = None
+    input_sign: InputSign = "auto"
+    pad_input: bool = False
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One tensor ready to pack: ``array`` already in ``axes`` order (C order flattening)."""
+
+    tensor: Tensor
+    array: np.ndarray
+    axes: tuple[str, ...]
+    spec: PackSpec
+    padded: bool | None = None
+    notice: str | None = None
+
+
+def input_spec(layer: IntLayer, opts: LayoutOptions) -> tuple[PackSpec, str | None]:
+    """Unsigned act_bit lanes when the activations fit; otherwise signed, if allowed."""
+    low = int(layer.x_int.min(initial=0))
+    high = int(layer.x_int.max(initial=0))
+    unsigned = PackSpec(layer.act_bit, opts.lanes, False, opts.lane_order)
+    where = f"layer {layer.layer} x_int"
+    if opts.input_sign == "unsigned" or (opts.input_sign == "auto" and low >= 0):
+        check_fits(
+            layer.x_int,
+            unsigned,
+            where,
+            "use --input-sign auto (signed lanes) or --act-clip relu (clip the input at 0)",
+        )
+        return unsigned, None
+    bits = max(smallest_signed_bits(low, high), layer.act_bit + 1)
+    signed = PackSpec(bits, opts.lanes, True, opts.lane_order)
+    notice = (
+        f"layer {layer.layer}: x_int spans [{low}, {high}] (no lower clip on the normalised image), "
+        f"so its input is written as signed {bits}-bit lanes"
+        if low < 0
+        else None
+    )
+    return signed, notice
+
+
+def psum_bits_for(layer: IntLayer, x_spec: PackSpec) -> int:
+    """Signed width that holds the worst-case psum for any input the input lanes can carry."""
+    bound = psum_bound(layer, x_spec.value_range)
+    return smallest_signed_bits(-bound, bound)
+
+
+def flat_layout(layer: IntLayer, psums: Psums, opts: LayoutOptions) -> list[TensorPlan]:
+    """The four tensors of one layer in the flat layout."""
+    x_spec, notice = input_spec(layer, opts)
+    worst_bits = psum_bits_for(layer, x_spec)
+    psum_bits = opts.psum_bits or worst_bits
+    psum_spec = PackSpec(psum_bits, opts.psum_lanes, True, opts.lane_order)
+    out_spec = PackSpec(psum_bits, opts.psum_lanes, False, opts.lane_order)
+    w_spec = PackSpec(layer.w_bit, opts.lanes, True, opts.lane_order)
+    check_fits(layer.w_int, w_spec, f"layer {layer.layer} w_int", "the weights exceed w_bit")
+    try:
+        check_fits(
+            psums.psum,
+            psum_spec,
+            f"layer {layer.layer} psum",
+            f"overflow: raise --psum-bits to at least {worst_bits} (the worst case for this layer)",
+        )
+    except BitWidthError:
+        raise
+    x = layer.x_int
+    if opts.pad_input and layer.padding:
+        p = layer.padding
+        x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    nhwc = (0, 2, 3, 1)
+    return [
+        TensorPlan("weight", layer.w_int.transpose(0, 2, 3, 1), ("oc", "kh", "kw", "ic"), w_spec),
+        TensorPlan("input", x.transpose(nhwc), ("n", "h", "w", "c"), x_spec, opts.pad_input, notice),
+        TensorPlan("psum", psums.psum.transpose(nhwc), ("n", "h", "w", "c"), psum_spec),
+        TensorPlan("output", psums.output.transpose(nhwc), ("n", "h", "w", "c"), out_spec),
+    ]
