@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -47,8 +47,8 @@ class Arch:
     features: tuple[ModuleSpec, ...]
     num_classes: int = 10
     classifier_in: int = 512
-    act_bits: Mapping[int, int] = field(default_factory=dict)
-    """Per-layer activation bits by features index; layers not named use 4."""
+    act_bits: tuple[tuple[int, int], ...] = ()
+    """(features index, act_bit) pairs; layers not named use 4."""
 
     def conv_indices(self) -> list[int]:
         return [i for i, m in enumerate(self.features) if m.kind in ("qconv", "conv")]
@@ -100,7 +100,7 @@ def _build(index: int, m: ModuleSpec, arch: Arch, act_clip: ActClip) -> nn.Modul
             m.kernel,
             stride=m.stride,
             padding=m.padding,
-            act_bit=arch.act_bits.get(index, 4),
+            act_bit=dict(arch.act_bits).get(index, 4),
             act_clip=act_clip,
         )
     if m.kind == "conv":
@@ -244,7 +244,7 @@ def same_arch(a: Arch, b: Arch) -> bool:
 
 
 def with_act_bits(arch: Arch, act_bits: Mapping[int, int]) -> Arch:
-    return replace(arch, act_bits=dict(act_bits))
+    return replace(arch, act_bits=tuple(sorted(act_bits.items())))
 
 
 def load_weights(
