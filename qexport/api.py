@@ -272,7 +272,12 @@ def _render_file(
     shape = list(tp.array.shape)
     if fmt == "npy":
         content = _npy_bytes(tp.array, spec.lane_bits, spec.signed)
-        words, header_lines, lanes, word_bits = tp.array.size, 0, 1, 8 * _npy_dtype(spec.lane_bits, spec.signed).itemsize
+        words, header_lines, lanes, word_bits = (
+            tp.array.size,
+            0,
+            1,
+            8 * _npy_dtype(spec.lane_bits, spec.signed).itemsize,
+        )
     else:
         words_array = to_words(tp.array, spec)
         body = format_words(words_array, spec, fmt)

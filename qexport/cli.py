@@ -151,7 +151,10 @@ def layers(**kwargs: Any) -> None:
 
     loaded, infos = api.layers(_source(kwargs))
     click.echo(f"# {_describe_source(loaded)}")
-    header = f"{'layer':>5} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} {'act_alpha':>9} {'wgt_alpha':>9}  input -> output"
+    header = (
+        f"{'layer':>5} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} "
+        f"{'act_alpha':>9} {'wgt_alpha':>9}  input -> output"
+    )
     click.echo(header)
     for info in infos:
         ksp = f"{info.kernel}/{info.stride}/{info.padding}"
@@ -168,15 +171,53 @@ def layers(**kwargs: Any) -> None:
 @click.option("--layer", "layer_text", help="features index (e.g. 33), or a comma list.")
 @click.option("--all", "all_layers", is_flag=True, help="Every quantized conv layer.")
 @click.option("--format", "fmt", type=click.Choice(["hex", "bin", "npy"]), default="hex", show_default=True)
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output folder [default: qexport-out/layer<L> or qexport-out/all].")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Output folder [default: qexport-out/layer<L> or qexport-out/all].",
+)
 @click.option("--force", is_flag=True, help="Replace an existing qexport output folder.")
-@click.option("--lanes", type=click.IntRange(1, 64), default=8, show_default=True, help="Values per word for weights and inputs.")
-@click.option("--psum-lanes", type=click.IntRange(1, 64), default=1, show_default=True, help="Values per word for psums and outputs.")
-@click.option("--lane-order", type=click.Choice(["lsb_first", "msb_first"]), default="lsb_first", show_default=True, help="Where a word's first value sits.")
-@click.option("--psum-bits", type=click.IntRange(2, 62), help="Psum width [default: the layer's worst case]; smaller widths are checked for overflow.")
-@click.option("--input-sign", type=click.Choice(["auto", "unsigned", "signed"]), default="auto", show_default=True, help="Input lanes: auto = unsigned act_bit unless values are negative.")
+@click.option(
+    "--lanes",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="Values per word for weights and inputs.",
+)
+@click.option(
+    "--psum-lanes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Values per word for psums and outputs.",
+)
+@click.option(
+    "--lane-order",
+    type=click.Choice(["lsb_first", "msb_first"]),
+    default="lsb_first",
+    show_default=True,
+    help="Where a word's first value sits.",
+)
+@click.option(
+    "--psum-bits",
+    type=click.IntRange(2, 62),
+    help="Psum width [default: the layer's worst case]; smaller widths are checked for overflow.",
+)
+@click.option(
+    "--input-sign",
+    type=click.Choice(["auto", "unsigned", "signed"]),
+    default="auto",
+    show_default=True,
+    help="Input lanes: auto = unsigned act_bit unless values are negative.",
+)
 @click.option("--pad-input", is_flag=True, help="Store the input with the conv's zero border.")
-@click.option("--template-dir", type=click.Path(path_type=Path, file_okay=False), help="Templates here override the built-in ones by name.")
+@click.option(
+    "--template-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Templates here override the built-in ones by name.",
+)
 @handles_errors
 def dump(
     layer_text: str | None,
@@ -207,7 +248,9 @@ def dump(
         raise click.UsageError("give exactly one of --layer L or --all")
     layer_ids = None if all_layers else _parse_layers(layer_text or "")
     if out_dir is None:
-        out_dir = Path("qexport-out") / ("all" if layer_ids is None else "layer" + "_".join(map(str, layer_ids)))
+        out_dir = Path("qexport-out") / (
+            "all" if layer_ids is None else "layer" + "_".join(map(str, layer_ids))
+        )
     layout = LayoutOptions(
         lanes=lanes,
         psum_lanes=psum_lanes,
@@ -217,7 +260,13 @@ def dump(
         pad_input=pad_input,
     )
     result = api.export(
-        _source(kwargs), layer_ids, out_dir, fmt, layout, force=force, template_dir=template_dir  # type: ignore[arg-type]
+        _source(kwargs),
+        layer_ids,
+        out_dir,
+        fmt,  # type: ignore[arg-type]
+        layout,
+        force=force,
+        template_dir=template_dir,
     )
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
@@ -250,14 +299,17 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
     layer_ids = _parse_layers(layer_text) if layer_text else None
     loaded, results = api.verify(_source(kwargs), layer_ids)
     click.echo(f"# {_describe_source(loaded)}, {len(loaded.inputs.indices)} image(s)")
-    click.echo(f"{'layer':>5} {'conv':>4} {'mean_err':>10} {'max_err':>10} {'next_mean':>10} {'next_max':>10}  result")
+    click.echo(
+        f"{'layer':>5} {'conv':>4} {'mean_err':>10} {'max_err':>10} "
+        f"{'next_mean':>10} {'next_max':>10}  result"
+    )
+
+    def fmt(value: object) -> str:
+        return f"{value:10.2e}" if isinstance(value, float) else f"{'-':>10}"
+
     failed = []
     for r in results:
         c = r.checks
-
-        def fmt(value: object) -> str:
-            return f"{value:10.2e}" if isinstance(value, float) else f"{'-':>10}"
-
         verdict = "PASS" if c["passed"] else "FAIL"
         if not c["passed"]:
             failed.append(r.layer)
@@ -268,3 +320,7 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
     if failed:
         _fail(CheckFailed(f"{len(failed)} layer(s) failed the 1e-3 mean-error check: {failed}"))
     click.echo(f"all {len(results)} layers pass (mean error < 1e-3)")
+
+
+if __name__ == "__main__":
+    main()

@@ -54,7 +54,9 @@ def parse_words(text: str, radix: str, word_bits: int, header_lines: int, where:
     return bits[:, extra:]
 
 
-def lanes_from_bits(bits: np.ndarray, lanes: int, lane_bits: int, signed: bool, lane_order: str) -> np.ndarray:
+def lanes_from_bits(
+    bits: np.ndarray, lanes: int, lane_bits: int, signed: bool, lane_order: str
+) -> np.ndarray:
     """(words, word_bits) MSB-first bits -> (words, lanes) integers in file order."""
     lsb_first = bits[:, ::-1][:, : lanes * lane_bits].astype(np.int64)
     per_lane = lsb_first.reshape(bits.shape[0], lanes, lane_bits)
@@ -78,6 +80,10 @@ def decode_file(path: Path, entry: Mapping[str, Any]) -> np.ndarray:
     if bits.shape[0] < int(entry["words"]):
         raise InputError(f"{path}: {bits.shape[0]} data words, the manifest says {entry['words']}")
     values = lanes_from_bits(
-        bits[: int(entry["words"])], int(entry["lanes"]), int(entry["lane_bits"]), bool(entry["signed"]), entry["lane_order"]
+        bits[: int(entry["words"])],
+        int(entry["lanes"]),
+        int(entry["lane_bits"]),
+        bool(entry["signed"]),
+        entry["lane_order"],
     )
     return values.reshape(-1)[:count].reshape(shape)

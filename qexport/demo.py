@@ -49,7 +49,7 @@ def demo_images(count: int = DEMO_IMAGES) -> np.ndarray:
         noise = stream.uniform((32, 32, 3))
         base = p[0:3] * 0.6 + 0.2
         slope = (p[3:6] - 0.5) * 0.8
-        cy, cx, radius = p[6] , p[7], 0.1 + 0.3 * p[8]
+        cy, cx, radius = p[6], p[7], 0.1 + 0.3 * p[8]
         blob = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (radius**2)))
         img = (
             base[None, None, :]
@@ -110,12 +110,12 @@ def _calibrate(model: VGGQuant, images: torch.Tensor) -> None:
     for module in model.features:
         if isinstance(module, QuantConv2d):
             magnitude = np.percentile(np.abs(x.numpy()), 98.0)
-            module.act_alpha.fill_(float(max(_snap(magnitude, 2**-4), 2**-4)))
+            module.act_alpha.fill_(max(float(_snap(magnitude, 2**-4)), 2**-4))
         if isinstance(module, nn.BatchNorm2d):
             per_channel = x.transpose(0, 1).reshape(x.shape[1], -1).numpy()
             mean = _snap(per_channel.mean(axis=1), 2**-10)
             var = np.maximum(_snap(per_channel.var(axis=1), 2**-10), 2**-10)
-            module.running_mean.copy_(torch.from_numpy(mean))
-            module.running_var.copy_(torch.from_numpy(var))
+            module.running_mean.copy_(torch.from_numpy(mean))  # type: ignore[union-attr]
+            module.running_var.copy_(torch.from_numpy(var))  # type: ignore[union-attr]
         x = module(x)
     model.float()

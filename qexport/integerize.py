@@ -77,8 +77,7 @@ def integerize(t: LayerTensors) -> IntLayer:
         )
     if x_int.size and int(x_int.max()) > 2**act_bit - 1:
         raise BitWidthError(
-            f"layer {t.layer} x_int reaches {x_int.max()}; {act_bit}-bit activations stop at "
-            f"{2**act_bit - 1}"
+            f"layer {t.layer} x_int reaches {x_int.max()}; {act_bit}-bit activations stop at {2**act_bit - 1}"
         )
     kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     return IntLayer(

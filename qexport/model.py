@@ -133,7 +133,7 @@ def _from_cfg(name: str, cfg: Sequence[int | str]) -> Arch:
     return Arch(name, tuple(specs), classifier_in=in_channels)
 
 
-_VGG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"]
+_VGG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"]
 
 BUILTIN: dict[str, Arch] = {
     a.name: a
@@ -143,8 +143,30 @@ BUILTIN: dict[str, Arch] = {
         # seed 003: features[33] is the 8->8 squeeze conv with no BatchNorm
         _from_cfg(
             "VGG16_quant_gradual",
-            [64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 128, 32, 8, "S8", 32, 128, 512, "M",
-             512, 512, 512, "M"],
+            [
+                64,
+                "M",
+                128,
+                128,
+                "M",
+                256,
+                256,
+                256,
+                "M",
+                512,
+                128,
+                32,
+                8,
+                "S8",
+                32,
+                128,
+                512,
+                "M",
+                512,
+                512,
+                512,
+                "M",
+            ],
         ),
         # the sudden squeeze 512 -> 8 -> 8 -> 512; features[30] is the 8->8 conv with no BatchNorm
         _from_cfg("VGG16_quant_squeeze", [*_VGG, 512, 8, "S8", 512, "M", 512, 512, 512, "M"]),
@@ -240,7 +262,10 @@ def _pools_for(classifier_in: int, channels: int) -> int:
 
 
 def same_arch(a: Arch, b: Arch) -> bool:
-    return a.features == b.features and (a.num_classes, a.classifier_in) == (b.num_classes, b.classifier_in)
+    return a.features == b.features and (a.num_classes, a.classifier_in) == (
+        b.num_classes,
+        b.classifier_in,
+    )
 
 
 def with_act_bits(arch: Arch, act_bits: Mapping[int, int]) -> Arch:

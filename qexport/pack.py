@@ -69,9 +69,7 @@ def check_fits(values: np.ndarray, spec: PackSpec, what: str, fix: str) -> None:
     low, high = int(values.min()), int(values.max())
     lo, hi = spec.value_range
     if low < lo or high > hi:
-        raise BitWidthError(
-            f"{what} spans [{low}, {high}]; {spec.describe()} holds [{lo}, {hi}]; {fix}"
-        )
+        raise BitWidthError(f"{what} spans [{low}, {high}]; {spec.describe()} holds [{lo}, {hi}]; {fix}")
 
 
 def to_words(values: np.ndarray, spec: PackSpec) -> np.ndarray:

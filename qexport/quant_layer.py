@@ -47,9 +47,7 @@ class _ActQuant(torch.autograd.Function):
     """Activations: /alpha, clip at 1 (and at 0 for ``relu``), round to 2^act_bit-1 levels."""
 
     @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, alpha: torch.Tensor, levels: int, clip_low: bool
-    ) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, alpha: torch.Tensor, levels: int, clip_low: bool) -> torch.Tensor:
         scaled = x / alpha
         clipped = scaled.clamp(min=0.0, max=1.0) if clip_low else scaled.clamp(max=1.0)
         quantized = _uniform_quant(clipped, levels)
@@ -77,9 +75,7 @@ def quantize_weight(weight: torch.Tensor, wgt_alpha: torch.Tensor, w_bit: int) -
     return _WeightQuant.apply(normalised, wgt_alpha, 2 ** (w_bit - 1) - 1)  # type: ignore[no-any-return]
 
 
-def quantize_act(
-    x: torch.Tensor, act_alpha: torch.Tensor, act_bit: int, act_clip: ActClip
-) -> torch.Tensor:
+def quantize_act(x: torch.Tensor, act_alpha: torch.Tensor, act_bit: int, act_clip: ActClip) -> torch.Tensor:
     """The course's act_alq: x_q = round(clip(x / alpha) * (2^b - 1)) / (2^b - 1) * alpha."""
     return _ActQuant.apply(  # type: ignore[no-any-return]
         x, act_alpha, 2**act_bit - 1, act_clip == "relu"

@@ -23,14 +23,14 @@ class Psums:
 
     @property
     def output(self) -> np.ndarray:
-        return np.maximum(self.psum, 0)
+        return np.asarray(np.maximum(self.psum, 0))
 
 
 def psum_bound(layer: IntLayer, x_range: tuple[int, int]) -> int:
     """Largest |psum| any input in ``x_range`` could give with this layer's weight range."""
     terms = layer.in_channels * layer.kernel * layer.kernel
     w_max = 2 ** (layer.w_bit - 1) - 1
-    return terms * w_max * max(abs(x_range[0]), abs(x_range[1]))
+    return int(terms * w_max * max(abs(x_range[0]), abs(x_range[1])))
 
 
 def integer_conv(x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int) -> np.ndarray:
@@ -58,7 +58,7 @@ def _int64_conv(x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int)
     padded = np.pad(x_int.astype(np.int64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))
     windows = windows[:, :, ::stride, ::stride]  # (n, c, h', w', kh, kw)
-    return np.einsum("nchwij,ocij->nohw", windows, w_int.astype(np.int64), optimize=True)
+    return np.asarray(np.einsum("nchwij,ocij->nohw", windows, w_int.astype(np.int64), optimize=True))
 
 
 def conv_psum(layer: IntLayer) -> Psums:

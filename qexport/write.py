@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -55,15 +54,13 @@ def write_plan(plan: ExportPlan, out_dir: Path, *, force: bool = False) -> None:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
     except OSError as err:
-        raise InputError(
-            f"cannot write to {parent} ({err.strerror}); choose a writable -o folder"
-        ) from err
+        raise InputError(f"cannot write to {parent} ({err.strerror}); choose a writable -o folder") from err
     try:
         for relpath, content in sorted(plan.files.items()):
             target = staging / relpath
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
-        os.chmod(staging, 0o755)  # mkdtemp makes it 0700
+        staging.chmod(0o755)  # mkdtemp makes it 0700
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
             old.rmdir()
