@@ -17,13 +17,13 @@ from qexport.capture import LayerTensors, capture
 from qexport.checkpoint import load_checkpoint, resolve_arch
 from qexport.errors import CheckFailed, InputError
 from qexport.inputs import Inputs, load_array, load_cifar10, load_demo
-from qexport.integerize import integerize
+from qexport.integerize import IntLayer, integerize
 from qexport.layout import LayoutOptions, TensorPlan, flat_layout
 from qexport.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, dumps
 from qexport.model import DEFAULT_MODEL, Arch, VGGQuant, build_model, builtin_arch, load_weights
 from qexport.pack import format_words, to_words
 from qexport.quant_layer import DEFAULT_ACT_CLIP, ActClip
-from qexport.reference import conv_psum
+from qexport.reference import Psums, conv_psum
 from qexport.render import render
 from qexport.write import ExportPlan, write_plan
 
@@ -195,6 +195,7 @@ def export(
     *,
     force: bool = False,
     template_dir: Path | None = None,
+    profile: str = "flat",
 ) -> ExportResult:
     """Vectors for the named layers (all conv layers if None), written atomically to ``out_dir``."""
     layout = layout or LayoutOptions()
@@ -205,7 +206,13 @@ def export(
     notices = list(loaded.notices)
     layer_entries = []
     for layer in selected:
-        entry, layer_notices = _export_layer(captured[layer], loaded, fmt, layout, plan, template_dir)
+        if profile == "flat":
+            entry, layer_notices = _export_layer(captured[layer], loaded, fmt, layout, plan, template_dir)
+        else:
+            prefix = "" if len(selected) == 1 else f"layer{layer}/"
+            entry, layer_notices = _export_course(
+                captured[layer], loaded, profile, prefix, plan, template_dir
+            )
         layer_entries.append(entry)
         notices += layer_notices
     manifest = _manifest(loaded, opts, layer_entries)
@@ -214,14 +221,7 @@ def export(
     return ExportResult(out_dir, manifest, notices)
 
 
-def _export_layer(
-    t: LayerTensors,
-    loaded: Loaded,
-    fmt: Format,
-    layout: LayoutOptions,
-    plan: ExportPlan,
-    template_dir: Path | None,
-) -> tuple[dict[str, Any], list[str]]:
+def _checked(t: LayerTensors) -> tuple[IntLayer, Psums]:
     int_layer = integerize(t)
     psums = conv_psum(int_layer)
     if not psums.checks["passed"]:
@@ -230,11 +230,13 @@ def _export_layer(
             f"{psums.checks['output_mean_error']:.3g}); the integers would be wrong, so nothing "
             "was written. Run `qexport verify` for the table"
         )
-    tensors = flat_layout(int_layer, psums, layout)
-    files = [_render_file(tp, t.layer, t.conv_number, loaded, fmt, plan, template_dir) for tp in tensors]
-    entry = {
-        "index": t.layer,
-        "conv_number": t.conv_number,
+    return int_layer, psums
+
+
+def _layer_entry(int_layer: IntLayer, psums: Psums, files: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "index": int_layer.layer,
+        "conv_number": int_layer.conv_number,
         "in_channels": int_layer.in_channels,
         "out_channels": int_layer.out_channels,
         "kernel": int_layer.kernel,
@@ -252,6 +254,74 @@ def _export_layer(
         "checks": psums.checks,
         "files": files,
     }
+
+
+_COURSE_SHAPES = {
+    "weight": (("oc", "kh", "kw", "ic"), lambda v: [v.shape[0], 1, 1, v.shape[1]]),
+    "input": (("n", "h", "w", "c"), None),
+    "psum": (("n", "h", "w", "c"), None),
+    "output": (("n", "h", "w", "c"), None),
+    "address": (("pixel", "kij"), lambda v: [v.shape[0] // 9, 9]),
+}
+
+
+def _export_course(
+    t: LayerTensors, loaded: Loaded, profile: str, prefix: str, plan: ExportPlan, template_dir: Path | None
+) -> tuple[dict[str, Any], list[str]]:
+    from qexport.course import COURSE, course_layout
+
+    if profile != "course":
+        raise InputError(f"unknown profile {profile!r}; built-in profiles are flat and course")
+    int_layer, psums = _checked(t)
+    label = loaded.arch.name + (f" {loaded.demo_label}" if loaded.demo_label else "")
+    entries = []
+    for cf in course_layout(int_layer, psums, COURSE, label):
+        body = cf.body().removesuffix("\n")
+        template = "course/acc_address.txt.j2" if cf.kind == "address" else "course/memory.txt.j2"
+        text = render(template, {"header": list(cf.header), "body": body}, template_dir)
+        content = text.encode("ascii")
+        tensor = "input" if cf.kind == "activation" else cf.kind
+        axes, shape_of = _COURSE_SHAPES[tensor]
+        if shape_of is not None:
+            shape = shape_of(cf.values)
+        else:
+            side = int(round(cf.values.shape[0] ** 0.5))
+            shape = [1, side, side, cf.values.shape[1]]
+        plan.add(prefix + cf.path, content)
+        entry: dict[str, Any] = {
+            "path": prefix + cf.path,
+            "tensor": tensor,
+            "format": "bin",
+            "shape": shape,
+            "axes": list(axes),
+            "lanes": cf.spec.lanes,
+            "lane_bits": cf.spec.lane_bits,
+            "signed": cf.spec.signed,
+            "lane_order": cf.spec.lane_order,
+            "word_bits": cf.spec.word_bits,
+            "words": int(cf.values.shape[0]),
+            "header_lines": len(cf.header),
+            "sha256": hashlib.sha256(content).hexdigest(),
+            **cf.meta,
+        }
+        if tensor == "input":
+            entry["padded"] = True
+        entries.append(entry)
+    return _layer_entry(int_layer, psums, entries), []
+
+
+def _export_layer(
+    t: LayerTensors,
+    loaded: Loaded,
+    fmt: Format,
+    layout: LayoutOptions,
+    plan: ExportPlan,
+    template_dir: Path | None,
+) -> tuple[dict[str, Any], list[str]]:
+    int_layer, psums = _checked(t)
+    tensors = flat_layout(int_layer, psums, layout)
+    files = [_render_file(tp, t.layer, t.conv_number, loaded, fmt, plan, template_dir) for tp in tensors]
+    entry = _layer_entry(int_layer, psums, files)
     return entry, [tp.notice for tp in tensors if tp.notice]
 
 

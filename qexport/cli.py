@@ -180,6 +180,13 @@ def layers(**kwargs: Any) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing qexport output folder.")
 @click.option(
+    "--profile",
+    type=click.Choice(["flat", "course"]),
+    default="flat",
+    show_default=True,
+    help="flat: the layout below; course: the 8x8 systolic core's file set (binary text, tiled).",
+)
+@click.option(
     "--lanes",
     type=click.IntRange(1, 64),
     default=8,
@@ -225,6 +232,7 @@ def dump(
     fmt: str,
     out_dir: Path | None,
     force: bool,
+    profile: str,
     lanes: int,
     psum_lanes: int,
     lane_order: str,
@@ -240,6 +248,7 @@ def dump(
     Example:
       qexport dump --layer 33 --format hex
       qexport dump --all --format bin -o out/
+      qexport dump --layer 33 --profile course -o tb/vectors
     """
     from qexport import api
     from qexport.layout import LayoutOptions
@@ -267,6 +276,7 @@ def dump(
         layout,
         force=force,
         template_dir=template_dir,
+        profile=profile,
     )
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
