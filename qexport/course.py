@@ -23,7 +23,7 @@ import numpy as np
 
 from qexport.errors import BitWidthError, CheckFailed, InputError
 from qexport.integerize import IntLayer
-from qexport.pack import PackSpec, check_fits, format_words, smallest_signed_bits, to_words
+from qexport.pack import PackSpec, check_fits, format_words, smallest_signed_bits
 from qexport.reference import Psums, integer_conv
 
 
