@@ -20,7 +20,16 @@ from qexport.inputs import Inputs, load_array, load_cifar10, load_demo
 from qexport.integerize import IntLayer, integerize
 from qexport.layout import LayoutOptions, TensorPlan, flat_layout
 from qexport.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, dumps
-from qexport.model import DEFAULT_MODEL, Arch, VGGQuant, build_model, builtin_arch, load_weights
+from qexport.model import (
+    DEFAULT_MODEL,
+    Arch,
+    VGGQuant,
+    apply_act_bits,
+    build_model,
+    builtin_arch,
+    load_weights,
+    read_bits_config,
+)
 from qexport.pack import format_words, to_words
 from qexport.quant_layer import DEFAULT_ACT_CLIP, ActClip
 from qexport.reference import Psums, conv_psum
@@ -45,6 +54,7 @@ class SourceOptions:
     act_clip: ActClip = DEFAULT_ACT_CLIP
     trust_recomputed: bool = False
     device: str | None = None
+    bits_config: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,8 @@ def load(opts: SourceOptions) -> Loaded:
         model = demo_model(arch, opts.act_clip)
         source = {"demo": True}
         demo_label = DEMO_LABEL
+    if opts.bits_config is not None:
+        apply_act_bits(model, read_bits_config(opts.bits_config, arch))
     inputs = _inputs(opts, notices)
     model.eval()
     model.to(_device(opts.device))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -317,3 +318,59 @@ def load_weights(
                 "the checkpoint was saved between an optimizer step and a forward pass, or edited. "
                 "Pass --trust-recomputed to export the recomputed weights"
             )
+
+
+def conv_numbering(arch: Arch) -> list[int]:
+    """features index of each QuantConv2d, in order: conv number ``n`` is ``features[result[n]]``."""
+    return arch.qconv_indices()
+
+
+def resolve_layer(arch: Arch, name: str | int) -> int:
+    """A layer named by features index (``33``, ``features[33]``) or conv number (``conv 10``)."""
+    text = str(name).strip().lower().replace(" ", "")
+    convs = arch.qconv_indices()
+    try:
+        if text.startswith("conv"):
+            number = int(text[4:])
+            if not 0 <= number < len(convs):
+                raise InputError(f"{name!r}: {arch.name} has convs 0..{len(convs) - 1}")
+            return convs[number]
+        index = int(text.removeprefix("features[").removesuffix("]"))
+    except ValueError:
+        raise InputError(
+            f"{name!r} names no layer; use a features index (33) or a conv number (conv 10)"
+        ) from None
+    return index
+
+
+def apply_act_bits(model: VGGQuant, act_bits: Mapping[int, int]) -> None:
+    """Set each named layer's activation bits (features index -> bits); the rest keep theirs."""
+    for index, bits in act_bits.items():
+        if not 0 <= index < len(model.features) or not isinstance(model.features[index], QuantConv2d):
+            raise InputError(
+                f"bits config names features[{index}], which is not a quantized conv of "
+                f"{model.arch.name}; its convs are {', '.join(map(str, model.arch.qconv_indices()))}"
+            )
+        if not 1 <= bits <= 16:
+            raise InputError(f"bits config gives features[{index}] {bits} activation bits; use 1..16")
+        model.features[index].act_bit = bits
+
+
+def read_bits_config(path: Path, arch: Arch) -> dict[int, int]:
+    """A bits-config JSON: ``{"act_bits": {"<layer>": bits, ...}}`` or a flat ``{"<layer>": bits}``.
+
+    Keys are features indices (``"30"``) or conv numbers (``"conv 9"``).
+    """
+    import json
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"--bits-config {path} cannot be read as JSON: {err}") from err
+    table = raw.get("act_bits", raw) if isinstance(raw, dict) else None
+    if not isinstance(table, dict):
+        raise InputError(f'--bits-config {path}: expected {{"act_bits": {{"30": 2, ...}}}}')
+    try:
+        return {resolve_layer(arch, key): int(value) for key, value in table.items()}
+    except (TypeError, ValueError) as err:
+        raise InputError(f"--bits-config {path}: bit widths must be integers ({err})") from err
