@@ -12,13 +12,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from qexport import __version__
+from qexport import __version__, formats
 from qexport.capture import LayerTensors, capture
 from qexport.checkpoint import load_checkpoint, resolve_arch
 from qexport.errors import CheckFailed, InputError
+from qexport.formats import EXTENSIONS, FORMATS
 from qexport.inputs import Inputs, load_array, load_cifar10, load_demo
 from qexport.integerize import IntLayer, integerize
-from qexport.layout import LayoutOptions, TensorPlan, flat_layout
+from qexport.layout import LayoutOptions, TensorPlan, flat_layout, with_defaults
 from qexport.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, dumps
 from qexport.model import (
     DEFAULT_MODEL,
@@ -30,14 +31,14 @@ from qexport.model import (
     load_weights,
     read_bits_config,
 )
-from qexport.pack import format_words, to_words
+from qexport.pack import to_words
+from qexport.profile import Profile, load_profile
 from qexport.quant_layer import DEFAULT_ACT_CLIP, ActClip
 from qexport.reference import Psums, conv_psum
 from qexport.render import render
+from qexport.systolic import systolic_layout
 from qexport.write import ExportPlan, write_plan
 
-Format = Literal["hex", "bin", "npy"]
-FORMATS: tuple[Format, ...] = ("hex", "bin", "npy")
 _CIFAR_FOLDER = "cifar-10-batches-py"
 
 
@@ -198,36 +199,59 @@ class ExportResult:
     notices: list[str]
 
 
+Depth = Literal["exact", "pow2"]
+
+
+@dataclass(frozen=True)
+class _RenderContext:
+    loaded: Loaded
+    fmt: str
+    profile: Profile
+    depth: Depth
+    template_dir: Path | None
+
+
 def export(
     opts: SourceOptions,
     layer_ids: Sequence[int] | None,
     out_dir: Path,
-    fmt: Format = "hex",
+    fmt: str | None = None,
     layout: LayoutOptions | None = None,
     *,
+    profile: str | Profile = "flat",
+    depth: Depth = "exact",
     force: bool = False,
     template_dir: Path | None = None,
-    profile: str = "flat",
 ) -> ExportResult:
-    """Vectors for the named layers (all conv layers if None), written atomically to ``out_dir``."""
-    layout = layout or LayoutOptions()
+    """Vectors for the named layers (all conv layers if None), written atomically to ``out_dir``.
+
+    ``profile`` names a built-in layout profile or a TOML file; ``fmt`` defaults to its format.
+    """
+    prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    fmt = fmt or prof.format
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; formats are {', '.join(FORMATS)}")
+    if fmt == "txt" and prof.kind == "flat":
+        raise InputError("format txt is the course core's file format; use it with --profile course")
+    layout = with_defaults(layout or LayoutOptions(), prof.lanes, prof.psum_lanes, prof.lane_order)
     loaded = load(opts)
     selected = _select(loaded.arch, layer_ids)
     captured = {t.layer: t for t in capture(loaded.model, loaded.inputs.images)}
+    context = _RenderContext(loaded, fmt, prof, depth, template_dir)
     plan = ExportPlan()
     notices = list(loaded.notices)
     layer_entries = []
     for layer in selected:
-        if profile == "flat":
-            entry, layer_notices = _export_layer(captured[layer], loaded, fmt, layout, plan, template_dir)
+        t = captured[layer]
+        int_layer, psums = _checked(t)
+        if prof.kind == "flat":
+            tensors = flat_layout(int_layer, psums, layout, f"layer{layer}/")
         else:
-            prefix = "" if len(selected) == 1 else f"layer{layer}/"
-            entry, layer_notices = _export_course(
-                captured[layer], loaded, profile, prefix, plan, template_dir
-            )
-        layer_entries.append(entry)
-        notices += layer_notices
-    manifest = _manifest(loaded, opts, layer_entries)
+            tensors = systolic_layout(int_layer, psums, prof, "" if len(selected) == 1 else f"layer{layer}/")
+        files = [_render_file(tp, t, context, plan) for tp in tensors]
+        layer_entries.append(_layer_entry(int_layer, psums, files))
+        notices += [tp.notice for tp in tensors if tp.notice]
+    manifest = _manifest(loaded, opts, layer_entries, prof, fmt)
     plan.add(MANIFEST_NAME, dumps(manifest))
     write_plan(plan, out_dir, force=force)
     return ExportResult(out_dir, manifest, notices)
@@ -268,159 +292,118 @@ def _layer_entry(int_layer: IntLayer, psums: Psums, files: list[dict[str, Any]])
     }
 
 
-_COURSE_SHAPES = {
-    "weight": (("oc", "kh", "kw", "ic"), lambda v: [v.shape[0], 1, 1, v.shape[1]]),
-    "input": (("n", "h", "w", "c"), None),
-    "psum": (("n", "h", "w", "c"), None),
-    "output": (("n", "h", "w", "c"), None),
-    "address": (("pixel", "kij"), lambda v: [v.shape[0] // 9, 9]),
-}
+def _depth_of(words: int, depth: Depth) -> int:
+    return words if depth == "exact" or words <= 1 else 1 << (words - 1).bit_length()
 
 
-def _export_course(
-    t: LayerTensors, loaded: Loaded, profile: str, prefix: str, plan: ExportPlan, template_dir: Path | None
-) -> tuple[dict[str, Any], list[str]]:
-    from qexport.course import COURSE, course_layout
-
-    if profile != "course":
-        raise InputError(f"unknown profile {profile!r}; built-in profiles are flat and course")
-    int_layer, psums = _checked(t)
-    label = loaded.arch.name + (f" {loaded.demo_label}" if loaded.demo_label else "")
-    entries = []
-    for cf in course_layout(int_layer, psums, COURSE, label):
-        body = cf.body().removesuffix("\n")
-        template = "course/acc_address.txt.j2" if cf.kind == "address" else "course/memory.txt.j2"
-        text = render(template, {"header": list(cf.header), "body": body}, template_dir)
-        content = text.encode("ascii")
-        tensor = "input" if cf.kind == "activation" else cf.kind
-        axes, shape_of = _COURSE_SHAPES[tensor]
-        if shape_of is not None:
-            shape = shape_of(cf.values)
-        else:
-            side = int(round(cf.values.shape[0] ** 0.5))
-            shape = [1, side, side, cf.values.shape[1]]
-        plan.add(prefix + cf.path, content)
-        entry: dict[str, Any] = {
-            "path": prefix + cf.path,
-            "tensor": tensor,
-            "format": "bin",
-            "shape": shape,
-            "axes": list(axes),
-            "lanes": cf.spec.lanes,
-            "lane_bits": cf.spec.lane_bits,
-            "signed": cf.spec.signed,
-            "lane_order": cf.spec.lane_order,
-            "word_bits": cf.spec.word_bits,
-            "words": int(cf.values.shape[0]),
-            "header_lines": len(cf.header),
-            "sha256": hashlib.sha256(content).hexdigest(),
-            **cf.meta,
-        }
-        if tensor == "input":
-            entry["padded"] = True
-        entries.append(entry)
-    return _layer_entry(int_layer, psums, entries), []
-
-
-def _export_layer(
-    t: LayerTensors,
-    loaded: Loaded,
-    fmt: Format,
-    layout: LayoutOptions,
-    plan: ExportPlan,
-    template_dir: Path | None,
-) -> tuple[dict[str, Any], list[str]]:
-    int_layer, psums = _checked(t)
-    tensors = flat_layout(int_layer, psums, layout)
-    files = [_render_file(tp, t.layer, t.conv_number, loaded, fmt, plan, template_dir) for tp in tensors]
-    entry = _layer_entry(int_layer, psums, files)
-    return entry, [tp.notice for tp in tensors if tp.notice]
-
-
-_EXTENSIONS = {"hex": "hex", "bin": "bin", "npy": "npy"}
-
-
-def _render_file(
-    tp: TensorPlan,
-    layer: int,
-    conv_number: int,
-    loaded: Loaded,
-    fmt: Format,
-    plan: ExportPlan,
-    template_dir: Path | None,
-) -> dict[str, Any]:
-    path = f"layer{layer}/{tp.tensor}.{_EXTENSIONS[fmt]}"
-    spec = tp.spec
+def _render_file(tp: TensorPlan, t: LayerTensors, ctx: _RenderContext, plan: ExportPlan) -> dict[str, Any]:
+    fmt, spec = ctx.fmt, tp.spec
+    path = f"{tp.stem}.{EXTENSIONS[fmt]}"
     shape = list(tp.array.shape)
-    if fmt == "npy":
-        content = _npy_bytes(tp.array, spec.lane_bits, spec.signed)
-        words, header_lines, lanes, word_bits = (
-            tp.array.size,
-            0,
-            1,
-            8 * _npy_dtype(spec.lane_bits, spec.signed).itemsize,
-        )
-    else:
-        words_array = to_words(tp.array, spec)
-        body = format_words(words_array, spec, fmt)
-        context = {
-            "version": __version__,
-            "model": loaded.arch.name,
-            "demo": loaded.demo_label,
-            "layer": layer,
-            "conv_number": conv_number,
-            "tensor": tp.tensor,
-            "shape": shape,
-            "axes": list(tp.axes),
-            "padded": bool(tp.padded),
-            "lanes": spec.lanes,
-            "lane_bits": spec.lane_bits,
-            "signed": spec.signed,
-            "lane_order": spec.lane_order,
-            "word_bits": spec.word_bits,
-            "words": words_array.shape[0],
-            "body": body.removesuffix("\n"),
-        }
-        text = render(f"{fmt}/memory.{fmt}.j2", context, template_dir)
-        content = text.encode("ascii")
-        words = words_array.shape[0]
-        header_lines = text.count("\n") - words
-        lanes, word_bits = spec.lanes, spec.word_bits
-    plan.add(path, content)
     entry: dict[str, Any] = {
         "path": path,
         "tensor": tp.tensor,
         "format": fmt,
         "shape": shape,
         "axes": list(tp.axes),
-        "lanes": lanes,
         "lane_bits": spec.lane_bits,
         "signed": spec.signed,
         "lane_order": spec.lane_order,
-        "word_bits": word_bits,
-        "words": words,
-        "header_lines": header_lines,
-        "sha256": hashlib.sha256(content).hexdigest(),
+        **tp.meta,
     }
     if tp.padded is not None:
         entry["padded"] = bool(tp.padded)
+    if fmt == "npy":
+        content = _npy_bytes(tp.array, spec.lane_bits, spec.signed)
+        entry |= {"lanes": 1, "word_bits": 8 * _npy_dtype(spec.lane_bits).itemsize, "words": tp.array.size}
+        entry |= {"header_lines": 0, "depth": tp.array.size, "fill": 0}
+    else:
+        words = to_words(tp.array, spec)
+        depth = _depth_of(words.shape[0], ctx.depth)
+        text = render(f"{fmt}/memory.{fmt}.j2", _template_context(tp, t, ctx, words, depth), ctx.template_dir)
+        if fmt == "txt" and tp.tensor == "address":
+            text = render("txt/address.txt.j2", {"body": formats.body(words, spec, "txt")}, ctx.template_dir)
+        content = text.encode("ascii")
+        entry |= {"lanes": spec.lanes, "word_bits": spec.word_bits, "words": int(words.shape[0])}
+        entry |= {"header_lines": _header_lines(text, fmt, words.shape[0], depth), "depth": depth, "fill": 0}
+    entry["sha256"] = hashlib.sha256(content).hexdigest()
+    plan.add(path, content)
     return entry
 
 
-def _npy_dtype(bits: int, signed: bool) -> np.dtype[Any]:
-    for size in (8, 16, 32, 64):
+def _header_lines(text: str, fmt: str, words: int, depth: int) -> int:
+    """Lines before the first data word (for hex/bin/txt: total lines minus the words)."""
+    if fmt in ("hex", "bin", "txt"):
+        return text.count("\n") - depth
+    marker = {"coe": "memory_initialization_vector=", "mif": "CONTENT BEGIN", "h": "_words"}[fmt]
+    lines = text.split("\n")
+    return next(i for i, line in enumerate(lines) if marker in line) + 1
+
+
+def _template_context(
+    tp: TensorPlan, t: LayerTensors, ctx: _RenderContext, words: np.ndarray, depth: int
+) -> dict[str, Any]:
+    spec = tp.spec
+    loaded = ctx.loaded
+    padded_words = formats.padded_to_depth(words, depth, 0)
+    name = tp.stem.rsplit("/", 1)[-1]
+    label = loaded.arch.name + (f"_{loaded.demo_label}" if loaded.demo_label else "")
+    where = ", ".join(f"{key} {value}" for key, value in sorted(tp.meta.items()))
+    c_name = f"layer{t.layer}_{name}"
+    return {
+        "version": __version__,
+        "model": loaded.arch.name,
+        "demo": loaded.demo_label,
+        "profile": ctx.profile.name,
+        "layer": t.layer,
+        "conv_number": t.conv_number,
+        "tensor": tp.tensor,
+        "name": name,
+        "where": where,
+        "shape": list(tp.array.shape),
+        "axes": list(tp.axes),
+        "padded": bool(tp.padded),
+        "lanes": spec.lanes,
+        "lane_bits": spec.lane_bits,
+        "signed": spec.signed,
+        "lane_order": spec.lane_order,
+        "word_bits": spec.word_bits,
+        "words": int(words.shape[0]),
+        "depth": depth,
+        "fill": 0,
+        "body": formats.body(padded_words, spec, ctx.fmt),  # type: ignore[arg-type]
+        "tokens": [
+            f"#qexport_{__version__}_do_not_edit#",
+            "#" + "_".join(label.replace(",", " ").split()) + "#",
+            f"#layer{t.layer}_{name}#",
+        ],
+        "c_name": c_name,
+        "c_word_type": formats.c_word_type(spec.word_bits),
+        "c_limbs": formats.c_limbs(spec.word_bits),
+        "c_value_type": formats.c_value_type(spec),
+        "c_values": formats.c_values(tp.array) if formats.c_value_type(spec) else "",
+        "value_count": int(tp.array.size),
+    }
+
+
+def _npy_dtype(bits: int) -> np.dtype[Any]:
+    for size in (8, 16, 32):
         if bits <= size:
-            return np.dtype(f"{'i' if signed else 'u'}{size // 8}")
+            return np.dtype(f"i{size // 8}")
     return np.dtype("i8")
 
 
 def _npy_bytes(array: np.ndarray, bits: int, signed: bool) -> bytes:
+    # signed dtype even for unsigned lanes: one more bit than needed, but never a wrap-around
+    dtype = _npy_dtype(bits + (0 if signed else 1))
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array.astype(_npy_dtype(bits, signed))), allow_pickle=False)
+    np.save(buffer, np.ascontiguousarray(array.astype(dtype)), allow_pickle=False)
     return buffer.getvalue()
 
 
-def _manifest(loaded: Loaded, opts: SourceOptions, layer_entries: list[dict[str, Any]]) -> dict[str, Any]:
+def _manifest(
+    loaded: Loaded, opts: SourceOptions, layer_entries: list[dict[str, Any]], profile: Profile, fmt: str
+) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "qexport_version": __version__,
         "schema": MANIFEST_SCHEMA,
@@ -428,6 +411,8 @@ def _manifest(loaded: Loaded, opts: SourceOptions, layer_entries: list[dict[str,
         "source": loaded.source,
         "inputs": {**loaded.inputs.source, "count": len(loaded.inputs.indices)},
         "act_clip": opts.act_clip,
+        "profile": profile.name,
+        "format": fmt,
         "layers": layer_entries,
     }
     if loaded.demo_label:

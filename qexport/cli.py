@@ -170,7 +170,13 @@ def layers(**kwargs: Any) -> None:
 @source_options
 @click.option("--layer", "layer_text", help="features index (e.g. 33), or a comma list.")
 @click.option("--all", "all_layers", is_flag=True, help="Every quantized conv layer.")
-@click.option("--format", "fmt", type=click.Choice(["hex", "bin", "npy"]), default="hex", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["hex", "bin", "txt", "coe", "mif", "h", "npy"]),
+    help="hex/bin ($readmemh/$readmemb), txt (course core), coe (Xilinx), mif (Intel), h (C header), "
+    "npy [default: the profile's format: hex for flat]",
+)
 @click.option(
     "-o",
     "--out",
@@ -181,31 +187,31 @@ def layers(**kwargs: Any) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing qexport output folder.")
 @click.option(
     "--profile",
-    type=click.Choice(["flat", "course"]),
     default="flat",
     show_default=True,
-    help="flat: the layout below; course: the 8x8 systolic core's file set (binary text, tiled).",
+    help="Layout profile: a built-in name (see `qexport profiles`) or a TOML file of your own.",
+)
+@click.option(
+    "--depth",
+    type=click.Choice(["exact", "pow2"]),
+    default="exact",
+    show_default=True,
+    help="Memory depth: the words used, or the next power of two (padded with fill 0).",
 )
 @click.option(
     "--lanes",
     type=click.IntRange(1, 64),
-    default=8,
-    show_default=True,
-    help="Values per word for weights and inputs.",
+    help="flat: values a word for weights and inputs [default: the profile's, 8].",
 )
 @click.option(
     "--psum-lanes",
     type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Values per word for psums and outputs.",
+    help="flat: values a word for psums and outputs [default: the profile's, 1].",
 )
 @click.option(
     "--lane-order",
     type=click.Choice(["lsb_first", "msb_first"]),
-    default="lsb_first",
-    show_default=True,
-    help="Where a word's first value sits.",
+    help="flat: where a word's first value sits [default: the profile's, lsb_first].",
 )
 @click.option(
     "--psum-bits",
@@ -229,13 +235,14 @@ def layers(**kwargs: Any) -> None:
 def dump(
     layer_text: str | None,
     all_layers: bool,
-    fmt: str,
+    fmt: str | None,
     out_dir: Path | None,
     force: bool,
     profile: str,
-    lanes: int,
-    psum_lanes: int,
-    lane_order: str,
+    depth: str,
+    lanes: int | None,
+    psum_lanes: int | None,
+    lane_order: str | None,
     psum_bits: int | None,
     input_sign: str,
     pad_input: bool,
@@ -272,11 +279,12 @@ def dump(
         _source(kwargs),
         layer_ids,
         out_dir,
-        fmt,  # type: ignore[arg-type]
+        fmt,
         layout,
         force=force,
         template_dir=template_dir,
         profile=profile,
+        depth=depth,  # type: ignore[arg-type]
     )
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
@@ -284,7 +292,7 @@ def dump(
     files = sum(len(entry["files"]) for entry in result.manifest["layers"])
     layers_written = ", ".join(str(entry["index"]) for entry in result.manifest["layers"])
     click.echo(
-        f"wrote {files} {fmt} files + manifest.json for layer(s) {layers_written} of "
+        f"wrote {files} {result.manifest['format']} files + manifest.json for layer(s) {layers_written} of "
         f"{result.manifest['model']}{label} to {out_dir}"
     )
 

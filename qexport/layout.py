@@ -8,27 +8,29 @@ The flat layout puts channels innermost, so with 8 lanes one word holds 8 channe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
 
-from qexport.errors import BitWidthError
 from qexport.integerize import IntLayer
 from qexport.pack import LaneOrder, PackSpec, check_fits, smallest_signed_bits
 from qexport.reference import Psums, psum_bound
 
 InputSign = Literal["auto", "unsigned", "signed"]
-Tensor = Literal["weight", "input", "psum", "output"]
+Tensor = Literal["weight", "input", "psum", "output", "address"]
 
 
 @dataclass(frozen=True, slots=True)
 class LayoutOptions:
-    """User choices for the flat layout (CLI flags of the same names)."""
+    """User choices for the flat layout (CLI flags of the same names).
 
-    lanes: int = 8
-    psum_lanes: int = 1
-    lane_order: LaneOrder = "lsb_first"
+    ``lanes``, ``psum_lanes`` and ``lane_order`` left None take the profile's values.
+    """
+
+    lanes: int | None = None
+    psum_lanes: int | None = None
+    lane_order: LaneOrder | None = None
     psum_bits: int | None = None
     input_sign: InputSign = "auto"
     pad_input: bool = False
@@ -36,21 +38,42 @@ class LayoutOptions:
 
 @dataclass(frozen=True)
 class TensorPlan:
-    """One tensor ready to pack: ``array`` already in ``axes`` order (C order flattening)."""
+    """One memory file ready to pack: ``array`` already in ``axes`` order (C order flattening).
+
+    ``stem`` is the file's path inside the export without its extension; ``meta`` (tile and
+    channel ranges) goes into the file's manifest entry.
+    """
 
     tensor: Tensor
+    stem: str
     array: np.ndarray
     axes: tuple[str, ...]
     spec: PackSpec
     padded: bool | None = None
     notice: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def with_defaults(opts: LayoutOptions, lanes: int, psum_lanes: int, lane_order: LaneOrder) -> LayoutOptions:
+    """Fill the options a user left open from a profile."""
+    return replace(
+        opts,
+        lanes=opts.lanes or lanes,
+        psum_lanes=opts.psum_lanes or psum_lanes,
+        lane_order=opts.lane_order or lane_order,
+    )
+
+
+def _spec(bits: int, lanes: int | None, signed: bool, opts: LayoutOptions) -> PackSpec:
+    # options left open fall back to the flat profile's defaults
+    return PackSpec(bits, lanes or 8, signed, opts.lane_order or "lsb_first")
 
 
 def input_spec(layer: IntLayer, opts: LayoutOptions) -> tuple[PackSpec, str | None]:
     """Unsigned act_bit lanes when the activations fit; otherwise signed, if allowed."""
     low = int(layer.x_int.min(initial=0))
     high = int(layer.x_int.max(initial=0))
-    unsigned = PackSpec(layer.act_bit, opts.lanes, False, opts.lane_order)
+    unsigned = _spec(layer.act_bit, opts.lanes, False, opts)
     where = f"layer {layer.layer} x_int"
     if opts.input_sign == "unsigned" or (opts.input_sign == "auto" and low >= 0):
         check_fits(
@@ -61,7 +84,7 @@ def input_spec(layer: IntLayer, opts: LayoutOptions) -> tuple[PackSpec, str | No
         )
         return unsigned, None
     bits = max(smallest_signed_bits(low, high), layer.act_bit + 1)
-    signed = PackSpec(bits, opts.lanes, True, opts.lane_order)
+    signed = _spec(bits, opts.lanes, True, opts)
     notice = (
         f"layer {layer.layer}: x_int spans [{low}, {high}] (no lower clip on the normalised image), "
         f"so its input is written as signed {bits}-bit lanes"
@@ -77,32 +100,33 @@ def psum_bits_for(layer: IntLayer, x_spec: PackSpec) -> int:
     return smallest_signed_bits(-bound, bound)
 
 
-def flat_layout(layer: IntLayer, psums: Psums, opts: LayoutOptions) -> list[TensorPlan]:
-    """The four tensors of one layer in the flat layout."""
+def flat_layout(layer: IntLayer, psums: Psums, opts: LayoutOptions, prefix: str) -> list[TensorPlan]:
+    """The four tensors of one layer in the flat layout, as ``<prefix><tensor>`` files."""
     x_spec, notice = input_spec(layer, opts)
     worst_bits = psum_bits_for(layer, x_spec)
     psum_bits = opts.psum_bits or worst_bits
-    psum_spec = PackSpec(psum_bits, opts.psum_lanes, True, opts.lane_order)
-    out_spec = PackSpec(psum_bits, opts.psum_lanes, False, opts.lane_order)
-    w_spec = PackSpec(layer.w_bit, opts.lanes, True, opts.lane_order)
+    psum_spec = _spec(psum_bits, opts.psum_lanes or 1, True, opts)
+    out_spec = _spec(psum_bits, opts.psum_lanes or 1, False, opts)
+    w_spec = _spec(layer.w_bit, opts.lanes, True, opts)
     check_fits(layer.w_int, w_spec, f"layer {layer.layer} w_int", "the weights exceed w_bit")
-    try:
-        check_fits(
-            psums.psum,
-            psum_spec,
-            f"layer {layer.layer} psum",
-            f"overflow: raise --psum-bits to at least {worst_bits} (the worst case for this layer)",
-        )
-    except BitWidthError:
-        raise
+    check_fits(
+        psums.psum,
+        psum_spec,
+        f"layer {layer.layer} psum",
+        f"overflow: raise --psum-bits to at least {worst_bits} (the worst case for this layer)",
+    )
     x = layer.x_int
     if opts.pad_input and layer.padding:
         p = layer.padding
         x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
     nhwc = (0, 2, 3, 1)
     return [
-        TensorPlan("weight", layer.w_int.transpose(0, 2, 3, 1), ("oc", "kh", "kw", "ic"), w_spec),
-        TensorPlan("input", x.transpose(nhwc), ("n", "h", "w", "c"), x_spec, opts.pad_input, notice),
-        TensorPlan("psum", psums.psum.transpose(nhwc), ("n", "h", "w", "c"), psum_spec),
-        TensorPlan("output", psums.output.transpose(nhwc), ("n", "h", "w", "c"), out_spec),
+        TensorPlan(
+            "weight", prefix + "weight", layer.w_int.transpose(0, 2, 3, 1), ("oc", "kh", "kw", "ic"), w_spec
+        ),
+        TensorPlan(
+            "input", prefix + "input", x.transpose(nhwc), ("n", "h", "w", "c"), x_spec, opts.pad_input, notice
+        ),
+        TensorPlan("psum", prefix + "psum", psums.psum.transpose(nhwc), ("n", "h", "w", "c"), psum_spec),
+        TensorPlan("output", prefix + "output", psums.output.transpose(nhwc), ("n", "h", "w", "c"), out_spec),
     ]

@@ -346,14 +346,15 @@ def resolve_layer(arch: Arch, name: str | int) -> int:
 def apply_act_bits(model: VGGQuant, act_bits: Mapping[int, int]) -> None:
     """Set each named layer's activation bits (features index -> bits); the rest keep theirs."""
     for index, bits in act_bits.items():
-        if not 0 <= index < len(model.features) or not isinstance(model.features[index], QuantConv2d):
+        module = model.features[index] if 0 <= index < len(model.features) else None
+        if not isinstance(module, QuantConv2d):
             raise InputError(
                 f"bits config names features[{index}], which is not a quantized conv of "
                 f"{model.arch.name}; its convs are {', '.join(map(str, model.arch.qconv_indices()))}"
             )
         if not 1 <= bits <= 16:
             raise InputError(f"bits config gives features[{index}] {bits} activation bits; use 1..16")
-        model.features[index].act_bit = bits
+        module.act_bit = bits
 
 
 def read_bits_config(path: Path, arch: Arch) -> dict[int, int]:

@@ -101,6 +101,7 @@ def test_values_follow_the_spec_formula(course33: Path) -> None:
     ref = integer_conv(x[None, :, 1:5, 1:5], weights, 1, 1)
     assert np.array_equal(np.maximum(ref[0], 0).reshape(8, 16).T, np.array(out))
     assert layer["index"] == 33 and len(layer["files"]) == 12
+    assert manifest["profile"] == "course" and manifest["format"] == "txt"
 
 
 def test_first_layer_is_refused_by_unsigned_lanes(tmp_path: Path) -> None:

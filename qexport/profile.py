@@ -1,0 +1,144 @@
+"""Layout profiles: how one accelerator wants its vectors, as TOML data.
+
+Built-in profiles ship in the package (``templates/profiles/*.toml``); users pass their own file
+with ``--profile path/to/mine.toml``. Every key is checked: an unknown key or a wrong value is
+an error naming it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from qexport.errors import InputError
+
+_NAME_KEYS = ("activation", "weight", "address", "output", "output_tiled", "psum")
+_GOLDEN_OPS = ("accumulate", "relu")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One accelerator's layout. ``kind = "flat"`` uses lanes/psum_lanes; ``"systolic"`` the rest."""
+
+    name: str
+    description: str
+    kind: Literal["flat", "systolic"]
+    format: str
+    lane_order: Literal["lsb_first", "msb_first"] = "lsb_first"
+    lanes: int = 8
+    psum_lanes: int = 1
+    dataflow: Literal["weight_stationary", "output_stationary"] = "weight_stationary"
+    rows: int = 8
+    cols: int = 8
+    act_bits: int = 4
+    w_bits: int = 4
+    psum_bits: int = 16
+    tile: int = 4
+    address_bits: int = 11
+    word_order: Literal["row_major"] = "row_major"
+    header: Literal["tokens", "comment"] = "comment"
+    golden: tuple[str, ...] = ("accumulate", "relu")
+    names: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    """The TOML text the profile was read from, recorded in manifests."""
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "kind": ("flat", "systolic"),
+    "lane_order": ("lsb_first", "msb_first"),
+    "dataflow": ("weight_stationary", "output_stationary"),
+    "word_order": ("row_major",),
+    "header": ("tokens", "comment"),
+    "format": ("hex", "bin", "txt", "coe", "mif", "h", "npy"),
+}
+_RANGES: dict[str, tuple[int, int]] = {
+    "lanes": (1, 64),
+    "psum_lanes": (1, 64),
+    "rows": (1, 256),
+    "cols": (1, 256),
+    "act_bits": (1, 16),
+    "w_bits": (2, 16),
+    "psum_bits": (2, 62),
+    "tile": (1, 64),
+    "address_bits": (1, 32),
+}
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("qexport.templates").joinpath("profiles")
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A built-in profile by name, or a user's TOML file by path."""
+    if name_or_path in builtin_names():
+        where = f"built-in profile {name_or_path}"
+        text = resources.files("qexport.templates").joinpath("profiles", f"{name_or_path}.toml").read_text()
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise InputError(
+                f"--profile {name_or_path}: no built-in profile of that name and no such file; "
+                f"built-in profiles are {', '.join(builtin_names())} (see `qexport profiles`)"
+            )
+        where = f"profile {path}"
+        text = path.read_text(encoding="utf-8")
+    return parse_profile(text, where)
+
+
+def parse_profile(text: str, where: str) -> Profile:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{where} is not valid TOML: {err}") from err
+    known = {f.name for f in fields(Profile)} - {"source"}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise InputError(f"{where}: unknown key {key!r}; known keys are {', '.join(sorted(known))}")
+        values[key] = _checked(where, key, value)
+    for key in ("name", "description", "kind", "format"):
+        if key not in values:
+            raise InputError(f"{where}: missing key {key!r}")
+    if values["kind"] == "systolic":
+        missing = [k for k in _NAME_KEYS if k not in values.get("names", {})]
+        if missing:
+            raise InputError(f"{where}: [names] lacks {', '.join(missing)}")
+        if values["format"] == "txt" and values.get("header") == "comment":
+            raise InputError(f"{where}: key 'header' must be 'tokens' for format 'txt'")
+    return Profile(**values, source=text)
+
+
+def _checked(where: str, key: str, value: Any) -> Any:
+    if key in _CHOICES:
+        if value not in _CHOICES[key]:
+            raise InputError(f"{where}: key {key!r} = {value!r}; choose one of {', '.join(_CHOICES[key])}")
+        return value
+    if key in _RANGES:
+        low, high = _RANGES[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise InputError(f"{where}: key {key!r} = {value!r}; expected an integer in {low}..{high}")
+        return value
+    if key == "golden":
+        if (
+            not isinstance(value, list)
+            or "accumulate" not in value
+            or any(v not in _GOLDEN_OPS for v in value)
+        ):
+            raise InputError(
+                f"{where}: key 'golden' = {value!r}; a list of {', '.join(_GOLDEN_OPS)} that includes "
+                "'accumulate'"
+            )
+        return tuple(value)
+    if key == "names":
+        if not isinstance(value, dict) or any(k not in _NAME_KEYS for k in value):
+            raise InputError(f"{where}: [names] may hold only {', '.join(_NAME_KEYS)}")
+        if not all(isinstance(v, str) and v and "/" not in v for v in value.values()):
+            raise InputError(f"{where}: [names] values must be file name patterns without '/'")
+        return dict(value)
+    if not isinstance(value, str):
+        raise InputError(f"{where}: key {key!r} must be a string")
+    return value
