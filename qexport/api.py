@@ -228,7 +228,24 @@ def export(
     ``profile`` names a built-in layout profile or a TOML file; ``fmt`` defaults to its format.
     """
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
-    fmt = fmt or prof.format
+    plan, manifest, notices = _build_plan(
+        opts, layer_ids, fmt or prof.format, layout, prof, depth, template_dir
+    )
+    write_plan(plan, out_dir, force=force)
+    return ExportResult(out_dir, manifest, notices)
+
+
+def _build_plan(
+    opts: SourceOptions,
+    layer_ids: Sequence[int] | None,
+    fmt: str,
+    layout: LayoutOptions | None,
+    prof: Profile,
+    depth: Depth,
+    template_dir: Path | None,
+    path_prefix: str = "",
+) -> tuple[ExportPlan, dict[str, Any], list[str]]:
+    """Render every file of an export in memory; nothing touches the disk."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; formats are {', '.join(FORMATS)}")
     if fmt == "txt" and prof.kind == "flat":
@@ -245,16 +262,99 @@ def export(
         t = captured[layer]
         int_layer, psums = _checked(t)
         if prof.kind == "flat":
-            tensors = flat_layout(int_layer, psums, layout, f"layer{layer}/")
+            tensors = flat_layout(int_layer, psums, layout, f"{path_prefix}layer{layer}/")
         else:
-            tensors = systolic_layout(int_layer, psums, prof, "" if len(selected) == 1 else f"layer{layer}/")
+            folder = "" if len(selected) == 1 else f"layer{layer}/"
+            tensors = systolic_layout(int_layer, psums, prof, path_prefix + folder)
         files = [_render_file(tp, t, context, plan) for tp in tensors]
         layer_entries.append(_layer_entry(int_layer, psums, files))
         notices += [tp.notice for tp in tensors if tp.notice]
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt)
     plan.add(MANIFEST_NAME, dumps(manifest))
+    return plan, manifest, notices
+
+
+def testbench(
+    opts: SourceOptions,
+    layer: int,
+    out_dir: Path,
+    profile: str | Profile = "course",
+    fmt: str = "hex",
+    *,
+    force: bool = False,
+    template_dir: Path | None = None,
+) -> ExportResult:
+    """A self-checking testbench folder: vectors/, tb.sv, the reference core and run_iverilog.sh."""
+    prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    if prof.kind != "systolic":
+        raise InputError(f"profile {prof.name} is {prof.kind}; the testbench drives a systolic core profile")
+    if fmt not in ("hex", "bin"):
+        raise InputError(
+            f"the testbench reads memories with $readmemh/$readmemb; use --format hex or bin, not {fmt}"
+        )
+    plan, manifest, notices = _build_plan(opts, [layer], fmt, None, prof, "exact", template_dir, "vectors/")
+    (entry,) = manifest["layers"]
+    context = _testbench_context(manifest, entry, prof, fmt)
+    plan.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
+    plan.add("run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir))
+    plan.add("qexport_ref_core.v", render("testbench/qexport_ref_core.v", {}, template_dir))
     write_plan(plan, out_dir, force=force)
+    (out_dir / "run_iverilog.sh").chmod(0o755)
     return ExportResult(out_dir, manifest, notices)
+
+
+def _testbench_context(
+    manifest: dict[str, Any], entry: dict[str, Any], prof: Profile, fmt: str
+) -> dict[str, Any]:
+    files = entry["files"]
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for f in files:
+        by_kind.setdefault(f["tensor"], []).append(f)
+    activation = {(f["tile"], f["itile"]): f["path"] for f in by_kind["input"]}
+    weights = {(f["itile"], f["otile"], f["kij"]): f["path"] for f in by_kind["weight"]}
+    itiles = 1 + max(i for _, i in activation)
+    tiles = []
+    for out in by_kind["output"]:
+        s, o = out["tile"], out["otile"]
+        tiles.append(
+            {
+                "tile": s,
+                "otile": o,
+                "n": out["n"],
+                "y0": out["y"][0],
+                "x0": out["x"][0],
+                "oc0": out["oc"][0],
+                "oc1": out["oc"][1],
+                "out": out["path"],
+                "itiles": [
+                    {"activation": activation[(s, i)], "weights": [weights[(i, o, k)] for k in range(9)]}
+                    for i in range(itiles)
+                ],
+            }
+        )
+    address = by_kind.get("address", [{"path": ""}])[0]["path"]
+    return {
+        "version": __version__,
+        "model": manifest["model"],
+        "demo": manifest.get("label"),
+        "profile": prof.name,
+        "layer": entry["index"],
+        "radix": "h" if fmt == "hex" else "b",
+        "rows": prof.rows,
+        "cols": prof.cols,
+        "act_bits": prof.act_bits,
+        "w_bits": prof.w_bits,
+        "psum_bits": prof.psum_bits,
+        "out_bits": by_kind["output"][0]["lane_bits"],
+        "tile": prof.tile,
+        "address_bits": prof.address_bits,
+        "weight_stationary": prof.dataflow == "weight_stationary",
+        "relu": "relu" in prof.golden,
+        "address_file": address,
+        "tiles": sorted(tiles, key=lambda t: (t["tile"], t["otile"])),
+        "dut": "qexport_ref_core",
+        "dut_file": "qexport_ref_core.v",
+    }
 
 
 def _checked(t: LayerTensors) -> tuple[IntLayer, Psums]:

@@ -297,6 +297,76 @@ def dump(
     )
 
 
+@main.command("testbench")
+@source_options
+@click.option("--layer", "layer_text", required=True, help="features index of the conv layer.")
+@click.option("--profile", default="course", show_default=True, help="A systolic profile name or TOML file.")
+@click.option("--format", "fmt", type=click.Choice(["hex", "bin"]), default="hex", show_default=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--force", is_flag=True, help="Replace an existing qexport output folder.")
+@handles_errors
+def testbench_command(
+    layer_text: str, profile: str, fmt: str, out_dir: Path, force: bool, **kwargs: Any
+) -> None:
+    """Render a self-checking SystemVerilog testbench with its vectors and a reference core.
+
+    The folder holds vectors/ (the profile's files, read with $readmemh/$readmemb), tb.sv,
+    qexport_ref_core.v (a behavioural core; swap in your DUT, same ports) and run_iverilog.sh,
+    which compiles and runs it and exits 0 only on PASS.
+
+    \b
+    Example:
+      qexport testbench --layer 33 --profile course -o tb33 && tb33/run_iverilog.sh
+    """
+    from qexport import api
+
+    (layer,) = _parse_layers(layer_text)
+    result = api.testbench(_source(kwargs), layer, out_dir, profile, fmt, force=force)
+    for notice in result.notices:
+        click.echo(f"notice: {notice}", err=True)
+    click.echo(
+        f"wrote testbench for layer {layer} ({profile}, {fmt}) to {out_dir}; run {out_dir}/run_iverilog.sh"
+    )
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def profiles(ctx: click.Context) -> None:
+    """List the layout profiles, or print one with `profiles show NAME`.
+
+    A profile (TOML) describes how one accelerator wants its vectors: array rows x cols, lane
+    widths, dataflow, lane order, header style, file names, golden ops. Copy one, edit it and pass
+    the file with `dump --profile mine.toml`.
+
+    \b
+    Example:
+      qexport profiles
+      qexport profiles show course > mine.toml
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from qexport.profile import builtin_names, load_profile
+
+    for name in builtin_names():
+        profile = load_profile(name)
+        click.echo(f"{name:<10} {profile.description}")
+
+
+@profiles.command("show")
+@click.argument("name")
+@handles_errors
+def profiles_show(name: str) -> None:
+    """Print profile NAME (a built-in name or a TOML file) as TOML.
+
+    \b
+    Example:
+      qexport profiles show course
+    """
+    from qexport.profile import load_profile
+
+    click.echo(load_profile(name).source, nl=False)
+
+
 @main.command()
 @source_options
 @click.option("--layer", "layer_text", help="Only these features indices (comma list).")
