@@ -329,6 +329,51 @@ def testbench_command(
     )
 
 
+@main.command("compare")
+@click.argument("golden_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("sim_output", type=click.Path(path_type=Path))
+@click.option("--file", "file_name", help="Which golden file SIM_OUTPUT is (path in the manifest or name).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
+@handles_errors
+def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, as_json: bool) -> None:
+    """Compare a simulator's output with a golden set; exit 0 identical, 1 different, 2 unreadable.
+
+    SIM_OUTPUT is a memory dump in any of our text formats ($writememh output included), a folder
+    of them laid out like the golden set, or a `qexport testbench` log. Each differing value is
+    decoded to layer / tile / pixel / channel / expected / got / xor, and patterns are named (a
+    stuck lane, swapped lane order, a word shift, a truncated file).
+
+    \b
+    Example:
+      qexport compare tb33 sim/out_dump.hex --file vectors/out.hex
+    """
+    import json
+
+    from qexport.compare import compare
+
+    report = compare(golden_dir, sim_output, file_name)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), sort_keys=True, indent=2))
+    else:
+        for f in report.files:
+            status = "identical" if not f.diffs and not f.patterns else f"{len(f.diffs)} value(s) differ"
+            click.echo(f"{f.path} (layer {f.layer}): {status}")
+            for pattern in f.patterns:
+                click.echo(f"  pattern: {pattern}")
+            for d in f.diffs[:20]:
+                click.echo(f"  {d.describe()}")
+            if len(f.diffs) > 20:
+                click.echo(f"  ... and {len(f.diffs) - 20} more")
+            channels = sorted({d.where["channel"] for d in f.diffs if "channel" in d.where})
+            tiles = sorted({d.where["tile"] for d in f.diffs if "tile" in d.where})
+            if channels:
+                click.echo(f"  channels affected: {channels}")
+            if tiles:
+                click.echo(f"  tiles affected: {tiles}")
+    if not report.identical:
+        _fail(CheckFailed(f"{report.differences} value(s) differ from the golden set in {golden_dir}"))
+
+
 @main.group(invoke_without_command=True)
 @click.pass_context
 def profiles(ctx: click.Context) -> None:
