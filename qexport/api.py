@@ -32,7 +32,8 @@ from qexport.model import (
     read_bits_config,
 )
 from qexport.pack import to_words
-from qexport.profile import Profile, load_profile
+from qexport.profile import Profile, load_profile, parse_profile
+from qexport.profile import builtin_names as builtin_profiles
 from qexport.quant_layer import DEFAULT_ACT_CLIP, ActClip
 from qexport.reference import Psums, conv_psum
 from qexport.render import render
@@ -244,6 +245,7 @@ def _build_plan(
     depth: Depth,
     template_dir: Path | None,
     path_prefix: str = "",
+    kind: str = "dump",
 ) -> tuple[ExportPlan, dict[str, Any], list[str]]:
     """Render every file of an export in memory; nothing touches the disk."""
     if fmt not in FORMATS:
@@ -270,8 +272,108 @@ def _build_plan(
         layer_entries.append(_layer_entry(int_layer, psums, files))
         notices += [tp.notice for tp in tensors if tp.notice]
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt)
+    manifest["recipe"] = _recipe(kind, opts, layer_ids, fmt, layout, prof, depth, template_dir)
     plan.add(MANIFEST_NAME, dumps(manifest))
     return plan, manifest, notices
+
+
+def _path_text(path: Path | None) -> str | None:
+    # what the user typed, so `qexport check` runs from the same folder; never an absolute path
+    if path is None:
+        return None
+    return path.name if path.is_absolute() else path.as_posix()
+
+
+def _recipe(
+    kind: str,
+    opts: SourceOptions,
+    layer_ids: Sequence[int] | None,
+    fmt: str,
+    layout: LayoutOptions,
+    prof: Profile,
+    depth: Depth,
+    template_dir: Path | None,
+) -> dict[str, Any]:
+    """Everything `qexport check` needs to regenerate this set, and the command that made it."""
+    source = {
+        "checkpoint": _path_text(opts.checkpoint),
+        "model": opts.model,
+        "data_dir": _path_text(opts.data_dir),
+        "input_file": _path_text(opts.input_file),
+        "images": opts.images,
+        "act_clip": opts.act_clip,
+        "trust_recomputed": opts.trust_recomputed,
+        "bits_config": _path_text(opts.bits_config),
+    }
+    layout_fields = {
+        "lanes": layout.lanes,
+        "psum_lanes": layout.psum_lanes,
+        "lane_order": layout.lane_order,
+        "psum_bits": layout.psum_bits,
+        "input_sign": layout.input_sign,
+        "pad_input": layout.pad_input,
+    }
+    builtin = prof.name in builtin_profiles() and load_profile(prof.name).source == prof.source
+    return {
+        "kind": kind,
+        "source": source,
+        "layers": "all" if layer_ids is None else list(layer_ids),
+        "format": fmt,
+        "profile": prof.name if builtin else None,
+        "profile_toml": None if builtin else prof.source,
+        "depth": depth,
+        "layout": layout_fields,
+        "template_dir": _path_text(template_dir),
+        "command": _command_line(kind, source, layer_ids, fmt, layout_fields, prof.name, depth),
+    }
+
+
+def _command_line(
+    kind: str,
+    source: dict[str, Any],
+    layer_ids: Sequence[int] | None,
+    fmt: str,
+    layout: dict[str, Any],
+    profile: str,
+    depth: str,
+) -> str:
+    words = ["qexport", kind]
+    words += ["--all"] if layer_ids is None else ["--layer", ",".join(map(str, layer_ids))]
+    if profile != "flat":
+        words += ["--profile", profile]
+    words += ["--format", fmt]
+    flags = {
+        "checkpoint": "--checkpoint",
+        "model": "--model",
+        "data_dir": "--data-dir",
+        "input_file": "--input",
+        "bits_config": "--bits-config",
+    }
+    for key, flag in flags.items():
+        if source[key] is not None:
+            words += [flag, str(source[key])]
+    if source["images"] != "0":
+        words += ["--images", source["images"]]
+    if source["act_clip"] != DEFAULT_ACT_CLIP:
+        words += ["--act-clip", source["act_clip"]]
+    if source["trust_recomputed"]:
+        words.append("--trust-recomputed")
+    if kind == "dump":
+        if depth != "exact":
+            words += ["--depth", depth]
+        if profile == "flat":
+            for key, flag, default in (
+                ("lanes", "--lanes", 8),
+                ("psum_lanes", "--psum-lanes", 1),
+                ("lane_order", "--lane-order", "lsb_first"),
+                ("psum_bits", "--psum-bits", None),
+                ("input_sign", "--input-sign", "auto"),
+            ):
+                if layout[key] != default:
+                    words += [flag, str(layout[key])]
+            if layout["pad_input"]:
+                words.append("--pad-input")
+    return " ".join(words)
 
 
 def testbench(
@@ -292,15 +394,55 @@ def testbench(
         raise InputError(
             f"the testbench reads memories with $readmemh/$readmemb; use --format hex or bin, not {fmt}"
         )
-    plan, manifest, notices = _build_plan(opts, [layer], fmt, None, prof, "exact", template_dir, "vectors/")
+    plan, manifest, notices = _testbench_plan(opts, layer, prof, fmt, template_dir)
+    write_plan(plan, out_dir, force=force)
+    return ExportResult(out_dir, manifest, notices)
+
+
+def _testbench_plan(
+    opts: SourceOptions, layer: int, prof: Profile, fmt: str, template_dir: Path | None
+) -> tuple[ExportPlan, dict[str, Any], list[str]]:
+    plan, manifest, notices = _build_plan(
+        opts, [layer], fmt, None, prof, "exact", template_dir, "vectors/", kind="testbench"
+    )
     (entry,) = manifest["layers"]
     context = _testbench_context(manifest, entry, prof, fmt)
     plan.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
-    plan.add("run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir))
+    plan.add(
+        "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
+    )
     plan.add("qexport_ref_core.v", render("testbench/qexport_ref_core.v", {}, template_dir))
-    write_plan(plan, out_dir, force=force)
-    (out_dir / "run_iverilog.sh").chmod(0o755)
-    return ExportResult(out_dir, manifest, notices)
+    return plan, manifest, notices
+
+
+def regenerate(recipe: dict[str, Any], base: Path) -> ExportPlan:
+    """Render again, in memory, the set a manifest's recipe describes (paths relative to ``base``)."""
+    src = recipe["source"]
+
+    def path(key: str) -> Path | None:
+        return None if src.get(key) is None else base / src[key]
+
+    opts = SourceOptions(
+        checkpoint=path("checkpoint"),
+        model=src["model"],
+        data_dir=path("data_dir"),
+        input_file=path("input_file"),
+        images=src["images"],
+        act_clip=src["act_clip"],
+        trust_recomputed=src["trust_recomputed"],
+        bits_config=path("bits_config"),
+    )
+    if recipe["profile_toml"] is not None:
+        prof = parse_profile(recipe["profile_toml"], "the manifest's recipe profile")
+    else:
+        prof = load_profile(recipe["profile"])
+    template_dir = None if recipe["template_dir"] is None else base / recipe["template_dir"]
+    layers = None if recipe["layers"] == "all" else [int(i) for i in recipe["layers"]]
+    if recipe["kind"] == "testbench":
+        (layer,) = layers or [0]
+        return _testbench_plan(opts, layer, prof, recipe["format"], template_dir)[0]
+    layout = LayoutOptions(**recipe["layout"])
+    return _build_plan(opts, layers, recipe["format"], layout, prof, recipe["depth"], template_dir)[0]
 
 
 def _testbench_context(

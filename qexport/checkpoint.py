@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import pickle
-import zipfile
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,19 +54,50 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        blocked = _blocked_global(str(err))
+        if blocked is None:  # the restricted unpickler also rejects plain garbage bytes
+            raise _unreadable(path, err) from err
         raise InputError(
-            f"checkpoint {path} was refused by the safe loader (weights_only=True): {first}. "
-            "It holds objects other than tensors, which could run code when loaded; qexport never "
-            "loads those. Re-save it as {'state_dict': model.state_dict()} from trusted code"
+            f"checkpoint {path} was refused by the safe loader (weights_only=True): it would "
+            f"import {blocked}. It holds objects other than tensors, which could run code when "
+            "loaded; qexport never loads those. Re-save it as {'state_dict': model.state_dict()} "
+            "from trusted code"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise InputError(
-            f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or not a "
-            f"torch.save file: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            "re-copy or re-save it"
-        ) from err
+    except Exception as err:
+        # torch.load on arbitrary bytes raises almost anything: KeyError for a text file,
+        # RuntimeError for a truncated zip, EOFError, struct.error, UnicodeDecodeError …
+        raise _unreadable(path, err) from err
     return _from_object(raw, path)
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _blocked_global(message: str) -> str | None:
+    """The module.name a weights_only refusal names, if it refused an import (code) at all."""
+    match = _GLOBAL.search(message)
+    return match.group(1) if match else None
+
+
+def _unreadable(path: Path, err: Exception) -> InputError:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if isinstance(err, pickle.UnpicklingError) and lines:
+        detail = lines[-2] if len(lines) > 1 and lines[-1].startswith("Check the doc") else lines[-1]
+    else:
+        detail = lines[0] if lines else ""
+    return InputError(
+        f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or not a torch.save "
+        f"file: {type(err).__name__}: {detail[:200]}); re-copy or re-save it"
+    )
+
+
+def _number(value: object) -> float | None:
+    """A finite number stored as a Python number or a one-element tensor (the course's best_prec)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool | int | float) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _from_object(raw: object, path: Path) -> Checkpoint:
@@ -91,8 +123,8 @@ def _from_object(raw: object, path: Path) -> Checkpoint:
         name=path.name,
         sha256=_sha256(path),
         state_dict=clean,
-        epoch=int(epoch) if isinstance(epoch, int | float | torch.Tensor) else None,
-        best_prec=float(best_prec) if isinstance(best_prec, int | float | torch.Tensor) else None,
+        epoch=None if (e := _number(epoch)) is None else int(e),
+        best_prec=_number(best_prec),
     )
 
 
@@ -129,6 +161,7 @@ def _short(items: list[str], limit: int = 5) -> str:
 def resolve_arch(ckpt: Checkpoint, model_name: str | None) -> Arch:
     """The architecture for a checkpoint: the named model, a built-in that fits, or an inferred one."""
     state = ckpt.state_dict
+    _check_quant_keys(ckpt)
     if model_name is not None:
         arch = builtin_arch(model_name)
         report = compare_keys(arch, state)
@@ -142,7 +175,34 @@ def resolve_arch(ckpt: Checkpoint, model_name: str | None) -> Arch:
     report = compare_keys(inferred, state)
     if not report.ok:
         raise InputError(_mismatch_message(ckpt, inferred, report))
+    if not inferred.qconv_indices():
+        raise InputError(
+            f"checkpoint {ckpt.name} has convs but no quantized ones (no features.<i>.act_alpha "
+            "keys): it is a float model, or its alphas were stripped; qexport exports the "
+            "course's QuantConv2d layers only"
+        )
     return inferred
+
+
+_QUANT_KEYS = ("act_alpha", "weight_quant.wgt_alpha", "weight_q")
+
+
+def _check_quant_keys(ckpt: Checkpoint) -> None:
+    """A layer with any QuantConv2d key needs both alphas: without one it cannot be quantized."""
+    layers: dict[str, set[str]] = {}
+    for key in ckpt.state_dict:
+        for suffix in _QUANT_KEYS:
+            if key.endswith("." + suffix):
+                layers.setdefault(key.removesuffix(suffix), set()).add(suffix)
+    for prefix, present in layers.items():
+        absent = [f"{prefix}{k}" for k in _QUANT_KEYS[:2] if k not in present]
+        if absent:
+            raise InputError(
+                f"checkpoint {ckpt.name}: {prefix.rstrip('.')} is a quantized conv (it has "
+                f"{', '.join(sorted(present))}) but {' and '.join(absent)} "
+                f"{'is' if len(absent) == 1 else 'are'} missing; without both alphas its "
+                "quantization is undefined. Re-save the checkpoint from the training script"
+            )
 
 
 def _mismatch_message(ckpt: Checkpoint, arch: Arch, report: KeyReport) -> str:

@@ -374,6 +374,35 @@ def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, a
         _fail(CheckFailed(f"{report.differences} value(s) differ from the golden set in {golden_dir}"))
 
 
+@main.command("check")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@handles_errors
+def check_command(folders: tuple[Path, ...]) -> None:
+    """Regenerate vector sets from their manifests and compare byte for byte; exit 1 on any difference.
+
+    Each manifest records the command and inputs that made its set; relative paths in it (a
+    checkpoint, --input) are resolved from the current folder.
+
+    \b
+    Example:
+      qexport check vectors/*
+    """
+    from qexport.check import check_set
+
+    failed = 0
+    for folder in folders:
+        result = check_set(folder)
+        if result.identical:
+            click.echo(f"{folder}: identical ({result.command})")
+            continue
+        failed += 1
+        click.echo(f"{folder}: DIFFERS from `{result.command}`")
+        for problem in result.problems:
+            click.echo(f"  {problem}")
+    if failed:
+        _fail(CheckFailed(f"{failed} of {len(folders)} vector set(s) differ from their recipe"))
+
+
 @main.group(invoke_without_command=True)
 @click.pass_context
 def profiles(ctx: click.Context) -> None:

@@ -17,24 +17,31 @@ for _digit, _char in enumerate("0123456789abcdef"):
     _VALUE_OF[ord(_char.upper())] = _digit
 
 
-def _data_lines(text: str, header_lines: int, where: str) -> list[str]:
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.strip() for line in lines[header_lines:] if line.strip() and not line.startswith("//")]
+def _data_lines(text: str, header_lines: int) -> tuple[list[int], list[str]]:
+    """The data words' 1-based line numbers and stripped text: after the header, without blank
+    lines and ``//`` comment lines (indented or not, as $readmemh skips them)."""
+    stripped = [line.strip() for line in text.split("\n")[header_lines:]]
+    kept = [
+        (number, line)
+        for number, line in enumerate(stripped, start=header_lines + 1)
+        if line and not line.startswith("//")
+    ]
+    return [number for number, _ in kept], [line for _, line in kept]
 
 
 def parse_words(text: str, radix: str, word_bits: int, header_lines: int, where: str) -> np.ndarray:
     """Text words -> (words, word_bits) 0/1 array, MSB first. Raises InputError naming the line."""
-    lines = _data_lines(text, header_lines, where)
+    numbers, lines = _data_lines(text, header_lines)
     per_char = 1 if radix == "bin" else 4
     width = -(-word_bits // per_char)
-    for number, line in enumerate(lines):
-        if len(line) != width:
-            raise InputError(
-                f"{where}: data word {number} is {len(line)} digits, expected {width} "
-                f"({word_bits}-bit {radix} words)"
-            )
+    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+    wrong = np.flatnonzero(lengths != width)
+    if wrong.size:
+        row = int(wrong[0])
+        raise InputError(
+            f"{where} line {numbers[row]}: data word {row} is {lengths[row]} digits, expected {width} "
+            f"({word_bits}-bit {radix} words)"
+        )
     if not lines:
         return np.zeros((0, word_bits), dtype=np.uint8)
     chars = np.frombuffer("".join(lines).encode("ascii", "replace"), dtype=np.uint8)
@@ -43,14 +50,21 @@ def parse_words(text: str, radix: str, word_bits: int, header_lines: int, where:
     bad = np.argwhere(values >= limit)
     if bad.size:
         row, col = (int(v) for v in bad[0])
-        raise InputError(f"{where}: data word {row} has a bad {radix} digit {lines[row][col]!r}")
+        raise InputError(
+            f"{where} line {numbers[row]}: data word {row} has a bad {radix} digit {lines[row][col]!r}"
+        )
     if radix == "bin":
         bits = values
     else:
         bits = ((values[..., None] >> np.array([3, 2, 1, 0], dtype=np.uint8)) & 1).reshape(len(lines), -1)
     extra = bits.shape[1] - word_bits
-    if extra and bits[:, :extra].any():
-        raise InputError(f"{where}: a word has bits set above bit {word_bits - 1}")
+    over = np.flatnonzero(bits[:, :extra].any(axis=1)) if extra else np.zeros(0, dtype=np.int64)
+    if over.size:
+        row = int(over[0])
+        raise InputError(
+            f"{where} line {numbers[row]}: data word {row} ({lines[row]!r}) has bits set above "
+            f"bit {word_bits - 1} of a {word_bits}-bit word"
+        )
     return bits[:, extra:]
 
 

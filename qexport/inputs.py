@@ -66,7 +66,7 @@ def load_cifar10(data_dir: Path, spec: str, *, download: bool = False, train: bo
 
     try:
         dataset = torchvision.datasets.CIFAR10(root=str(data_dir), train=train, download=download)
-    except RuntimeError as err:
+    except (RuntimeError, OSError) as err:  # OSError: --download without internet
         raise InputError(
             f"CIFAR-10 not found or damaged under {data_dir} ({err}); put cifar-10-batches-py "
             "there, pass --data-dir, add --download on a machine with internet, or leave out the "
@@ -83,32 +83,45 @@ def load_cifar10(data_dir: Path, spec: str, *, download: bool = False, train: bo
     )
 
 
-def load_array(path: Path, spec: str | None) -> Inputs:
-    """``.npy`` or ``.pt`` input: float N×3×32×32 taken as normalised; uint8 taken as images."""
+def _read_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"--input {path} is not a file; give a .npy or .pt array of N×3×32×32")
+    if path.suffix not in (".npy", ".pt"):
+        raise InputError(f"--input {path}: unknown suffix {path.suffix!r}; use .npy or .pt")
     try:
         if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        elif path.suffix == ".pt":
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(loaded, torch.Tensor):
-                raise InputError(f"--input {path} holds a {type(loaded).__name__}, not one tensor")
-            array = loaded.numpy()
+            loaded: object = np.load(path, allow_pickle=False)
         else:
-            raise InputError(f"--input {path}: unknown suffix {path.suffix!r}; use .npy or .pt")
-    except (ValueError, OSError, RuntimeError) as err:
-        raise InputError(f"--input {path} could not be read as an array: {err}") from err
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        # np.load / torch.load on arbitrary bytes: EOFError (empty), ValueError, UnpicklingError …
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        raise InputError(
+            f"--input {path} could not be read as an array ({type(err).__name__}: "
+            f"{lines[0][:200] if lines else ''}); save it with numpy.save or torch.save(tensor)"
+        ) from err
+    if isinstance(loaded, torch.Tensor):
+        tensor = loaded.detach().cpu()
+        # numpy has no bfloat16; float16/64 become float32 below anyway
+        return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    raise InputError(f"--input {path} holds a {type(loaded).__name__}, not one array or tensor")
+
+
+def load_array(path: Path, spec: str | None) -> Inputs:
+    """``.npy`` or ``.pt`` input: float N×3×32×32 taken as normalised; uint8 taken as images."""
+    array = _read_array(path)
     if array.dtype == np.uint8 and array.ndim == 4 and array.shape[1:] in ((32, 32, 3), (3, 32, 32)):
         images = normalise_uint8(array)
-    elif array.dtype.kind == "f" and array.ndim == 4 and array.shape[1] == 3:
+    elif array.dtype.kind == "f" and array.ndim == 4 and array.shape[1:] == (3, 32, 32):
         if not np.isfinite(array).all():
             raise InputError(f"--input {path} holds NaN/Inf values")
         images = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     else:
         raise InputError(
             f"--input {path} has shape {list(array.shape)} and dtype {array.dtype}; expected "
-            "normalised float N×3×H×W, or uint8 images N×32×32×3 / N×3×32×32"
+            "normalised float N×3×32×32, or uint8 images N×32×32×3 / N×3×32×32"
         )
     indices = parse_images(spec, images.shape[0]) if spec else list(range(images.shape[0]))
     return Inputs(images[indices], None, {"input": path.name, "images": spec or "all"}, tuple(indices))

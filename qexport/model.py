@@ -305,11 +305,17 @@ def load_weights(
         with torch.no_grad():
             recomputed = module.quantized_weight()
             module.weight_q.copy_(recomputed)
+        if not bool(torch.isfinite(recomputed).all()):
+            raise InputError(
+                f"layer {i}: the course's weight quantizer gives NaN for these weights (they are all "
+                f"equal, {float(module.weight.detach().flatten()[0]):g}, so their std is 0); such a "
+                "layer cannot be quantized. Export from a checkpoint where it was trained"
+            )
         stored = state.get(f"features.{i}.weight_q")
         if stored is None or trust_recomputed:
             continue
         # one quantization step apart means a different integer; float noise is far below that
-        w_delta = float(module.weight_quant.wgt_alpha) / (2 ** (module.w_bit - 1) - 1)
+        w_delta = float(module.weight_quant.wgt_alpha.detach()) / (2 ** (module.w_bit - 1) - 1)
         diff = float((stored.to(recomputed.dtype) - recomputed).abs().max())
         if diff > w_delta / 4:
             raise InputError(

@@ -16,9 +16,12 @@ class ExportPlan:
     """Every file of an export, rendered in memory before anything touches the disk."""
 
     files: dict[str, bytes] = field(default_factory=dict)
+    executable: set[str] = field(default_factory=set)
 
-    def add(self, relpath: str, content: str | bytes) -> None:
+    def add(self, relpath: str, content: str | bytes, *, executable: bool = False) -> None:
         self.files[relpath] = content.encode("ascii") if isinstance(content, str) else content
+        if executable:
+            self.executable.add(relpath)
 
 
 def _is_ours(folder: Path) -> bool:
@@ -60,6 +63,8 @@ def write_plan(plan: ExportPlan, out_dir: Path, *, force: bool = False) -> None:
             target = staging / relpath
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
+            if relpath in plan.executable:
+                target.chmod(0o755)
         staging.chmod(0o755)  # mkdtemp makes it 0700
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
