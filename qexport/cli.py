@@ -6,6 +6,7 @@ torch is imported inside command bodies only, so ``qexport --help`` stays instan
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +136,12 @@ def main() -> None:
       qexport layers
       qexport dump --layer 33 --format hex -o out/layer33
     """
+    # a terminated run unwinds like Ctrl-C, so its staging folder is removed and the old set kept
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @main.command()

@@ -53,6 +53,9 @@ def write_plan(plan: ExportPlan, out_dir: Path, *, force: bool = False) -> None:
                     "replace it, or choose another -o folder"
                 )
     parent = out_dir.parent
+    # staging folders of an earlier run that was killed (SIGKILL cannot be caught)
+    for stale in parent.glob(f".{out_dir.name}.*.partial") if parent.is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
