@@ -26,6 +26,7 @@ class LayerTensors:
     x: torch.Tensor
     y: torch.Tensor
     next_x: torch.Tensor | None
+    next_module: QuantConv2d | None = None
 
 
 def relu_feeds_next_conv(model: VGGQuant, layer: int) -> int | None:
@@ -75,6 +76,14 @@ def capture(model: VGGQuant, images: torch.Tensor, device: torch.device | None =
     for number, (index, module) in enumerate(convs):
         nxt = relu_feeds_next_conv(model, index)
         captured.append(
-            LayerTensors(index, number, module, inputs[index], outputs[index], inputs[nxt] if nxt else None)
+            LayerTensors(
+                index,
+                number,
+                module,
+                inputs[index],
+                outputs[index],
+                inputs[nxt] if nxt else None,
+                model.features[nxt] if nxt else None,  # type: ignore[arg-type]
+            )
         )
     return captured

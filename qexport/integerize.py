@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,10 @@ class IntLayer:
     x_int: np.ndarray
     y_float: np.ndarray
     next_x: np.ndarray | None
+    next_x_int: np.ndarray | None = None
+    """The next conv's activation integers, where only a ReLU lies between."""
+    next_act_alpha: float | None = None
+    next_act_bit: int | None = None
 
 
 def _to_int(values: torch.Tensor, delta: float, layer: int, tensor: str) -> np.ndarray:
@@ -99,4 +104,20 @@ def integerize(t: LayerTensors) -> IntLayer:
         x_int=x_int,
         y_float=t.y.numpy(),
         next_x=None if t.next_x is None else t.next_x.numpy(),
+        **_next_layer(t),
     )
+
+
+def _next_layer(t: LayerTensors) -> dict[str, Any]:
+    nxt = t.next_module
+    if nxt is None or t.next_x is None:
+        return {}
+    alpha = float(nxt.act_alpha.detach())
+    with torch.no_grad():
+        x_q = quantize_act(t.next_x, nxt.act_alpha.detach().cpu(), nxt.act_bit, nxt.act_clip)
+    delta = alpha / (2**nxt.act_bit - 1)
+    return {
+        "next_x_int": _to_int(x_q, delta, t.layer + 2, "x_int"),
+        "next_act_alpha": alpha,
+        "next_act_bit": nxt.act_bit,
+    }

@@ -273,6 +273,14 @@ def with_act_bits(arch: Arch, act_bits: Mapping[int, int]) -> Arch:
     return replace(arch, act_bits=tuple(sorted(act_bits.items())))
 
 
+def _all_finite(value: torch.Tensor) -> bool:
+    """No NaN or Inf: one min/max pass (NaN propagates), far faster than ``isfinite(v).all()``."""
+    if value.numel() == 0:
+        return True
+    low, high = torch.aminmax(value.detach())
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
 def load_weights(
     model: VGGQuant, state: Mapping[str, torch.Tensor], *, trust_recomputed: bool = False
 ) -> None:
@@ -282,7 +290,7 @@ def load_weights(
     must agree with it (to within float rounding) unless ``trust_recomputed``.
     """
     for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if value.is_floating_point() and not _all_finite(value):
             bad = int((~torch.isfinite(value)).sum())
             raise InputError(
                 f"checkpoint tensor {key} holds {bad} NaN/Inf value(s); the model diverged or the "
@@ -305,7 +313,7 @@ def load_weights(
         with torch.no_grad():
             recomputed = module.quantized_weight()
             module.weight_q.copy_(recomputed)
-        if not bool(torch.isfinite(recomputed).all()):
+        if not _all_finite(recomputed):
             raise InputError(
                 f"layer {i}: the course's weight quantizer gives NaN for these weights (they are all "
                 f"equal, {float(module.weight.detach().flatten()[0]):g}, so their std is 0); such a "

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from qexport.errors import InputError
 
 _NAME_KEYS = ("activation", "weight", "address", "output", "output_tiled", "psum")
-_GOLDEN_OPS = ("accumulate", "relu")
+_GOLDEN_OPS = ("accumulate", "relu", "requantize")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,33 @@ class Psums:
         return np.asarray(np.maximum(self.psum, 0))
 
 
+def requantize(layer: IntLayer, psum: np.ndarray, *, check: bool = True) -> np.ndarray:
+    """ReLU(psum) as the next conv's activation integers, the course's act quantizer in float64.
+
+    x_next = round(min(max(psum, 0) * x_delta * w_delta / next_alpha, 1) * (2^next_bit - 1)).
+    Checked against the integers the next layer really sees; a disagreement (a rounding tie decided
+    differently in float32) is refused.
+    """
+    from qexport.errors import CheckFailed, InputError
+
+    if layer.next_act_alpha is None or layer.next_act_bit is None or layer.next_x_int is None:
+        raise InputError(
+            f"layer {layer.layer}: requantization needs the next conv right after a ReLU (as features[33] "
+            "-> features[35]); here a BatchNorm or pooling lies between. Drop 'requantize' from the "
+            "profile's golden ops"
+        )
+    levels = 2**layer.next_act_bit - 1
+    scaled = np.maximum(psum, 0).astype(np.float64) * (layer.x_delta * layer.w_delta) / layer.next_act_alpha
+    x_next = np.round(np.minimum(scaled, 1.0) * levels).astype(np.int64)
+    if check and not np.array_equal(x_next, layer.next_x_int):
+        bad = int((x_next != layer.next_x_int).sum())
+        raise CheckFailed(
+            f"layer {layer.layer}: {bad} requantized value(s) differ from the next layer's "
+            "activation integers"
+        )
+    return np.asarray(x_next)
+
+
 def psum_bound(layer: IntLayer, x_range: tuple[int, int]) -> int:
     """Largest |psum| any input in ``x_range`` could give with this layer's weight range."""
     terms = layer.in_channels * layer.kernel * layer.kernel

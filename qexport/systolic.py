@@ -26,7 +26,7 @@ from qexport.integerize import IntLayer
 from qexport.layout import TensorPlan
 from qexport.pack import PackSpec, check_fits, smallest_signed_bits
 from qexport.profile import Profile
-from qexport.reference import Psums, integer_conv
+from qexport.reference import Psums, integer_conv, requantize
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -93,6 +93,10 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
     psum_spec = PackSpec(p.psum_bits, p.cols, True, p.lane_order)
     out_spec = PackSpec(out_bits, p.cols, True, p.lane_order)
     relu = "relu" in p.golden
+    requant = "requantize" in p.golden
+    if requant:
+        requantize(layer, psums.psum)  # proves the formula against the next layer's integers
+        out_spec = PackSpec(p.act_bits, p.cols, False, p.lane_order)
     s = 0
     for image in range(n):
         for ty in range(ty_count):
@@ -164,7 +168,7 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
                         TensorPlan(
                             "output",
                             prefix + name,
-                            np.maximum(values, 0) if relu else values,
+                            _golden(layer, values, relu, requant),
                             ("n", "h", "w", "c"),
                             out_spec,
                             meta={**pixels, "otile": o, "oc": oc_range(o)},
@@ -174,6 +178,12 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
     if p.dataflow == "weight_stationary":
         plans.append(_address_plan(p, prefix + names["address"]))
     return plans
+
+
+def _golden(layer: IntLayer, values: np.ndarray, relu: bool, requant: bool) -> np.ndarray:
+    if requant:
+        return requantize(layer, values, check=False)
+    return np.maximum(values, 0) if relu else values
 
 
 def _by_pixel(total: np.ndarray, otile: int, p: Profile) -> np.ndarray:

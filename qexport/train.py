@@ -20,6 +20,7 @@ import pickle
 import random
 import time
 from collections.abc import Generator, Iterator, Sequence, Sized
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -200,14 +201,14 @@ def train(opts: TrainOptions) -> Iterator[TrainEvent]:
     """
     _check_options(opts)
     where = _dist_from_env()
+    device = _device(where)  # before the process group, so nccl knows each process's GPU
     owns_group = where.enabled and not dist.is_initialized()
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         if owns_group:
             _init_group(where)
-        yield from _run(opts, where)
+        with _deterministic(opts.deterministic):
+            yield from _run(opts, where, device)
     finally:
-        torch.use_deterministic_algorithms(deterministic_before)
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -280,12 +281,26 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(worker_seed)
 
 
-def _make_deterministic() -> None:
+@contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms only while training, then torch's previous settings again."""
+    if not enabled:
+        yield
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
     # cuBLAS needs a fixed workspace for deterministic matmuls; it is read when CUDA first runs one
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1:]
 
 
 def _datasets(opts: TrainOptions, where: _Dist) -> tuple[Dataset[Any], Dataset[Any]]:
@@ -471,6 +486,8 @@ def _train_epoch(
 def _validate(
     model: VGGQuant, loader: DataLoader[Any], device: torch.device, amp: bool, where: _Dist
 ) -> tuple[float, float, int]:
+    """Test loss and top-1, summed over the processes. Like the course's validate(), its eval forward
+    refreshes every ``weight_q`` after the last optimizer step, so the saved model is consistent."""
     criterion = nn.CrossEntropyLoss()
     model.eval()
     tally = _Tally(device)
@@ -481,11 +498,10 @@ def _validate(
                 output = model(images)
                 loss = criterion(output, target)
             tally.add(loss, output, target)
-        # as an eval forward does: weight_q must be the weights the saved model computes with,
-        # even on a process whose test slice is empty
-        for module in model.features:
-            if isinstance(module, QuantConv2d):
-                module.weight_q.copy_(module.quantized_weight().detach())
+        if tally.sums is None:  # an empty test slice: refresh weight_q as the forward would have
+            for module in model.features:
+                if isinstance(module, QuantConv2d):
+                    module.weight_q.copy_(module.quantized_weight().detach())
     return tally.summed(where)
 
 
@@ -552,11 +568,8 @@ def _prepare_run_dir(run_dir: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _run(opts: TrainOptions, where: _Dist) -> Iterator[TrainEvent]:
-    device = _device(where)
+def _run(opts: TrainOptions, where: _Dist, device: torch.device) -> Iterator[TrainEvent]:
     amp = opts.amp and device.type == "cuda"
-    if opts.deterministic:
-        _make_deterministic()
     generator = torch.Generator()
     data = _loaders(opts, where, device, generator)
     _seed_everything(opts.seed)  # the same initial weights in every process (DDP broadcasts rank 0's)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from qexport.api import SourceOptions, export
-from qexport.errors import BitWidthError
+from qexport.errors import BitWidthError, InputError
 from qexport.reference import integer_conv
 
 VERILOG = Path(__file__).parent / "verilog" / "course_tb.v"
@@ -146,3 +146,20 @@ def test_icarus_reads_the_course_files(course33: Path, tmp_path: Path) -> None:
     )
     failed = subprocess.run(["vvp", "-n", str(sim)], capture_output=True, text=True, check=True)
     assert "MISMATCH pixel 0 oc 0" in failed.stdout and "FAIL 1 mismatches" in failed.stdout
+
+
+def test_requantized_golden_is_the_next_layers_input(tmp_path: Path) -> None:
+    from qexport.decode import decode_file
+    from qexport.profile import load_profile, parse_profile
+
+    text = load_profile("course").source.replace('name = "course"', 'name = "course-requant"')
+    text = text.replace('golden = ["accumulate", "relu"]', 'golden = ["accumulate", "relu", "requantize"]')
+    export(SourceOptions(), [33], tmp_path / "rq", profile=parse_profile(text, "test"))
+    out = [_lanes(w, 8, 4, False) for w in _words(tmp_path / "rq" / "out.txt", 32)]
+    export(SourceOptions(), [35], tmp_path / "flat35")
+    manifest = json.loads((tmp_path / "flat35" / "manifest.json").read_text())
+    entry = next(f for f in manifest["layers"][0]["files"] if f["tensor"] == "input")
+    x35 = decode_file(tmp_path / "flat35" / entry["path"], entry)  # (n, h, w, c)
+    assert np.array_equal(np.array(out), x35[0].reshape(16, 8))
+    with pytest.raises(InputError, match="requantization needs the next conv right after a ReLU"):
+        export(SourceOptions(), [30], tmp_path / "rq30", profile=parse_profile(text, "test"))
