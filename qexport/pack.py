@@ -87,7 +87,7 @@ def word_bits_msb_first(words: np.ndarray, spec: PackSpec) -> np.ndarray:
     raw = words.astype(np.int64) & mask  # two's complement of lane_bits for negatives
     shifts = np.arange(spec.lane_bits, dtype=np.int64)
     lane_bits = ((raw[..., None] >> shifts) & 1).astype(np.uint8)  # (words, lanes, lsb..msb)
-    if True:
+    if spec.lane_order == "msb_first":
         lane_bits = lane_bits[:, ::-1, :]  # first value in the highest used lane
     lsb_first = lane_bits.reshape(words.shape[0], spec.lanes * spec.lane_bits)
     padded = np.zeros((words.shape[0], spec.word_bits), dtype=np.uint8)
