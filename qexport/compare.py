@@ -103,15 +103,19 @@ def _entries(manifest: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     return [(layer["index"], f) for layer in manifest["layers"] for f in layer["files"]]
 
 
-def _strip_comments(text: str) -> str:
-    # $writememh writes `// 0x…` address comments; the course files open with `#…#` tokens
-    keep = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("//", "#"))]
-    return "\n".join(keep) + ("\n" if keep else "")
+def _token_header_lines(text: str) -> int:
+    # the course files open with `#…#` tokens; `//` comments ($writememh's addresses) parse_words skips
+    count = 0
+    for line in text.split("\n"):
+        if not line.lstrip().startswith("#"):
+            break
+        count += 1
+    return count
 
 
 def _values(text: str, entry: dict[str, Any], where: str) -> np.ndarray:
     radix = "bin" if entry["format"] in ("bin", "txt") else "hex"
-    bits = parse_words(_strip_comments(text), radix, int(entry["word_bits"]), 0, where)
+    bits = parse_words(text, radix, int(entry["word_bits"]), _token_header_lines(text), where)
     return lanes_from_bits(
         bits, int(entry["lanes"]), int(entry["lane_bits"]), bool(entry["signed"]), entry["lane_order"]
     )
