@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from collections.abc import Sequence
@@ -417,10 +418,15 @@ def _testbench_plan(
 
 def regenerate(recipe: dict[str, Any], base: Path) -> ExportPlan:
     """Render again, in memory, the set a manifest's recipe describes (paths relative to ``base``)."""
+    with contextlib.chdir(base):  # the recipe's paths are relative to where the set was made
+        return _regenerate(recipe)
+
+
+def _regenerate(recipe: dict[str, Any]) -> ExportPlan:
     src = recipe["source"]
 
     def path(key: str) -> Path | None:
-        return None if src.get(key) is None else base / src[key]
+        return None if src.get(key) is None else Path(src[key])
 
     opts = SourceOptions(
         checkpoint=path("checkpoint"),
@@ -436,7 +442,7 @@ def regenerate(recipe: dict[str, Any], base: Path) -> ExportPlan:
         prof = parse_profile(recipe["profile_toml"], "the manifest's recipe profile")
     else:
         prof = load_profile(recipe["profile"])
-    template_dir = None if recipe["template_dir"] is None else base / recipe["template_dir"]
+    template_dir = None if recipe["template_dir"] is None else Path(recipe["template_dir"])
     layers = None if recipe["layers"] == "all" else [int(i) for i in recipe["layers"]]
     if recipe["kind"] == "testbench":
         (layer,) = layers or [0]

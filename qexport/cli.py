@@ -96,6 +96,13 @@ def source_options(func: F) -> F:
     return func
 
 
+bits_config_option = click.option(
+    "--bits-config",
+    type=click.Path(path_type=Path),
+    help='Per-layer activation bits, JSON {"act_bits": {"33": 2}} (features index or "conv 10").',
+)
+
+
 def _source(kwargs: dict[str, Any]) -> SourceOptions:
     from qexport.api import SourceOptions
 
@@ -109,6 +116,7 @@ def _source(kwargs: dict[str, Any]) -> SourceOptions:
         act_clip=kwargs.pop("act_clip"),
         trust_recomputed=kwargs.pop("trust_recomputed"),
         device=kwargs.pop("device"),
+        bits_config=kwargs.pop("bits_config", None),
     )
 
 
@@ -146,6 +154,7 @@ def _terminate(signum: int, _frame: object) -> None:
 
 @main.command()
 @source_options
+@bits_config_option
 @handles_errors
 def layers(**kwargs: Any) -> None:
     """List the model's quantized conv layers (features index, channels, bits, alphas, shapes).
@@ -175,6 +184,7 @@ def layers(**kwargs: Any) -> None:
 
 @main.command()
 @source_options
+@bits_config_option
 @click.option("--layer", "layer_text", help="features index (e.g. 33), or a comma list.")
 @click.option("--all", "all_layers", is_flag=True, help="Every quantized conv layer.")
 @click.option(
@@ -306,6 +316,7 @@ def dump(
 
 @main.command("testbench")
 @source_options
+@bits_config_option
 @click.option("--layer", "layer_text", required=True, help="features index of the conv layer.")
 @click.option("--profile", default="course", show_default=True, help="A systolic profile name or TOML file.")
 @click.option("--format", "fmt", type=click.Choice(["hex", "bin"]), default="hex", show_default=True)
@@ -450,6 +461,7 @@ def profiles_show(name: str) -> None:
 
 @main.command()
 @source_options
+@bits_config_option
 @click.option("--layer", "layer_text", help="Only these features indices (comma list).")
 @handles_errors
 def verify(layer_text: str | None, **kwargs: Any) -> None:

@@ -1,0 +1,112 @@
+// qexport behavioural reference core: a tile of a 3x3, stride-1 conv on a ROWS x COLS array.
+// Not synthesizable; it computes in one clock what the real array computes over many, so a
+// testbench rendered by `qexport testbench` runs out of the box. Replace it with your DUT.
+//
+// Interface (all writes on the rising edge of clk):
+//   act_we,  act_addr  (grid position r*GRID+c), act_data  (ROWS lanes, channel 0 in the low bits)
+//   w_we,    w_kij (kernel position ki*3+kj), w_col (output channel), w_data (ROWS lanes)
+//   addr_we, addr_index, addr_data   weight-stationary only: acc_address table (pixel*9 + k)
+//   clear    zero the accumulators;  start   add the loaded input-channel tile's conv to them;
+//   done     high for one cycle after start
+//   out_addr (output pixel orow*TILE+ocol) -> out_data (COLS lanes of OUT_BITS, channel 0 lowest)
+`timescale 1ns/1ps
+module qexport_ref_core #(
+    parameter ROWS = 8,
+    parameter COLS = 8,
+    parameter ACT_BITS = 4,
+    parameter W_BITS = 4,
+    parameter PSUM_BITS = 16,
+    parameter OUT_BITS = 16,
+    parameter TILE = 4,
+    parameter ADDR_BITS = 11,
+    parameter WEIGHT_STATIONARY = 1,
+    parameter RELU = 1
+) (
+    input  wire clk,
+    input  wire act_we,
+    input  wire [15:0] act_addr,
+    input  wire [ROWS*ACT_BITS-1:0] act_data,
+    input  wire w_we,
+    input  wire [3:0] w_kij,
+    input  wire [15:0] w_col,
+    input  wire [ROWS*W_BITS-1:0] w_data,
+    input  wire addr_we,
+    input  wire [15:0] addr_index,
+    input  wire [ADDR_BITS-1:0] addr_data,
+    input  wire clear,
+    input  wire start,
+    output reg  done,
+    input  wire [15:0] out_addr,
+    output wire [COLS*OUT_BITS-1:0] out_data
+);
+    localparam GRID = TILE + 2;
+    localparam PIXELS = TILE * TILE;
+
+    reg [ROWS*ACT_BITS-1:0] act [0:GRID*GRID-1];
+    reg [ROWS*W_BITS-1:0] wgt [0:9*COLS-1];
+    reg [ADDR_BITS-1:0] addr_table [0:PIXELS*9-1];
+    // psum memory of the weight-stationary core: kernel pass k writes grid row n at GRID*GRID*k + n
+    reg signed [PSUM_BITS-1:0] psum_mem [0:9*GRID*GRID*COLS-1];
+    reg signed [63:0] acc [0:PIXELS*COLS-1];
+
+    integer k, n, oc, ic, p, ki, kj;
+    reg signed [63:0] sum;
+
+    function automatic signed [63:0] mac_row(input integer pos, input integer kij, input integer col);
+        integer lane;
+        reg signed [63:0] total;
+        reg signed [W_BITS:0] w_lane;
+        reg [ACT_BITS:0] x_lane;
+        begin
+            total = 0;
+            for (lane = 0; lane < ROWS; lane = lane + 1) begin
+                x_lane = {1'b0, act[pos][lane*ACT_BITS +: ACT_BITS]};
+                w_lane = {wgt[kij*COLS + col][lane*W_BITS + W_BITS - 1], wgt[kij*COLS + col][lane*W_BITS +: W_BITS]};
+                total = total + $signed(x_lane) * w_lane;
+            end
+            mac_row = total;
+        end
+    endfunction
+
+    always @(posedge clk) begin
+        done <= 1'b0;
+        if (act_we) act[act_addr] <= act_data;
+        if (w_we) wgt[w_kij*COLS + w_col] <= w_data;
+        if (addr_we) addr_table[addr_index] <= addr_data;
+        if (clear) for (p = 0; p < PIXELS*COLS; p = p + 1) acc[p] = 0;
+        if (start) begin
+            if (WEIGHT_STATIONARY) begin
+                for (k = 0; k < 9; k = k + 1)
+                    for (n = 0; n < GRID*GRID; n = n + 1)
+                        for (oc = 0; oc < COLS; oc = oc + 1)
+                            psum_mem[(GRID*GRID*k + n)*COLS + oc] = mac_row(n, k, oc);
+                for (p = 0; p < PIXELS; p = p + 1)
+                    for (oc = 0; oc < COLS; oc = oc + 1) begin
+                        sum = 0;
+                        for (k = 0; k < 9; k = k + 1)
+                            sum = sum + psum_mem[addr_table[p*9 + k]*COLS + oc];
+                        acc[p*COLS + oc] = acc[p*COLS + oc] + sum;
+                    end
+            end else begin
+                // output-stationary: each PE keeps one pixel x channel and accumulates in place
+                for (p = 0; p < PIXELS; p = p + 1)
+                    for (oc = 0; oc < COLS; oc = oc + 1) begin
+                        sum = 0;
+                        for (ki = 0; ki < 3; ki = ki + 1)
+                            for (kj = 0; kj < 3; kj = kj + 1)
+                                sum = sum + mac_row((p/TILE + ki)*GRID + (p%TILE + kj), ki*3 + kj, oc);
+                        acc[p*COLS + oc] = acc[p*COLS + oc] + sum;
+                    end
+            end
+            done <= 1'b1;
+        end
+    end
+
+    genvar lane;
+    generate
+        for (lane = 0; lane < COLS; lane = lane + 1) begin : out_lanes
+            wire signed [63:0] value = acc[out_addr*COLS + lane];
+            assign out_data[lane*OUT_BITS +: OUT_BITS] = (RELU && value < 0) ? {OUT_BITS{1'b0}} : value[OUT_BITS-1:0];
+        end
+    endgenerate
+endmodule
