@@ -503,5 +503,10 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
     click.echo(f"all {len(results)} layers pass (mean error < 1e-3)")
 
 
+# registered last: these modules import the shared options from this one
+from qexport.cli_train import train_command  # noqa: E402
+
+main.add_command(train_command)
+
 if __name__ == "__main__":
     main()

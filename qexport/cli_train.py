@@ -168,7 +168,7 @@ def train_command(
             first = f"resuming after epoch {event.start_epoch}" if event.start_epoch else "from scratch"
             click.echo(
                 f"training {event.model} on {event.device} ({processes}{amp}), {first}, "
-                f"{event.epochs} epochs, {event.train_images} train / {event.test_images} test images "
+                f"to epoch {event.epochs}, {event.train_images} train / {event.test_images} test images "
                 f"-> {event.run_dir}"
             )
         elif isinstance(event, BatchProgress):

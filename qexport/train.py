@@ -395,6 +395,11 @@ def _loaders(opts: TrainOptions, where: _Dist, device: torch.device, generator: 
 
 def _resume(path: Path, model: VGGQuant, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     """Load weights and optimizer state from a course checkpoint; return (epochs done, best_prec)."""
+    if not path.is_file():
+        raise InputError(
+            f"--resume {path} is not a file; give the checkpoint.pth of an earlier run, e.g. "
+            f"result/{model.arch.name}/checkpoint.pth"
+        )
     ckpt = load_checkpoint(path)
     resolve_arch(ckpt, model.arch.name)  # refuses a checkpoint of another architecture, naming it
     if ckpt.epoch is None:
@@ -564,8 +569,9 @@ def _prepare_run_dir(run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"cannot create the run folder {run_dir} ({err}); pick another --out") from err
-    for stale in run_dir.glob(".*.tmp"):  # left by a run killed while writing
-        stale.unlink(missing_ok=True)
+    for name in (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME, CURVES_NAME):
+        for stale in run_dir.glob(f".{name}.*.tmp"):  # left by a run killed while writing it
+            stale.unlink(missing_ok=True)
 
 
 def _run(opts: TrainOptions, where: _Dist, device: torch.device) -> Iterator[TrainEvent]:

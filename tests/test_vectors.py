@@ -38,6 +38,7 @@ def test_check_names_the_first_differing_value(tmp_path: Path, monkeypatch: pyte
     monkeypatch.chdir(ROOT)
     result = CliRunner().invoke(main, ["check", str(copy)])
     assert result.exit_code == 1
-    assert "layer33/psum.hex: 1 value(s) differ; first: word 9 lane 0 at layer=33, n=0, y=0, x=1, channel=1" in (
-        result.output
+    assert (
+        "layer33/psum.hex: 1 value(s) differ; first: word 9 lane 0 at layer=33, n=0, y=0, x=1, channel=1"
+        in (result.output)
     )
