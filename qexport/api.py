@@ -567,7 +567,8 @@ def _render_file(tp: TensorPlan, t: LayerTensors, ctx: _RenderContext, plan: Exp
         entry |= {"header_lines": 0, "depth": tp.array.size, "fill": 0}
     else:
         words = to_words(tp.array, spec)
-        depth = _depth_of(words.shape[0], ctx.depth)
+        # the course core's text files have fixed line counts: never padded
+        depth = _depth_of(words.shape[0], "exact" if fmt == "txt" else ctx.depth)
         text = render(f"{fmt}/memory.{fmt}.j2", _template_context(tp, t, ctx, words, depth), ctx.template_dir)
         if fmt == "txt" and tp.tensor == "address":
             text = render("txt/address.txt.j2", {"body": formats.body(words, spec, "txt")}, ctx.template_dir)

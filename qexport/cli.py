@@ -5,133 +5,27 @@ torch is imported inside command bodies only, so ``qexport --help`` stays instan
 
 from __future__ import annotations
 
-import functools
 import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import click
 
 from qexport import __version__
-from qexport.errors import CheckFailed, QExportError
-
-if TYPE_CHECKING:
-    from qexport.api import Loaded, SourceOptions
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-MODELS = ("VGG16_quant", "VGG16_quant_gradual", "VGG16_quant_squeeze")
-
-
-def _fail(err: QExportError) -> None:
-    click.echo(f"error: {err}", err=True)
-    sys.exit(err.exit_code)
-
-
-def handles_errors(func: F) -> F:
-    """Turn library errors into one message on stderr and the error's exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except QExportError as err:
-            _fail(err)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def source_options(func: F) -> F:
-    """Model and input options shared by every command that runs the model."""
-    options = [
-        click.option(
-            "--checkpoint",
-            type=click.Path(path_type=Path),
-            help="Course checkpoint (.pth / .pth.tar). Without it: the demo model (untrained).",
-        ),
-        click.option(
-            "--model",
-            type=click.Choice(MODELS),
-            help="Architecture. Default: the built-in that fits the checkpoint, else one inferred "
-            "from its state dict; VGG16_quant_gradual for the demo.",
-        ),
-        click.option(
-            "--data-dir",
-            type=click.Path(path_type=Path),
-            help="Folder holding cifar-10-batches-py. Default ./data when it has CIFAR-10, "
-            "else the demo images.",
-        ),
-        click.option("--download", is_flag=True, help="Download CIFAR-10 into --data-dir first."),
-        click.option(
-            "--input",
-            "input_file",
-            type=click.Path(path_type=Path),
-            help="Inputs as .npy/.pt: float N×3×32×32 (normalised) or uint8 images.",
-        ),
-        click.option(
-            "--images",
-            default="0",
-            show_default=True,
-            help="Which images: an index (0), a range (0:128, the seeds' first batch) or a list (1,5,9).",
-        ),
-        click.option(
-            "--act-clip",
-            type=click.Choice(["course", "relu"]),
-            default="course",
-            show_default=True,
-            help="Activation clip: 'course' clips at alpha only (the course code, so the first "
-            "layer's normalised image gives negative ints); 'relu' also clips at 0.",
-        ),
-        click.option(
-            "--trust-recomputed",
-            is_flag=True,
-            help="Export weights recomputed from 'weight' even if a stored weight_q disagrees.",
-        ),
-        click.option("--device", help="torch device (default: cuda when present, else cpu)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-bits_config_option = click.option(
-    "--bits-config",
-    type=click.Path(path_type=Path),
-    help='Per-layer activation bits, JSON {"act_bits": {"33": 2}} (features index or "conv 10").',
+from qexport.cli_common import (
+    MODELS,
+    _describe_source,
+    _fail,
+    _parse_layers,
+    _source,
+    bits_config_option,
+    handles_errors,
+    source_options,
 )
+from qexport.cli_train import train_command
+from qexport.errors import CheckFailed
 
-
-def _source(kwargs: dict[str, Any]) -> SourceOptions:
-    from qexport.api import SourceOptions
-
-    return SourceOptions(
-        checkpoint=kwargs.pop("checkpoint"),
-        model=kwargs.pop("model"),
-        data_dir=kwargs.pop("data_dir"),
-        input_file=kwargs.pop("input_file"),
-        images=kwargs.pop("images"),
-        download=kwargs.pop("download"),
-        act_clip=kwargs.pop("act_clip"),
-        trust_recomputed=kwargs.pop("trust_recomputed"),
-        device=kwargs.pop("device"),
-        bits_config=kwargs.pop("bits_config", None),
-    )
-
-
-def _describe_source(loaded: Loaded) -> str:
-    model = loaded.arch.name
-    if loaded.demo_label:
-        return f"{model} ({loaded.demo_label})"
-    return f"{model} from {loaded.source['checkpoint']}"
-
-
-def _parse_layers(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a features index or a comma list of them") from None
+__all__ = ["MODELS", "handles_errors", "main", "source_options"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -503,10 +397,4 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
     click.echo(f"all {len(results)} layers pass (mean error < 1e-3)")
 
 
-# registered last: these modules import the shared options from this one
-from qexport.cli_train import train_command  # noqa: E402
-
 main.add_command(train_command)
-
-if __name__ == "__main__":
-    main()

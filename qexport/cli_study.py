@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from qexport.cli import _source, handles_errors, source_options
+from qexport.cli_common import _source, bits_config_option, handles_errors, source_options
 
 if TYPE_CHECKING:
     from qexport.study import SearchResult, SearchStep, Sensitivity, Study, Written
@@ -147,15 +147,9 @@ def _wrote(written: Written) -> None:
 @click.command("eval")
 @source_options
 @_study_options("eval")
-@click.option(
-    "--bits-config",
-    type=click.Path(path_type=Path),
-    help='Per-layer activation bits, JSON {"act_bits": {"30": 2, ...}} keyed by features index or '
-    '"conv 9" (as `qexport search` writes it). Layers not named keep theirs.',
-)
+@bits_config_option
 @handles_errors
 def eval_command(
-    bits_config: Path | None,
     labels_file: Path | None,
     batch_size: int,
     limit: int | None,
@@ -167,7 +161,8 @@ def eval_command(
 
     Runs over the CIFAR-10 test set (--data-dir), over --input tensors with --labels, or over
     the demo images. The demo model is untrained and its images have no labels: they are labelled
-    with the model's own predictions at 4 bits, and the result says so. Writes eval.json.
+    with the model's own predictions at 4 bits, and the result says so. --bits-config takes the
+    bits_config.json `qexport search` writes. Writes eval.json.
 
     \b
     Example:
@@ -177,7 +172,7 @@ def eval_command(
     """
     from qexport import study
 
-    opts = study.with_bits_config(_source(kwargs), bits_config)
+    opts = _source(kwargs)
     with _Bars() as bars:
         s, result, written = study.run_eval(
             opts,
@@ -189,8 +184,8 @@ def eval_command(
             progress=bars,
         )
     _header(s)
-    if bits_config is not None:
-        click.echo(f"# activation bits from {bits_config}")
+    if opts.bits_config is not None:
+        click.echo(f"# activation bits from {opts.bits_config}")
     who = "Demo model" if s.loaded.demo_label else "Checkpoint model"
     note = f"  ({s.note})" if s.note else ""
     click.echo(f"[{who}] Test Accuracy: {result.accuracy:.2f}% | Test Loss: {result.loss:.4f}{note}")
@@ -261,13 +256,14 @@ def _budget(result: SearchResult) -> None:
     if b is None:
         return
     s = result.sensitivity
-    names = ", ".join(f"{c.conv_number}" for c in result.convs if c.layer in b.layers) or "none"
-    verdict = "CHOSEN" if b.chosen else "KEPT GREEDY'S"
+    names = ", ".join(c.name for c in result.convs if c.layer in b.layers) or "none"
+    verdict = "chosen" if b.chosen else "kept greedy's answer"
     click.echo("\n=> Budget search (knapsack over the measured drops, maximising saved activation bits):")
     click.echo(
-        f" {verdict}: layers [{names}] -> {s.to_bits}bit | predicted drop={b.predicted_drop:.2f}%, "
-        f"acc={b.result.accuracy:.2f}%, drop={b.drop:.2f}%; {b.reason}"
+        f" knapsack: {names} -> {s.to_bits}bit | predicted drop={b.predicted_drop:.2f}%, "
+        f"acc={b.result.accuracy:.2f}%, drop={b.drop:.2f}%"
     )
+    click.echo(f" -> {verdict}: {b.reason}")
 
 
 def _final(result: SearchResult) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from qexport.cli import MODELS, handles_errors
+from qexport.cli_common import MODELS, handles_errors
 
 
 def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:

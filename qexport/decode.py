@@ -82,15 +82,36 @@ def lanes_from_bits(
     return values
 
 
+def _plain_words(text: str, entry: Mapping[str, Any]) -> str:
+    """The data words of a coe / mif / C-header file, one bare hex word a line."""
+    lines = text.split("\n")[int(entry["header_lines"]) :][: int(entry["depth"])]
+    fmt = entry["format"]
+    if fmt == "coe":  # `0a1b,` ... `ffff;`
+        words = [line.strip().rstrip(",;") for line in lines]
+    elif fmt == "mif":  # `    0a : 0a1b;`
+        words = [line.split(":", 1)[-1].strip().rstrip(";") for line in lines]
+    else:  # `    0x0a1b,` or `    {0x…, 0x…},` with 32-bit limbs, least significant first
+        words = []
+        for line in lines:
+            limbs = [part.strip().removeprefix("0x") for part in line.strip(" {},").split(",")]
+            words.append("".join(reversed(limbs)))
+        digits = -(-int(entry["word_bits"]) // 4)
+        words = [w[-digits:] if len(w) > digits and set(w[:-digits]) <= {"0"} else w for w in words]
+    return "\n".join(words) + "\n"
+
+
 def decode_file(path: Path, entry: Mapping[str, Any]) -> np.ndarray:
     """Decode one file of a manifest into its integer tensor (shape and axes as the manifest says)."""
     shape = tuple(int(s) for s in entry["shape"])
     count = int(np.prod(shape))
     if entry["format"] == "npy":
         array = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
-        return array.astype(np.int64).reshape(shape)
+        return np.asarray(array.astype(np.int64).reshape(shape))
     text = path.read_text(encoding="ascii")
-    bits = parse_words(text, entry["format"], int(entry["word_bits"]), int(entry["header_lines"]), str(path))
+    radix, header = ("bin" if entry["format"] in ("bin", "txt") else "hex"), int(entry["header_lines"])
+    if entry["format"] in ("coe", "mif", "h"):
+        text, header = _plain_words(text, entry), 0
+    bits = parse_words(text, radix, int(entry["word_bits"]), header, str(path))
     if bits.shape[0] < int(entry["words"]):
         raise InputError(f"{path}: {bits.shape[0]} data words, the manifest says {entry['words']}")
     values = lanes_from_bits(

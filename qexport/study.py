@@ -6,8 +6,10 @@ that prefix runs once and only the suffix runs per variant:
 
 - ``sensitivity`` walks each batch through the all-``from_bits`` model once and, at every conv's
   input, branches off that conv's ``to_bits`` variant (all variants in one pass over the data);
-- ``greedy_search`` keeps the activations entering each conv under the currently accepted
-  configuration, so a candidate runs from its own conv onwards.
+- ``search`` (the greedy loop) keeps the activations entering each conv under the currently
+  accepted configuration, so a candidate runs from its own conv onwards, and reuses any result
+  already measured (a candidate tried with nothing accepted yet is a sensitivity row).
+  ``cache_bytes`` bounds what is kept; less memory means longer runs, never other results.
 
 The same modules see the same batches in the same order, and evaluation is deterministic on the
 CPU, so every accuracy, loss and decision equals the seed loop's to the bit
@@ -20,11 +22,12 @@ Layers are named by ``layer`` (the ``model.features`` index, as ``dump --layer``
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,7 +213,7 @@ class Study:
         return self.loaded.model
 
     def describe(self) -> str:
-        """``VGG16_quant from model_best.pth.tar, 10000 CIFAR-10 test images``."""
+        """``VGG16_quant from model_best.pth.tar, 10000 CIFAR-10 test image(s), labels: cifar10``."""
         loaded = self.loaded
         model = loaded.arch.name
         if loaded.demo_label:
@@ -358,17 +361,20 @@ def _frozen_weights(model: VGGQuant) -> Iterator[None]:
 
     QuantConv2d re-quantizes its weights on every call; the result depends on the weights alone,
     so computing it once gives the same tensor and keeps QuantConv2d.forward the one definition of
-    the layer.
+    the layer. Nested use leaves the outer freeze in place.
     """
-    convs = list(_qconvs(model).values())
-    with torch.no_grad():
-        for module in convs:
-            weight_q = module.quantized_weight().detach()
-            setattr(module, "quantized_weight", lambda w=weight_q: w)  # noqa: B010 - shadows a method
+    patched = []
     try:
+        with torch.no_grad():
+            for module in _qconvs(model).values():
+                if "quantized_weight" in vars(module):
+                    continue
+                weight_q = module.quantized_weight().detach()
+                setattr(module, "quantized_weight", lambda w=weight_q: w)  # noqa: B010 - shadows a method
+                patched.append(module)
         yield
     finally:
-        for module in convs:
+        for module in patched:
             delattr(module, "quantized_weight")
 
 
@@ -454,6 +460,9 @@ class _Engine:
         self.names = {c.layer: c.name for c in self.infos}
         per_image = study.images.element_size() * study.images.shape[0]
         self.point_bytes = {c.layer: c.input_elements * per_image for c in self.infos}
+        # runs reuse the input batches; they start at a conv, which never writes its input, except
+        # a run from features[0] when that is not a conv
+        self.copy_input = not isinstance(self.features[0], nn.Conv2d)
         self.memo: dict[frozenset[int], EvalResult] = {}
         self.accepted: frozenset[int] = frozenset()
         self.cache: dict[int, list[torch.Tensor]] = {}
@@ -465,6 +474,9 @@ class _Engine:
         for module in self.features[start:stop]:
             h = module(h)
         return h
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone() if self.copy_input else x
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.classifier(h.flatten(1))  # type: ignore[no-any-return]
@@ -501,7 +513,7 @@ class _Engine:
         tallies = {c: _Tally() for c in self.convs}
         end = len(self.features)
         for done, (x, y) in enumerate(self.batches, 1):
-            h, pos = x, 0
+            h, pos = self._input(x), 0
             for c in self.convs:
                 h, pos = self._run(h, pos, c), c
                 if c in stored:
@@ -537,7 +549,7 @@ class _Engine:
         self._set(low)
         tally = _Tally()
         for done, (x, y) in enumerate(self.batches, 1):
-            h = self.cache[start][done - 1] if start in self.cache else x
+            h = self.cache[start][done - 1] if start in self.cache else self._input(x)
             pos = start
             for layer in keep:
                 h, pos = self._run(h, pos, layer), layer
@@ -764,8 +776,6 @@ def _header(study: Study, command: str) -> dict[str, Any]:
 
 
 def _write(study: Study, command: str, files: dict[str, bytes], out_dir: Path, force: bool) -> Written:
-    import hashlib
-
     plan = ExportPlan()
     for name, content in files.items():
         plan.add(name, content)
@@ -978,8 +988,3 @@ def run_search(
     report = {**_header(study, "search"), "batch_size": batch_size, **summary(result)}
     files = {"bits_config.json": dumps(bits_config(result)).encode(), "summary.json": dumps(report).encode()}
     return study, result, _write(study, "search", files, out_dir, force)
-
-
-def with_bits_config(opts: SourceOptions, path: Path | None) -> SourceOptions:
-    """``opts`` with ``--bits-config`` set (the shared source options do not carry it)."""
-    return replace(opts, bits_config=path) if path is not None else opts

@@ -145,7 +145,7 @@ def test_sigterm_leaves_old_set_and_no_partial_folder(tmp_path: Path) -> None:
     assert CliRunner().invoke(main, ["dump", "--layer", "33", "-o", str(out)]).exit_code == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qexport.cli", "dump", "--all", "-o", str(out), "--force"],
+        [sys.executable, "-m", "qexport", "dump", "--all", "-o", str(out), "--force"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -94,7 +94,7 @@ def test_same_bytes_across_processes_threads_and_hash_seeds(tmp_path: Path) -> N
             [
                 sys.executable,
                 "-m",
-                "qexport.cli",
+                "qexport",
                 "dump",
                 "--all",
                 "--images",
