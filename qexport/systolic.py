@@ -93,6 +93,16 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
     psum_spec = PackSpec(p.psum_bits, p.cols, True, p.lane_order)
     out_spec = PackSpec(out_bits, p.cols, True, p.lane_order)
     relu = "relu" in p.golden
+
+    def fit_psum(values: np.ndarray, where: str) -> None:
+        check_fits(
+            values,
+            psum_spec,
+            f"layer {layer.layer} {where} psum",
+            f"overflow: the {p.name} core's {p.psum_bits}-bit psums are too narrow for this layer; "
+            "use a profile with more psum_bits",
+        )
+
     requant = "requantize" in p.golden
     if requant:
         requantize(layer, psums.psum)  # proves the formula against the next layer's integers
@@ -129,13 +139,7 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
                     if itiles > 1:
                         for o in range(otiles):
                             values = _by_pixel(partial, o, p)
-                            check_fits(
-                                values,
-                                psum_spec,
-                                f"layer {layer.layer} tile {s} itile {i} otile {o} psum",
-                                f"overflow: the {p.name} core's {p.psum_bits}-bit psums are too narrow "
-                                "for this layer; use a profile with more psum_bits",
-                            )
+                            fit_psum(values, f"tile {s} itile {i} otile {o}")
                             plans.append(
                                 TensorPlan(
                                     "psum",
@@ -156,13 +160,7 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
                 for o in range(otiles):
                     values = _by_pixel(total, o, p)
                     if itiles == 1:
-                        check_fits(
-                            values,
-                            psum_spec,
-                            f"layer {layer.layer} tile {s} otile {o} psum",
-                            f"overflow: the {p.name} core's {p.psum_bits}-bit psums are too narrow for "
-                            "this layer; use a profile with more psum_bits",
-                        )
+                        fit_psum(values, f"tile {s} otile {o}")
                     name = names["output"] if single else names["output_tiled"].format(s=s, o=o)
                     plans.append(
                         TensorPlan(
