@@ -192,3 +192,66 @@ def test_installed_console_script_runs(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: --layer 2 is not a quantized conv layer")
+
+
+def test_template_dir_overrides_a_template_by_name(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "tpl" / "hex").mkdir(parents=True)
+    (tmp_path / "tpl" / "hex" / "memory.hex.j2").write_text("// my header for {{ tensor }}\n{{ body }}\n")
+    out = tmp_path / "o"
+    result = runner.invoke(
+        main, ["dump", "--layer", "33", "--template-dir", str(tmp_path / "tpl"), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    text = (out / "layer33" / "weight.hex").read_text()
+    assert text.startswith("// my header for weight\n")
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = next(f for f in manifest["layers"][0]["files"] if f["tensor"] == "weight")
+    assert entry["header_lines"] == 1
+    assert decode_file(out / entry["path"], entry).shape == (8, 3, 3, 8)
+
+
+@pytest.mark.slow
+def test_installed_wheel_ships_templates_and_profiles(tmp_path: Path) -> None:
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("qexport-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in (
+        "qexport/templates/hex/memory.hex.j2",
+        "qexport/templates/txt/memory.txt.j2",
+        "qexport/templates/profiles/course.toml",
+        "qexport/templates/testbench/qexport_ref_core.v",
+        "qexport/py.typed",
+    ):
+        assert name in names, name
+    # the wheel alone (no source tree) renders: unpack it and import from there
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import qexport.profile as p, qexport.render as r;"
+        "assert p.builtin_names() == ['course', 'course-os', 'flat', 'systolic'];"
+        "assert r.environment().get_template('hex/memory.hex.j2').filename.startswith(sys.argv[1]);"
+        "print(p.__file__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(site)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(str(site))
