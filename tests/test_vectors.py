@@ -42,3 +42,74 @@ def test_check_names_the_first_differing_value(tmp_path: Path, monkeypatch: pyte
         "layer33/psum.hex: 1 value(s) differ; first: word 9 lane 0 at layer=33, n=0, y=0, x=1, channel=1"
         in (result.output)
     )
+
+
+@pytest.fixture(scope="module")
+def regenerated_flat_hex() -> dict[str, bytes]:
+    import json
+
+    from qexport.api import regenerate
+
+    manifest = json.loads((ROOT / "vectors" / "gradual33_flat_hex" / "manifest.json").read_text())
+    return regenerate(manifest["recipe"], ROOT).files
+
+
+def test_check_survives_malformed_committed_files(
+    tmp_path_factory: pytest.TempPathFactory,
+    regenerated_flat_hex: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bad digits, wrong widths, missing and extra lines: always a report, never a crash."""
+    import shutil
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from qexport import api
+    from qexport.write import ExportPlan
+
+    # regenerating is the slow, already-tested part: do it once
+    monkeypatch.setattr(api, "regenerate", lambda recipe, base: ExportPlan(dict(regenerated_flat_hex)))
+
+    base = tmp_path_factory.mktemp("fuzz")
+    source = ROOT / "vectors" / "gradual33_flat_hex"
+    original = (source / "layer33" / "psum.hex").read_text().splitlines()
+
+    @settings(max_examples=40, derandomize=True, deadline=None)
+    @given(
+        edits=st.lists(
+            st.tuples(
+                st.integers(0, len(original) + 2),
+                st.sampled_from(["drop", "dup", "digit", "widen", "narrow", "junk"]),
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    def run(edits: list[tuple[int, str]]) -> None:
+        folder = base / "set"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(source, folder)
+        lines = list(original)
+        for index, edit in edits:
+            i = min(index, len(lines) - 1)
+            if edit == "drop":
+                del lines[i]
+            elif edit == "dup":
+                lines.insert(i, lines[i])
+            elif edit == "digit":
+                lines[i] = "z" + lines[i][1:]
+            elif edit == "widen":
+                lines[i] += "0"
+            elif edit == "narrow":
+                lines[i] = lines[i][:-1]
+            else:
+                lines.insert(i, "not a word")
+        (folder / "layer33" / "psum.hex").write_text("\n".join(lines) + "\n")
+        result = check_set(folder, base=ROOT)
+        changed = "\n".join(lines) + "\n" != "\n".join(original) + "\n"
+        assert result.identical is not changed
+        if changed:
+            assert any(p.startswith("layer33/psum.hex") for p in result.problems)
+
+    run()
