@@ -62,7 +62,9 @@ def bar_chart(
     value_room = (
         int(probe.textlength(f"-{max((abs(v) for v in values), default=0):.2f}{unit}", font=font)) + 8
     )
-    plot_left, plot_right = left + value_room, _WIDTH - _PAD - value_room
+    # room for value labels: left of the zero line only when a bar extends there
+    plot_left = left + (value_room if min(values, default=0.0) < 0 else 0)
+    plot_right = _WIDTH - _PAD - value_room
     height = _TOP + _ROW * len(labels) + _BOTTOM
 
     lo, hi = min(0.0, *values), max(0.0, *values)
