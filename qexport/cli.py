@@ -22,6 +22,7 @@ from qexport.cli_common import (
     handles_errors,
     source_options,
 )
+from qexport.cli_study import eval_command, search_command, sensitivity_command
 from qexport.cli_train import train_command
 from qexport.errors import CheckFailed
 
@@ -397,4 +398,5 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
     click.echo(f"all {len(results)} layers pass (mean error < 1e-3)")
 
 
-main.add_command(train_command)
+for _command in (eval_command, sensitivity_command, search_command, train_command):
+    main.add_command(_command)

@@ -25,7 +25,10 @@ def test_help_lists_commands_without_importing_torch() -> None:
     assert result.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("command", ["layers", "dump", "verify"])
+@pytest.mark.parametrize(
+    "command",
+    ["layers", "dump", "verify", "testbench", "compare", "check", "eval", "sensitivity", "search", "train"],
+)
 def test_every_command_has_help_with_an_example(runner: CliRunner, command: str) -> None:
     result = runner.invoke(main, [command, "--help"])
     assert result.exit_code == 0
