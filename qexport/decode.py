@@ -53,6 +53,7 @@ def parse_words(text: str, radix: str, word_bits: int, header_lines: int, where:
         raise InputError(
             f"{where} line {numbers[row]}: data word {row} has a bad {radix} digit {lines[row][col]!r}"
         )
+    bits: np.ndarray
     if radix == "bin":
         bits = values
     else:
@@ -79,7 +80,7 @@ def lanes_from_bits(
         values = np.where(values >= 1 << (lane_bits - 1), values - (1 << lane_bits), values)
     if lane_order == "msb_first":
         values = values[:, ::-1]
-    return values
+    return np.asarray(values)
 
 
 def _plain_words(text: str, entry: Mapping[str, Any]) -> str:

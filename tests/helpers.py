@@ -101,9 +101,7 @@ def _raw_state(arch: Arch, seed: int) -> StateDict:
 
 
 @lru_cache(maxsize=8)
-def _randomised_state(
-    arch: Arch, seed: int, act_bit: int | tuple[tuple[int, int], ...] | None
-) -> StateDict:
+def _randomised_state(arch: Arch, seed: int, act_bit: int | tuple[tuple[int, int], ...] | None) -> StateDict:
     """After one eval forward pass, as training leaves it. Cached: VGG16 takes seconds on a CPU.
 
     The eval forward writes ``weight_q`` and nothing else (BatchNorm statistics stay), so without

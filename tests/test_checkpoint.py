@@ -73,9 +73,7 @@ def _assert_loads_every_parameter(path: Path, arch: str | Arch) -> None:
 @pytest.mark.parametrize("kwargs", FORMATS.values(), ids=FORMATS.keys())
 def test_course_formats_load_every_parameter(tmp_path: Path, kwargs: dict[str, bool]) -> None:
     # SMALL has no built-in twin, so this also runs inference on every format
-    _assert_loads_every_parameter(
-        course_checkpoint(tmp_path / "model_best.pth.tar", SMALL, **kwargs), SMALL
-    )
+    _assert_loads_every_parameter(course_checkpoint(tmp_path / "model_best.pth.tar", SMALL, **kwargs), SMALL)
 
 
 @pytest.mark.parametrize(
@@ -92,9 +90,7 @@ def test_gradual_checkpoint_loads_every_parameter(tmp_path: Path, kwargs: dict[s
 def test_checkpoint_without_weight_q_is_the_same_checkpoint_minus_weight_q(tmp_path: Path) -> None:
     # guards the helper's shortcut: weight_q=False skips the forward pass
     full = load_checkpoint(course_checkpoint(tmp_path / "full.pth", SMALL)).state_dict
-    lean = load_checkpoint(
-        course_checkpoint(tmp_path / "lean.pth", SMALL, weight_q=False)
-    ).state_dict
+    lean = load_checkpoint(course_checkpoint(tmp_path / "lean.pth", SMALL, weight_q=False)).state_dict
     assert lean.keys() == {k for k in full if not k.endswith(".weight_q")}
     assert [k for k in lean if not torch.equal(lean[k], full[k])] == []
     assert all(bool(full[k].abs().sum() > 0) for k in full if k.endswith(".weight_q"))
@@ -146,9 +142,7 @@ def _shift_weight_q(layer: int, steps: float) -> Callable[[StateDict], None]:
     [(GRADUAL, 33), (SMALL, 0), (SMALL, 11)],
     ids=["gradual-features33", "small-features0", "small-features11"],
 )
-def test_stale_weight_q_is_refused_naming_the_layer(
-    tmp_path: Path, arch: str | Arch, layer: int
-) -> None:
+def test_stale_weight_q_is_refused_naming_the_layer(tmp_path: Path, arch: str | Arch, layer: int) -> None:
     path = course_checkpoint(tmp_path / "c.pth", arch, mutate=_shift_weight_q(layer, 2))
     with pytest.raises(InputError, match=rf"^layer {layer}: stored weight_q disagrees") as info:
         _load(path)

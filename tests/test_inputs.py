@@ -74,9 +74,7 @@ def test_cifar10_out_of_range_names_the_range(
     fake_cifar: tuple[Path, np.ndarray, np.ndarray], fake_cifar_md5: None
 ) -> None:
     root, _, _ = fake_cifar
-    with pytest.raises(
-        InputError, match=r"asks for image 20, but only 0\.\.19 exist \(20 images\)"
-    ):
+    with pytest.raises(InputError, match=r"asks for image 20, but only 0\.\.19 exist \(20 images\)"):
         load_cifar10(root, "15:25")
 
 
@@ -101,9 +99,7 @@ def test_missing_data_dir_says_data_dir_and_download(
     assert "--download" in str(info.value)
 
 
-def test_download_without_internet_is_an_input_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_without_internet_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision.datasets.cifar as cifar
 
     def offline(*args: object, **kwargs: object) -> None:
@@ -168,9 +164,7 @@ def test_images_out_of_range_names_the_range(spec: str, bad: int) -> None:
 
 @pytest.mark.parametrize("spec", ["abc", "1-3", "0:5:2", "", "1,,2", "2.5", "0x3"])
 def test_images_garbage(spec: str) -> None:
-    with pytest.raises(
-        InputError, match=r"is not an index, a range or a list; use e\.g\. 0, 0:128"
-    ):
+    with pytest.raises(InputError, match=r"is not an index, a range or a list; use e\.g\. 0, 0:128"):
         parse_images(spec, 20)
 
 

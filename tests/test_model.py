@@ -39,9 +39,7 @@ def test_vgg16_quant_has_the_13_convs_of_seed_000() -> None:
         (256, 512),
         *[(512, 512)] * 5,
     ]
-    assert all(
-        m.kernel_size == (3, 3) and m.padding == (1, 1) and m.stride == (1, 1) for _, m in convs
-    )
+    assert all(m.kernel_size == (3, 3) and m.padding == (1, 1) and m.stride == (1, 1) for _, m in convs)
     assert [i for i, _ in convs] == BUILTIN["VGG16_quant"].qconv_indices()
 
 
@@ -221,9 +219,7 @@ CONVS = {
 }
 
 
-@pytest.mark.parametrize(
-    ("act_bit", "clip", "kernel", "stride", "padding"), CONVS.values(), ids=CONVS.keys()
-)
+@pytest.mark.parametrize(("act_bit", "clip", "kernel", "stride", "padding"), CONVS.values(), ids=CONVS.keys())
 def test_quant_conv_matches_the_course_formula(
     act_bit: int, clip: ActClip, kernel: int, stride: int, padding: int
 ) -> None:

@@ -79,9 +79,7 @@ def _both(text: str, spec: PackSpec, radix: str, header_lines: int = 0) -> list[
 @pytest.mark.parametrize("lane_order", LANE_ORDERS)
 @pytest.mark.parametrize("background", ["zeros", "ones"], ids=["others-0", "others-all-ones"])
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_every_4bit_value_in_every_lane(
-    signed: bool, background: str, lane_order: str, radix: str
-) -> None:
+def test_every_4bit_value_in_every_lane(signed: bool, background: str, lane_order: str, radix: str) -> None:
     spec = PackSpec(4, 8, signed, lane_order)
     low, high = (-8, 7) if signed else (0, 15)
     fill = 0 if background == "zeros" else (-1 if signed else 15)  # -1 is 0b1111 too
@@ -169,9 +167,7 @@ HAND = [
     [case[1:] for case in HAND],
     ids=[case[0] for case in HAND],
 )
-def test_hand_computed_words(
-    spec: PackSpec, values: list[int], hex_text: str, bin_text: str | None
-) -> None:
+def test_hand_computed_words(spec: PackSpec, values: list[int], hex_text: str, bin_text: str | None) -> None:
     padded = values + [0] * (-len(values) % spec.lanes)
     assert _text(values, spec, "hex") == hex_text
     assert _both(hex_text, spec, "hex") == padded
@@ -412,9 +408,7 @@ def test_decode_errors_name_the_line(radix: str, word_bits: int, text: str, mess
 
 # --- fuzz: malformed text never escapes as another exception type --------------------------------
 
-_FUZZ_ALPHABET = st.sampled_from(
-    list("0123456789abcdefABCDEFgxz_/ \t\r\n\x0b\x85\u00e9\u2028\u0663")
-)
+_FUZZ_ALPHABET = st.sampled_from(list("0123456789abcdefABCDEFgxz_/ \t\r\n\x0b\x85\u00e9\u2028\u0663"))
 
 
 @PROPERTY

@@ -247,9 +247,7 @@ def test_a_changed_digit_is_seen_by_the_simulator(exported: Exported, tmp_path: 
     lines[row] = lines[row][:-1] + ("1" if lines[row][-1] == "0" else "0")
     changed = tmp_path / original.name
     changed.write_text("\n".join(lines) + "\n", encoding="ascii")
-    words = _simulate(
-        changed, entry["format"], int(entry["word_bits"]), int(entry["words"]), tmp_path
-    )
+    words = _simulate(changed, entry["format"], int(entry["word_bits"]), int(entry["words"]), tmp_path)
     read = _shaped(_split_lanes(words, entry), entry).reshape(-1)
     (index,) = np.flatnonzero(read != decode_file(original, entry).reshape(-1))
     assert index == 5 * int(entry["lanes"])  # word 5's lowest bits: its first value, lsb_first
@@ -272,9 +270,7 @@ def test_simulator_reads_odd_widths(spec: PackSpec, radix: str, tmp_path: Path) 
     values = np.resize(np.arange(low, high + 1), groups * spec.lanes + 1)  # all, and a short group
     words = to_words(values, spec)
     mem = tmp_path / f"odd.{radix}"
-    mem.write_text(
-        "// a header $readmem skips\n// and a second line\n" + format_words(words, spec, radix)
-    )
+    mem.write_text("// a header $readmem skips\n// and a second line\n" + format_words(words, spec, radix))
     entry: dict[str, Any] = {
         "lanes": spec.lanes,
         "lane_bits": spec.lane_bits,
