@@ -258,3 +258,13 @@ def test_installed_wheel_ships_templates_and_profiles(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(str(site))
+
+
+def test_package_reexports_the_api_lazily() -> None:
+    code = (
+        "import sys, qexport; assert 'torch' not in sys.modules;"
+        "assert qexport.__all__ == sorted(qexport.__all__);"
+        "missing = [n for n in qexport.__all__ if getattr(qexport, n, None) is None]; print(missing)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
