@@ -268,3 +268,35 @@ def test_package_reexports_the_api_lazily() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_verify_a_course_checkpoint_on_cifar10(tmp_path: Path, fake_cifar_md5: None) -> None:
+    from helpers import course_checkpoint, write_fake_cifar10  # type: ignore[import-not-found]
+
+    ckpt = course_checkpoint(tmp_path / "model_best.pth.tar", module_prefix=True)
+    write_fake_cifar10(tmp_path / "data", n_test=8, n_train=2)
+    result = CliRunner().invoke(
+        main, ["verify", "--checkpoint", str(ckpt), "--data-dir", str(tmp_path / "data"), "--images", "0:8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "VGG16_quant_gradual from model_best.pth.tar, 8 image(s)" in result.output
+    assert result.output.count("PASS") == 17
+    dumped = CliRunner().invoke(
+        main,
+        [
+            "dump",
+            "--layer",
+            "33",
+            "--checkpoint",
+            str(ckpt),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert dumped.exit_code == 0, dumped.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["source"]["checkpoint"] == "model_best.pth.tar"
+    assert manifest["inputs"]["cifar10"] == "test"
+    assert "label" not in manifest  # not the demo
