@@ -11,7 +11,9 @@ Not collected by pytest (benchmarks/ lies outside testpaths).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,62 +27,20 @@ from qexport.inputs import Inputs, normalise_uint8
 from qexport.model import DEFAULT_MODEL, builtin_arch
 from qexport.quant_layer import QuantConv2d
 
-
-def _seed_evaluate(model: nn.Module, loader: DataLoader[Any], criterion: nn.Module) -> tuple[float, float]:
-    with torch.no_grad():
-        model.eval()
-        total, correct = 0, 0
-        loss_sum = 0.0
-        for x, y in loader:
-            out = model(x)
-            loss = criterion(out, y)
-            loss_sum += loss.item() * x.size(0)
-            _, pred = out.max(1)
-            correct += pred.eq(y).sum().item()
-            total += y.size(0)
-    return 100.0 * correct / total, loss_sum / total
+# the notebook's loop, transcribed once for the tests and this benchmark
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from seed_loop import seed_greedy, seed_sensitivity  # type: ignore[import-not-found]  # noqa: E402
 
 
 def seed_loop(model: nn.Module, loader: DataLoader[Any], epsilon: float) -> dict[str, Any]:
-    """The notebook's cells 5, 6 and 10: baseline, per-layer sensitivity, greedy search."""
-    criterion = nn.CrossEntropyLoss()
-    qconvs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
-
-    def set_all_act_bits(bit: int) -> None:
-        for m in qconvs:
-            m.act_bit = bit
-
-    set_all_act_bits(4)
-    acc_all4, _ = _seed_evaluate(model, loader, criterion)
-    results = []
-    for idx in range(len(qconvs)):
-        set_all_act_bits(4)
-        qconvs[idx].act_bit = 2
-        acc, _ = _seed_evaluate(model, loader, criterion)
-        results.append({"layer": idx, "acc": acc, "acc_drop": acc_all4 - acc})
-    ranked = sorted(results, key=lambda x: x["acc_drop"])
-    precisions = [4] * len(qconvs)
-    set_all_act_bits(4)
-    current_acc = acc_all4
-    decisions = []
-    for r in ranked:
-        idx = r["layer"]
-        qconvs[idx].act_bit = 2
-        precisions[idx] = 2
-        acc, _ = _seed_evaluate(model, loader, criterion)
-        if acc_all4 - acc <= epsilon:
-            current_acc = acc
-            decisions.append((idx, True, acc))
-        else:
-            qconvs[idx].act_bit = 4
-            precisions[idx] = 4
-            decisions.append((idx, False, acc))
-    set_all_act_bits(4)
+    """The notebook's cells 5, 6 and 10 (tests/seed_loop.py): baseline, sensitivity, greedy search."""
+    acc_all4, _, ranked = seed_sensitivity(model, loader)
+    decisions, precisions, final = seed_greedy(model, loader, acc_all4, ranked, epsilon)
     return {
         "ranked": [(r["layer"], r["acc"]) for r in ranked],
-        "decisions": decisions,
+        "decisions": [(idx, accepted, acc) for idx, accepted, acc, _, _ in decisions],
         "precisions": precisions,
-        "final": current_acc,
+        "final": final,
     }
 
 

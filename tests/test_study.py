@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from seed_loop import seed_greedy, seed_sensitivity  # type: ignore[import-not-found]
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -97,80 +98,16 @@ def _study(model: VGGQuant, images: torch.Tensor, labels: torch.Tensor) -> study
     return study.Study(loaded, images, labels, "quadrants", None)
 
 
-# ------------------------------------------------------------------------------------------
-# seed 000's loop, as the notebook writes it
-
-
-def _seed_evaluate(model: nn.Module, loader: DataLoader[Any]) -> tuple[float, float]:
-    criterion = nn.CrossEntropyLoss()
-    with torch.no_grad():
-        model.eval()
-        total, correct = 0, 0
-        loss_sum = 0.0
-        for x, y in loader:
-            out = model(x)
-            loss = criterion(out, y)
-            loss_sum += loss.item() * x.size(0)
-            _, pred = out.max(1)
-            correct += pred.eq(y).sum().item()
-            total += y.size(0)
-    return 100.0 * correct / total, loss_sum / total
-
-
-def _seed_sensitivity(model: nn.Module, loader: DataLoader[Any]) -> tuple[float, float, list[dict[str, Any]]]:
-    qconvs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
-    for m in qconvs:
-        m.act_bit = 4
-    acc_all4, loss_all4 = _seed_evaluate(model, loader)
-    results = []
-    for idx in range(len(qconvs)):
-        for m in qconvs:
-            m.act_bit = 4
-        qconvs[idx].act_bit = 2
-        acc, loss = _seed_evaluate(model, loader)
-        results.append({"layer": idx, "acc": acc, "loss": loss, "acc_drop": acc_all4 - acc})
-    for m in qconvs:
-        m.act_bit = 4
-    return acc_all4, loss_all4, sorted(results, key=lambda x: x["acc_drop"])
-
-
-def _seed_greedy(
-    model: nn.Module, loader: DataLoader[Any], acc_all4: float, ranked: list[dict[str, Any]], epsilon: float
-) -> tuple[list[tuple[int, bool, float, float, float]], list[int], float]:
-    qconvs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
-    precisions = [4] * len(qconvs)
-    for m in qconvs:
-        m.act_bit = 4
-    current_acc = acc_all4
-    decisions = []
-    for r in ranked:
-        idx = r["layer"]
-        qconvs[idx].act_bit = 2
-        precisions[idx] = 2
-        acc, loss = _seed_evaluate(model, loader)
-        drop = acc_all4 - acc
-        if drop <= epsilon:
-            current_acc = acc
-            decisions.append((idx, True, acc, loss, drop))
-        else:
-            qconvs[idx].act_bit = 4
-            precisions[idx] = 4
-            decisions.append((idx, False, acc, loss, drop))
-    for m in qconvs:
-        m.act_bit = 4
-    return decisions, precisions, current_acc
-
-
 @pytest.fixture(scope="module")
 def seed_run(tiny: tuple[VGGQuant, torch.Tensor, torch.Tensor]) -> dict[str, Any]:
     """The seed loop on the tiny model, with epsilon halfway between the smallest and largest drop."""
     model, x, y = tiny
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False)
-    acc_all4, loss_all4, ranked = _seed_sensitivity(model, loader)
+    acc_all4, loss_all4, ranked = seed_sensitivity(model, loader)
     drops = [r["acc_drop"] for r in ranked]
     assert drops[-1] - drops[0] >= 1.0, f"2-bit activations barely matter: {drops}"
     epsilon = round((drops[0] + drops[-1]) / 2, 2)
-    decisions, precisions, final = _seed_greedy(model, loader, acc_all4, ranked, epsilon)
+    decisions, precisions, final = seed_greedy(model, loader, acc_all4, ranked, epsilon)
     return {
         "acc": acc_all4,
         "loss": loss_all4,
