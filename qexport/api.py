@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 
-from qexport import __version__, formats
+from qexport import __version__
 from qexport.capture import LayerTensors, capture
 from qexport.checkpoint import load_checkpoint, resolve_arch
 from qexport.errors import CheckFailed, InputError
-from qexport.formats import EXTENSIONS, FORMATS
+from qexport.formats import FORMATS
 from qexport.inputs import Inputs, load_array, load_cifar10, load_demo
 from qexport.integerize import IntLayer, integerize
-from qexport.layout import LayoutOptions, TensorPlan, flat_layout, with_defaults
+from qexport.layout import LayoutOptions, flat_layout, with_defaults
 from qexport.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, dumps
 from qexport.model import (
     DEFAULT_MODEL,
@@ -32,13 +29,13 @@ from qexport.model import (
     load_weights,
     read_bits_config,
 )
-from qexport.pack import to_words
 from qexport.profile import Profile, load_profile, parse_profile
-from qexport.profile import builtin_names as builtin_profiles
 from qexport.quant_layer import DEFAULT_ACT_CLIP, ActClip
+from qexport.recipe import build_recipe
 from qexport.reference import Psums, conv_psum
-from qexport.render import render
+from qexport.render import Depth, MemoryContext, render, render_memory
 from qexport.systolic import systolic_layout
+from qexport.testbench import testbench_context
 from qexport.write import ExportPlan, write_plan
 
 _CIFAR_FOLDER = "cifar-10-batches-py"
@@ -201,18 +198,6 @@ class ExportResult:
     notices: list[str]
 
 
-Depth = Literal["exact", "pow2"]
-
-
-@dataclass(frozen=True)
-class _RenderContext:
-    loaded: Loaded
-    fmt: str
-    profile: Profile
-    depth: Depth
-    template_dir: Path | None
-
-
 def export(
     opts: SourceOptions,
     layer_ids: Sequence[int] | None,
@@ -257,7 +242,6 @@ def _build_plan(
     loaded = load(opts)
     selected = _select(loaded.arch, layer_ids)
     captured = {t.layer: t for t in capture(loaded.model, loaded.inputs.images)}
-    context = _RenderContext(loaded, fmt, prof, depth, template_dir)
     plan = ExportPlan()
     notices = list(loaded.notices)
     layer_entries = []
@@ -269,112 +253,16 @@ def _build_plan(
         else:
             folder = "" if len(selected) == 1 else f"layer{layer}/"
             tensors = systolic_layout(int_layer, psums, prof, path_prefix + folder)
-        files = [_render_file(tp, t, context, plan) for tp in tensors]
+        context = MemoryContext(
+            loaded.arch.name, loaded.demo_label, prof.name, t.layer, t.conv_number, fmt, depth, template_dir
+        )
+        files = [render_memory(tp, context, plan) for tp in tensors]
         layer_entries.append(_layer_entry(int_layer, psums, files))
         notices += [tp.notice for tp in tensors if tp.notice]
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt)
-    manifest["recipe"] = _recipe(kind, opts, layer_ids, fmt, layout, prof, depth, template_dir)
+    manifest["recipe"] = build_recipe(kind, opts, layer_ids, fmt, layout, prof, depth, template_dir)
     plan.add(MANIFEST_NAME, dumps(manifest))
     return plan, manifest, notices
-
-
-def _path_text(path: Path | None) -> str | None:
-    # what the user typed, so `qexport check` runs from the same folder; never an absolute path
-    if path is None:
-        return None
-    return path.name if path.is_absolute() else path.as_posix()
-
-
-def _recipe(
-    kind: str,
-    opts: SourceOptions,
-    layer_ids: Sequence[int] | None,
-    fmt: str,
-    layout: LayoutOptions,
-    prof: Profile,
-    depth: Depth,
-    template_dir: Path | None,
-) -> dict[str, Any]:
-    """Everything `qexport check` needs to regenerate this set, and the command that made it."""
-    source = {
-        "checkpoint": _path_text(opts.checkpoint),
-        "model": opts.model,
-        "data_dir": _path_text(opts.data_dir),
-        "input_file": _path_text(opts.input_file),
-        "images": opts.images,
-        "act_clip": opts.act_clip,
-        "trust_recomputed": opts.trust_recomputed,
-        "bits_config": _path_text(opts.bits_config),
-    }
-    layout_fields = {
-        "lanes": layout.lanes,
-        "psum_lanes": layout.psum_lanes,
-        "lane_order": layout.lane_order,
-        "psum_bits": layout.psum_bits,
-        "input_sign": layout.input_sign,
-        "pad_input": layout.pad_input,
-    }
-    builtin = prof.name in builtin_profiles() and load_profile(prof.name).source == prof.source
-    return {
-        "kind": kind,
-        "source": source,
-        "layers": "all" if layer_ids is None else list(layer_ids),
-        "format": fmt,
-        "profile": prof.name if builtin else None,
-        "profile_toml": None if builtin else prof.source,
-        "depth": depth,
-        "layout": layout_fields,
-        "template_dir": _path_text(template_dir),
-        "command": _command_line(kind, source, layer_ids, fmt, layout_fields, prof.name, depth),
-    }
-
-
-def _command_line(
-    kind: str,
-    source: dict[str, Any],
-    layer_ids: Sequence[int] | None,
-    fmt: str,
-    layout: dict[str, Any],
-    profile: str,
-    depth: str,
-) -> str:
-    words = ["qexport", kind]
-    words += ["--all"] if layer_ids is None else ["--layer", ",".join(map(str, layer_ids))]
-    if profile != "flat":
-        words += ["--profile", profile]
-    words += ["--format", fmt]
-    flags = {
-        "checkpoint": "--checkpoint",
-        "model": "--model",
-        "data_dir": "--data-dir",
-        "input_file": "--input",
-        "bits_config": "--bits-config",
-    }
-    for key, flag in flags.items():
-        if source[key] is not None:
-            words += [flag, str(source[key])]
-    if source["images"] != "0":
-        words += ["--images", source["images"]]
-    if source["act_clip"] != DEFAULT_ACT_CLIP:
-        words += ["--act-clip", source["act_clip"]]
-    if source["trust_recomputed"]:
-        words.append("--trust-recomputed")
-    if kind == "dump":
-        if depth != "exact":
-            words += ["--depth", depth]
-        if profile == "flat":
-            for key, flag, default in (
-                ("lanes", "--lanes", 8),
-                ("psum_lanes", "--psum-lanes", 1),
-                ("lane_order", "--lane-order", "lsb_first"),
-                ("psum_bits", "--psum-bits", None),
-                ("input_sign", "--input-sign", "auto"),
-            ):
-                if layout[key] != default:
-                    words += [flag, str(layout[key])]
-            if layout["pad_input"]:
-                words.append("--pad-input")
-    return " ".join(words)
 
 
 def testbench(
@@ -407,7 +295,7 @@ def _testbench_plan(
         opts, [layer], fmt, None, prof, "exact", template_dir, "vectors/", kind="testbench"
     )
     (entry,) = manifest["layers"]
-    context = _testbench_context(manifest, entry, prof, fmt)
+    context = testbench_context(manifest, entry, prof, fmt)
     plan.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
     plan.add(
         "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
@@ -451,60 +339,6 @@ def _regenerate(recipe: dict[str, Any]) -> ExportPlan:
     return _build_plan(opts, layers, recipe["format"], layout, prof, recipe["depth"], template_dir)[0]
 
 
-def _testbench_context(
-    manifest: dict[str, Any], entry: dict[str, Any], prof: Profile, fmt: str
-) -> dict[str, Any]:
-    files = entry["files"]
-    by_kind: dict[str, list[dict[str, Any]]] = {}
-    for f in files:
-        by_kind.setdefault(f["tensor"], []).append(f)
-    activation = {(f["tile"], f["itile"]): f["path"] for f in by_kind["input"]}
-    weights = {(f["itile"], f["otile"], f["kij"]): f["path"] for f in by_kind["weight"]}
-    itiles = 1 + max(i for _, i in activation)
-    tiles = []
-    for out in by_kind["output"]:
-        s, o = out["tile"], out["otile"]
-        tiles.append(
-            {
-                "tile": s,
-                "otile": o,
-                "n": out["n"],
-                "y0": out["y"][0],
-                "x0": out["x"][0],
-                "oc0": out["oc"][0],
-                "oc1": out["oc"][1],
-                "out": out["path"],
-                "itiles": [
-                    {"activation": activation[(s, i)], "weights": [weights[(i, o, k)] for k in range(9)]}
-                    for i in range(itiles)
-                ],
-            }
-        )
-    address = by_kind.get("address", [{"path": ""}])[0]["path"]
-    return {
-        "version": __version__,
-        "model": manifest["model"],
-        "demo": manifest.get("label"),
-        "profile": prof.name,
-        "layer": entry["index"],
-        "radix": "h" if fmt == "hex" else "b",
-        "rows": prof.rows,
-        "cols": prof.cols,
-        "act_bits": prof.act_bits,
-        "w_bits": prof.w_bits,
-        "psum_bits": prof.psum_bits,
-        "out_bits": by_kind["output"][0]["lane_bits"],
-        "tile": prof.tile,
-        "address_bits": prof.address_bits,
-        "weight_stationary": prof.dataflow == "weight_stationary",
-        "relu": "relu" in prof.golden,
-        "address_file": address,
-        "tiles": sorted(tiles, key=lambda t: (t["tile"], t["otile"])),
-        "dut": "qexport_ref_core",
-        "dut_file": "qexport_ref_core.v",
-    }
-
-
 def _checked(t: LayerTensors) -> tuple[IntLayer, Psums]:
     int_layer = integerize(t)
     psums = conv_psum(int_layer)
@@ -538,116 +372,6 @@ def _layer_entry(int_layer: IntLayer, psums: Psums, files: list[dict[str, Any]])
         "checks": psums.checks,
         "files": files,
     }
-
-
-def _depth_of(words: int, depth: Depth) -> int:
-    return words if depth == "exact" or words <= 1 else 1 << (words - 1).bit_length()
-
-
-def _render_file(tp: TensorPlan, t: LayerTensors, ctx: _RenderContext, plan: ExportPlan) -> dict[str, Any]:
-    fmt, spec = ctx.fmt, tp.spec
-    path = f"{tp.stem}.{EXTENSIONS[fmt]}"
-    shape = list(tp.array.shape)
-    entry: dict[str, Any] = {
-        "path": path,
-        "tensor": tp.tensor,
-        "format": fmt,
-        "shape": shape,
-        "axes": list(tp.axes),
-        "lane_bits": spec.lane_bits,
-        "signed": spec.signed,
-        "lane_order": spec.lane_order,
-        **tp.meta,
-    }
-    if tp.padded is not None:
-        entry["padded"] = bool(tp.padded)
-    if fmt == "npy":
-        content = _npy_bytes(tp.array, spec.lane_bits, spec.signed)
-        entry |= {"lanes": 1, "word_bits": 8 * _npy_dtype(spec.lane_bits).itemsize, "words": tp.array.size}
-        entry |= {"header_lines": 0, "depth": tp.array.size, "fill": 0}
-    else:
-        words = to_words(tp.array, spec)
-        # the course core's text files have fixed line counts: never padded
-        depth = _depth_of(words.shape[0], "exact" if fmt == "txt" else ctx.depth)
-        text = render(f"{fmt}/memory.{fmt}.j2", _template_context(tp, t, ctx, words, depth), ctx.template_dir)
-        if fmt == "txt" and tp.tensor == "address":
-            text = render("txt/address.txt.j2", {"body": formats.body(words, spec, "txt")}, ctx.template_dir)
-        content = text.encode("ascii")
-        entry |= {"lanes": spec.lanes, "word_bits": spec.word_bits, "words": int(words.shape[0])}
-        entry |= {"header_lines": _header_lines(text, fmt, words.shape[0], depth), "depth": depth, "fill": 0}
-    entry["sha256"] = hashlib.sha256(content).hexdigest()
-    plan.add(path, content)
-    return entry
-
-
-def _header_lines(text: str, fmt: str, words: int, depth: int) -> int:
-    """Lines before the first data word (for hex/bin/txt: total lines minus the words)."""
-    if fmt in ("hex", "bin", "txt"):
-        return text.count("\n") - depth
-    marker = {"coe": "memory_initialization_vector=", "mif": "CONTENT BEGIN", "h": "_words"}[fmt]
-    lines = text.split("\n")
-    return next(i for i, line in enumerate(lines) if marker in line) + 1
-
-
-def _template_context(
-    tp: TensorPlan, t: LayerTensors, ctx: _RenderContext, words: np.ndarray, depth: int
-) -> dict[str, Any]:
-    spec = tp.spec
-    loaded = ctx.loaded
-    padded_words = formats.padded_to_depth(words, depth, 0)
-    name = tp.stem.rsplit("/", 1)[-1]
-    label = loaded.arch.name + (f"_{loaded.demo_label}" if loaded.demo_label else "")
-    where = ", ".join(f"{key} {value}" for key, value in sorted(tp.meta.items()))
-    c_name = f"layer{t.layer}_{name}"
-    return {
-        "version": __version__,
-        "model": loaded.arch.name,
-        "demo": loaded.demo_label,
-        "profile": ctx.profile.name,
-        "layer": t.layer,
-        "conv_number": t.conv_number,
-        "tensor": tp.tensor,
-        "name": name,
-        "where": where,
-        "shape": list(tp.array.shape),
-        "axes": list(tp.axes),
-        "padded": bool(tp.padded),
-        "lanes": spec.lanes,
-        "lane_bits": spec.lane_bits,
-        "signed": spec.signed,
-        "lane_order": spec.lane_order,
-        "word_bits": spec.word_bits,
-        "words": int(words.shape[0]),
-        "depth": depth,
-        "fill": 0,
-        "body": formats.body(padded_words, spec, ctx.fmt),  # type: ignore[arg-type]
-        "tokens": [
-            f"#qexport_{__version__}_do_not_edit#",
-            "#" + "_".join(label.replace(",", " ").split()) + "#",
-            f"#layer{t.layer}_{name}#",
-        ],
-        "c_name": c_name,
-        "c_word_type": formats.c_word_type(spec.word_bits),
-        "c_limbs": formats.c_limbs(spec.word_bits),
-        "c_value_type": formats.c_value_type(spec),
-        "c_values": formats.c_values(tp.array) if formats.c_value_type(spec) else "",
-        "value_count": int(tp.array.size),
-    }
-
-
-def _npy_dtype(bits: int) -> np.dtype[Any]:
-    for size in (8, 16, 32):
-        if bits <= size:
-            return np.dtype(f"i{size // 8}")
-    return np.dtype("i8")
-
-
-def _npy_bytes(array: np.ndarray, bits: int, signed: bool) -> bytes:
-    # signed dtype even for unsigned lanes: one more bit than needed, but never a wrap-around
-    dtype = _npy_dtype(bits + (0 if signed else 1))
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array.astype(dtype)), allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _manifest(

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
+import numpy as np
 
+from qexport import __version__, formats
 from qexport.errors import InputError
+from qexport.formats import EXTENSIONS
+from qexport.layout import TensorPlan
+from qexport.pack import to_words
+from qexport.write import ExportPlan
+
+Depth = Literal["exact", "pow2"]
 
 
 @lru_cache(maxsize=4)
@@ -37,3 +48,126 @@ def render(name: str, context: dict[str, Any], template_dir: Path | None = None)
         raise InputError(f"template {name} not found (looked in {template_dir or 'the package'})") from err
     except jinja2.UndefinedError as err:
         raise InputError(f"template {name} uses an unknown variable: {err.message}") from err
+
+
+@dataclass(frozen=True)
+class MemoryContext:
+    """What a memory file's template needs beyond the tensor: its model, layer and format."""
+
+    model: str
+    demo_label: str | None
+    profile: str
+    layer: int
+    conv_number: int
+    fmt: str
+    depth: Depth
+    template_dir: Path | None
+
+
+def _depth_of(words: int, depth: Depth) -> int:
+    return words if depth == "exact" or words <= 1 else 1 << (words - 1).bit_length()
+
+
+def render_memory(tp: TensorPlan, ctx: MemoryContext, plan: ExportPlan) -> dict[str, Any]:
+    """Render one memory file into ``plan`` and return its manifest entry."""
+    fmt, spec = ctx.fmt, tp.spec
+    path = f"{tp.stem}.{EXTENSIONS[fmt]}"
+    shape = list(tp.array.shape)
+    entry: dict[str, Any] = {
+        "path": path,
+        "tensor": tp.tensor,
+        "format": fmt,
+        "shape": shape,
+        "axes": list(tp.axes),
+        "lane_bits": spec.lane_bits,
+        "signed": spec.signed,
+        "lane_order": spec.lane_order,
+        **tp.meta,
+    }
+    if tp.padded is not None:
+        entry["padded"] = bool(tp.padded)
+    if fmt == "npy":
+        dtype = _npy_dtype(spec.lane_bits, spec.signed)
+        content = _npy_bytes(tp.array, dtype)
+        entry |= {"lanes": 1, "word_bits": 8 * dtype.itemsize, "words": tp.array.size}
+        entry |= {"header_lines": 0, "depth": tp.array.size, "fill": 0}
+    else:
+        words = to_words(tp.array, spec)
+        # the course core's text files have fixed line counts: never padded
+        depth = _depth_of(words.shape[0], "exact" if fmt == "txt" else ctx.depth)
+        text = render(f"{fmt}/memory.{fmt}.j2", _template_context(tp, ctx, words, depth), ctx.template_dir)
+        if fmt == "txt" and tp.tensor == "address":
+            text = render("txt/address.txt.j2", {"body": formats.body(words, spec, "txt")}, ctx.template_dir)
+        content = text.encode("ascii")
+        entry |= {"lanes": spec.lanes, "word_bits": spec.word_bits, "words": int(words.shape[0])}
+        entry |= {"header_lines": _header_lines(text, fmt, words.shape[0], depth), "depth": depth, "fill": 0}
+    entry["sha256"] = hashlib.sha256(content).hexdigest()
+    plan.add(path, content)
+    return entry
+
+
+def _header_lines(text: str, fmt: str, words: int, depth: int) -> int:
+    """Lines before the first data word (for hex/bin/txt: total lines minus the words)."""
+    if fmt in ("hex", "bin", "txt"):
+        return text.count("\n") - depth
+    marker = {"coe": "memory_initialization_vector=", "mif": "CONTENT BEGIN", "h": "_words"}[fmt]
+    lines = text.split("\n")
+    return next(i for i, line in enumerate(lines) if marker in line) + 1
+
+
+def _template_context(tp: TensorPlan, ctx: MemoryContext, words: np.ndarray, depth: int) -> dict[str, Any]:
+    spec = tp.spec
+    padded_words = formats.padded_to_depth(words, depth, 0)
+    name = tp.stem.rsplit("/", 1)[-1]
+    label = ctx.model + (f"_{ctx.demo_label}" if ctx.demo_label else "")
+    where = ", ".join(f"{key} {value}" for key, value in sorted(tp.meta.items()))
+    c_name = f"layer{ctx.layer}_{name}"
+    return {
+        "version": __version__,
+        "model": ctx.model,
+        "demo": ctx.demo_label,
+        "profile": ctx.profile,
+        "layer": ctx.layer,
+        "conv_number": ctx.conv_number,
+        "tensor": tp.tensor,
+        "name": name,
+        "where": where,
+        "shape": list(tp.array.shape),
+        "axes": list(tp.axes),
+        "padded": bool(tp.padded),
+        "lanes": spec.lanes,
+        "lane_bits": spec.lane_bits,
+        "signed": spec.signed,
+        "lane_order": spec.lane_order,
+        "word_bits": spec.word_bits,
+        "words": int(words.shape[0]),
+        "depth": depth,
+        "fill": 0,
+        "body": formats.body(padded_words, spec, ctx.fmt),  # type: ignore[arg-type]
+        "tokens": [
+            f"#qexport_{__version__}_do_not_edit#",
+            "#" + "_".join(label.replace(",", " ").split()) + "#",
+            f"#layer{ctx.layer}_{name}#",
+        ],
+        "c_name": c_name,
+        "c_word_type": formats.c_word_type(spec.word_bits),
+        "c_limbs": formats.c_limbs(spec.word_bits),
+        "c_value_type": formats.c_value_type(spec),
+        "c_values": formats.c_values(tp.array) if formats.c_value_type(spec) else "",
+        "value_count": int(tp.array.size),
+    }
+
+
+def _npy_dtype(bits: int, signed: bool) -> np.dtype[Any]:
+    """The smallest signed numpy integer that holds the lanes (unsigned lanes need one more bit)."""
+    needed = bits if signed else bits + 1
+    for size in (8, 16, 32):
+        if needed <= size:
+            return np.dtype(f"i{size // 8}")
+    return np.dtype("i8")
+
+
+def _npy_bytes(array: np.ndarray, dtype: np.dtype[Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array.astype(dtype)), allow_pickle=False)
+    return buffer.getvalue()
