@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from qexport.decode import lanes_from_bits, parse_words
+from qexport.decode import lanes_from_bits, parse_words, plain_words
 from qexport.errors import InputError
 from qexport.manifest import MANIFEST_NAME, loads
 
@@ -113,9 +113,18 @@ def _token_header_lines(text: str) -> int:
     return count
 
 
+_MARKERS = {"coe": "memory_initialization_vector=", "mif": "CONTENT BEGIN", "h": "_words["}
+
+
 def _values(text: str, entry: dict[str, Any], where: str) -> np.ndarray:
-    radix = "bin" if entry["format"] in ("bin", "txt") else "hex"
-    bits = parse_words(text, radix, int(entry["word_bits"]), _token_header_lines(text), where)
+    """A file's lanes; coe / mif / C-header files written by us are read past their syntax, any
+    other text (e.g. a simulator's $writememh dump of such a memory) as bare words."""
+    fmt = entry["format"]
+    radix = "bin" if fmt in ("bin", "txt") else "hex"
+    if fmt in _MARKERS and _MARKERS[fmt] in text:
+        bits = parse_words(plain_words(text, entry), radix, int(entry["word_bits"]), 0, where)
+    else:
+        bits = parse_words(text, radix, int(entry["word_bits"]), _token_header_lines(text), where)
     return lanes_from_bits(
         bits, int(entry["lanes"]), int(entry["lane_bits"]), bool(entry["signed"]), entry["lane_order"]
     )

@@ -83,7 +83,7 @@ def lanes_from_bits(
     return np.asarray(values)
 
 
-def _plain_words(text: str, entry: Mapping[str, Any]) -> str:
+def plain_words(text: str, entry: Mapping[str, Any]) -> str:
     """The data words of a coe / mif / C-header file, one bare hex word a line."""
     lines = text.split("\n")[int(entry["header_lines"]) :][: int(entry["depth"])]
     fmt = entry["format"]
@@ -111,7 +111,7 @@ def decode_file(path: Path, entry: Mapping[str, Any]) -> np.ndarray:
     text = path.read_text(encoding="ascii")
     radix, header = ("bin" if entry["format"] in ("bin", "txt") else "hex"), int(entry["header_lines"])
     if entry["format"] in ("coe", "mif", "h"):
-        text, header = _plain_words(text, entry), 0
+        text, header = plain_words(text, entry), 0
     bits = parse_words(text, radix, int(entry["word_bits"]), header, str(path))
     if bits.shape[0] < int(entry["words"]):
         raise InputError(f"{path}: {bits.shape[0]} data words, the manifest says {entry['words']}")

@@ -145,3 +145,19 @@ def test_malformed_outputs_never_crash(golden: Path, tmp_path: Path, lines: list
         assert str(path) in str(err)
     else:
         assert isinstance(report.identical, bool)
+
+
+@pytest.mark.parametrize("fmt", ["coe", "mif", "h"])
+def test_golden_sets_in_other_formats_compare_against_a_writememh_dump(tmp_path: Path, fmt: str) -> None:
+    golden = tmp_path / "g"
+    export(SourceOptions(), [33], golden, fmt, LayoutOptions(psum_lanes=8), depth="pow2")
+    hex_set = tmp_path / "h"
+    export(SourceOptions(), [33], hex_set, "hex", LayoutOptions(psum_lanes=8))
+    dump = tmp_path / "dump.hex"
+    words = (hex_set / "layer33" / "output.hex").read_text().splitlines()[3:]
+    dump.write_text("".join(f"// 0x{i:08x}\n{w}\n" for i, w in enumerate(words)))  # $writememh style
+    assert compare(golden, dump, f"output.{fmt}").identical
+    words[4] = words[4][:-1] + ("1" if words[4][-1] == "0" else "0")
+    dump.write_text("\n".join(words) + "\n")
+    (diff,) = compare(golden, dump, f"output.{fmt}").files[0].diffs
+    assert (diff.word, diff.lane, diff.where["x"]) == (4, 0, 0) and diff.where["y"] == 1
