@@ -83,3 +83,20 @@ def test_flat_profile_and_text_formats_are_refused(tmp_path: Path) -> None:
         api.testbench(SourceOptions(), 33, tmp_path / "a", "flat")
     with pytest.raises(InputError, match="use --format hex or bin"):
         api.testbench(SourceOptions(), 33, tmp_path / "b", "course", "coe")
+
+
+def test_two_bit_layer_on_the_course_core(tmp_path: Path) -> None:
+    """A 2-bit layer (--bits-config) rides in the core's 4-bit lanes and passes in Icarus."""
+    import json
+
+    config = tmp_path / "bits.json"
+    config.write_text('{"act_bits": {"33": 2}}')
+    out = tmp_path / "tb"
+    api.testbench(SourceOptions(bits_config=config), 33, out, "course", "bin")
+    manifest = json.loads((out / "manifest.json").read_text())
+    (layer,) = manifest["layers"]
+    assert layer["act_bit"] == 2
+    assert abs(layer["x_delta"] - layer["act_alpha"] / 3) < 1e-12
+    result = _run(out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS layer 33: 128 output values match" in result.stdout
