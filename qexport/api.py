@@ -49,7 +49,8 @@ class SourceOptions:
     model: str | None = None
     data_dir: Path | None = None
     input_file: Path | None = None
-    images: str = "0"
+    images: str | None = None
+    """None: image 0 of CIFAR-10 or the demo, every image of an --input file."""
     download: bool = False
     act_clip: ActClip = DEFAULT_ACT_CLIP
     trust_recomputed: bool = False
@@ -100,14 +101,15 @@ def load(opts: SourceOptions) -> Loaded:
 
 def _inputs(opts: SourceOptions, notices: list[str]) -> Inputs:
     if opts.input_file is not None:
-        return load_array(opts.input_file, opts.images if opts.images != "0" else "")
+        return load_array(opts.input_file, opts.images or "")
+    spec = opts.images or "0"
     if opts.data_dir is not None or opts.download:
-        return load_cifar10(opts.data_dir or Path("data"), opts.images, download=opts.download)
+        return load_cifar10(opts.data_dir or Path("data"), spec, download=opts.download)
     if (Path("data") / _CIFAR_FOLDER).is_dir():
-        return load_cifar10(Path("data"), opts.images)
+        return load_cifar10(Path("data"), spec)
     if opts.checkpoint is not None:
         notices.append("no CIFAR-10 under ./data and no --input: using the demo images")
-    return load_demo(opts.images)
+    return load_demo(spec)
 
 
 @dataclass(frozen=True)

@@ -67,9 +67,8 @@ def source_options(func: F) -> F:
         ),
         click.option(
             "--images",
-            default="0",
-            show_default=True,
-            help="Which images: an index (0), a range (0:128, the seeds' first batch) or a list (1,5,9).",
+            help="Which images: an index (0), a range (0:128, the seeds' first batch) or a list (1,5,9) "
+            "[default: 0; with --input, every image of the file].",
         ),
         click.option(
             "--act-clip",

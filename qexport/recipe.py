@@ -37,7 +37,8 @@ def build_recipe(
         "model": opts.model,
         "data_dir": path_text(opts.data_dir),
         "input_file": path_text(opts.input_file),
-        "images": opts.images,
+        # the effective selection, so a set made with the default and with `--images 0` agree
+        "images": opts.images or (None if opts.input_file else "0"),
         "act_clip": opts.act_clip,
         "trust_recomputed": opts.trust_recomputed,
         "bits_config": path_text(opts.bits_config),
@@ -89,7 +90,7 @@ def _command_line(
     for key, flag in flags.items():
         if source[key] is not None:
             words += [flag, str(source[key])]
-    if source["images"] != "0":
+    if source["images"] is not None and (source["images"] != "0" or source["input_file"] is not None):
         words += ["--images", source["images"]]
     if source["act_clip"] != DEFAULT_ACT_CLIP:
         words += ["--act-clip", source["act_clip"]]

@@ -300,3 +300,21 @@ def test_verify_a_course_checkpoint_on_cifar10(tmp_path: Path, fake_cifar_md5: N
     assert manifest["source"]["checkpoint"] == "model_best.pth.tar"
     assert manifest["inputs"]["cifar10"] == "test"
     assert "label" not in manifest  # not the demo
+
+
+@pytest.mark.parametrize(
+    ("images", "count"), [(None, 3), ("0", 1), ("1:3", 2)], ids=["default-all", "first", "range"]
+)
+def test_images_with_an_input_file(tmp_path: Path, images: str | None, count: int) -> None:
+    import numpy as np
+
+    from qexport.demo import demo_images
+
+    path = tmp_path / "imgs.npy"
+    np.save(path, demo_images(3))
+    args = ["dump", "--layer", "33", "--input", str(path), "-o", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, args + (["--images", images] if images else []))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["inputs"]["count"] == count
+    assert manifest["layers"][0]["input_shape"][0] == count
