@@ -16,25 +16,11 @@ from typing import Literal
 
 import numpy as np
 
-from qexport.pack import PackSpec, word_bits_msb_first
+from qexport.pack import PackSpec, format_words, word_chars
 
 TextFormat = Literal["hex", "bin", "txt", "coe", "mif", "h"]
 FORMATS = ("hex", "bin", "txt", "coe", "mif", "h", "npy")
 EXTENSIONS = {"hex": "hex", "bin": "bin", "txt": "txt", "coe": "coe", "mif": "mif", "h": "h", "npy": "npy"}
-
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-
-
-def word_chars(words: np.ndarray, spec: PackSpec, radix: Literal["hex", "bin"]) -> np.ndarray:
-    """(words, lanes) -> (words, digits) ASCII codes, MSB first, zero-padded to the full width."""
-    bits = word_bits_msb_first(words, spec)
-    if radix == "bin":
-        return bits + ord("0")
-    digits = -(-spec.word_bits // 4)
-    full = np.zeros((bits.shape[0], digits * 4), dtype=np.uint8)
-    full[:, digits * 4 - spec.word_bits :] = bits
-    nibbles = full.reshape(bits.shape[0], digits, 4) @ np.array([8, 4, 2, 1], dtype=np.uint8)
-    return _HEX[nibbles]
 
 
 def _join(*columns: np.ndarray | bytes, rows: int) -> str:
@@ -61,8 +47,7 @@ def body(words: np.ndarray, spec: PackSpec, fmt: TextFormat) -> str:
     """The data block of a memory file, without its final newline."""
     rows = words.shape[0]
     if fmt in ("hex", "bin", "txt"):
-        chars = word_chars(words, spec, "bin" if fmt in ("bin", "txt") else "hex")
-        return _join(chars, b"\n", rows=rows).removesuffix("\n")
+        return format_words(words, spec, "hex" if fmt == "hex" else "bin").removesuffix("\n")
     if fmt == "coe":
         chars = word_chars(words, spec, "hex")
         separators = np.full((rows, 1), ord(","), dtype=np.uint8)

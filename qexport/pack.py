@@ -95,20 +95,24 @@ def word_bits_msb_first(words: np.ndarray, spec: PackSpec) -> np.ndarray:
     return padded[:, ::-1]
 
 
+def word_chars(words: np.ndarray, spec: PackSpec, radix: Radix) -> np.ndarray:
+    """(words, lanes) -> (words, digits) ASCII codes, MSB first, zero-padded to the full width."""
+    bits = word_bits_msb_first(words, spec)
+    if radix == "bin":
+        return bits + ord("0")
+    digits = -(-spec.word_bits // 4)
+    full = np.zeros((bits.shape[0], digits * 4), dtype=np.uint8)
+    full[:, digits * 4 - spec.word_bits :] = bits
+    nibbles = full.reshape(bits.shape[0], digits, 4) @ np.array([8, 4, 2, 1], dtype=np.uint8)
+    return np.asarray(_HEX_DIGITS[nibbles])
+
+
 def format_words(words: np.ndarray, spec: PackSpec, radix: Radix) -> str:
     """(words, lanes) -> one word per line, zero-padded to the full width, newline after each.
 
     Example (lanes=2, lane_bits=4, signed): [[1, -2]] -> hex ``e1``, bin ``11100001``.
     """
-    bits = word_bits_msb_first(words, spec)
-    if radix == "bin":
-        chars = bits + ord("0")
-    else:
-        digits = -(-spec.word_bits // 4)
-        full = np.zeros((bits.shape[0], digits * 4), dtype=np.uint8)
-        full[:, digits * 4 - spec.word_bits :] = bits
-        nibbles = full.reshape(bits.shape[0], digits, 4) @ np.array([8, 4, 2, 1], dtype=np.uint8)
-        chars = _HEX_DIGITS[nibbles]
+    chars = word_chars(words, spec, radix)
     lines = np.empty((chars.shape[0], chars.shape[1] + 1), dtype=np.uint8)
     lines[:, :-1] = chars
     lines[:, -1] = _NEWLINE
