@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qexport.compare import compare_file
-from qexport.errors import QExportError
+from qexport.errors import InputError, QExportError
 from qexport.manifest import MANIFEST_NAME, loads
 
 
@@ -38,14 +38,10 @@ def check_set(folder: Path, base: Path | None = None) -> CheckResult:
 
     manifest_path = folder / MANIFEST_NAME
     if not manifest_path.is_file():
-        from qexport.errors import InputError
-
         raise InputError(f"{folder} has no {MANIFEST_NAME}; `qexport check` takes folders that qexport wrote")
     manifest = loads(manifest_path.read_text(encoding="utf-8"), str(manifest_path))
     recipe = manifest.get("recipe")
     if not isinstance(recipe, dict):
-        from qexport.errors import InputError
-
         raise InputError(f"{manifest_path} has no recipe (written by an older qexport); regenerate it")
     result = CheckResult(folder, recipe["command"])
     plan = regenerate(recipe, base or Path.cwd())
