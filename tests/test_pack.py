@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from qexport.decode import lanes_from_bits, parse_words
 from qexport.errors import BitWidthError, InputError
-from qexport.pack import PackSpec, check_fits, format_words, to_words
+from qexport.pack import PackSpec, check_fits, format_lines, format_words, pack_path, to_words
 
 # On a failure Hypothesis imports libcst (to print an @example patch), and importing libcst warns
 # (mypy_extensions.TypedDict is deprecated); with warnings as errors that warning becomes an
@@ -285,8 +285,8 @@ def test_bad_pack_spec(kwargs: dict[str, Any], message: str) -> None:
 
 @st.composite
 def packed_cases(draw: st.DrawFn) -> tuple[PackSpec, list[int], str]:
-    lane_bits = draw(st.integers(1, 32))
-    lanes = draw(st.integers(1, 8))
+    lane_bits = draw(st.sampled_from([1, 2, 4, 8, 16, 24, 32]) | st.integers(1, 62))
+    lanes = draw(st.sampled_from([8, 16, 32]) | st.integers(1, 12))
     signed = draw(st.booleans())
     lane_order = draw(st.sampled_from(LANE_ORDERS))
     word_bits = lanes * lane_bits + draw(st.integers(0, 9))
@@ -309,6 +309,68 @@ def test_round_trip_property(case: tuple[PackSpec, list[int], str]) -> None:
     assert text == "".join(line + "\n" for line in lines)
     padded = values + [0] * (-len(values) % spec.lanes)
     assert _both(text, spec, radix) == padded
+
+
+# --- every fast path, every signedness, both lane orders, at scale ---------------------------------
+
+# (spec arguments, the path it must take); each path is a separate routine in qexport.pack
+PATH_SPECS = [
+    ((4, 8), "sub_byte"),
+    ((4, 8, 40), "sub_byte"),  # zero bytes above the lanes
+    ((2, 16), "sub_byte"),
+    ((1, 32), "sub_byte"),
+    ((1, 8, 12), "sub_byte"),
+    ((8, 4), "byte_aligned"),
+    ((16, 4), "byte_aligned"),
+    ((24, 4), "byte_aligned"),
+    ((24, 1, 26), "byte_aligned"),
+    ((32, 3), "byte_aligned"),
+    ((48, 2), "byte_aligned"),
+    ((4, 3), "uint64_word"),  # 4-bit lanes that do not fill whole bytes
+    ((5, 8), "uint64_word"),
+    ((3, 21, 64), "uint64_word"),
+    ((62, 1, 64), "uint64_word"),
+    ((5, 16), "bit_matrix"),
+    ((3, 30, 93), "bit_matrix"),
+    ((62, 2), "bit_matrix"),
+]
+
+
+def test_every_pack_path_is_covered() -> None:
+    assert {path for _, path in PATH_SPECS} == {"sub_byte", "byte_aligned", "uint64_word", "bit_matrix"}
+
+
+@pytest.mark.parametrize("radix", RADIXES)
+@pytest.mark.parametrize("lane_order", LANE_ORDERS)
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+@pytest.mark.parametrize(
+    ("args", "path"), PATH_SPECS, ids=[f"{p}-{'x'.join(map(str, a))}" for a, p in PATH_SPECS]
+)
+def test_fast_paths_round_trip(
+    args: tuple[int, ...], path: str, signed: bool, lane_order: str, radix: str
+) -> None:
+    lane_bits, lanes, *word_bits = args
+    spec = PackSpec(lane_bits, lanes, signed, lane_order, *word_bits)  # type: ignore[arg-type]
+    assert pack_path(spec) == path
+    low, high = spec.value_range
+    rng = np.random.default_rng(lane_bits * 1000 + lanes)
+    # both extremes of the range, then random values; 300 words and a short last group
+    values = np.concatenate(
+        [[low, high, low, high, -1 if signed else 1, 0], rng.integers(low, high, 300 * lanes, endpoint=True)]
+    )[: 300 * lanes - 1]
+    text = _text(values, spec, radix)
+    assert format_lines(to_words(values, spec), spec, radix) == text.encode("ascii")
+    expected = [int(v) for v in values] + [0] * (-len(values) % lanes)
+    assert _both(text, spec, radix) == expected
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32", "int64", "uint64"])
+def test_any_integer_dtype_packs_the_same(dtype: str) -> None:
+    spec = PackSpec(4, 8, dtype.startswith("int"))
+    low, high = spec.value_range
+    values = np.arange(low, high + 1).repeat(3)
+    as_dtype = values.astype(dtype)
+    assert format_words(to_words(as_dtype, spec), spec, "hex") == _text(values, spec, "hex")
 
 
 # --- decode errors -------------------------------------------------------------------------------
