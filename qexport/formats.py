@@ -96,8 +96,29 @@ def c_value_type(spec: PackSpec) -> str | None:
 
 
 def c_values(values: np.ndarray) -> str:
-    """Decimal literals, 16 a line, for the C header's values array."""
+    """Decimal literals, 16 a line, for the C header's values array.
+
+    Each value is written right-aligned into a fixed-width row of characters (NUL where a shorter
+    number has no digit), the separators are appended as columns, and the NULs are dropped.
+    """
     flat = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
-    text = np.char.mod("%d", flat)
-    lines = [", ".join(text[i : i + 16]) for i in range(0, flat.size, 16)]
-    return "    " + ",\n    ".join(lines)
+    if flat.size == 0:
+        return "    "
+    magnitude = np.abs(flat)
+    width = len(str(int(magnitude.max())))
+    digits = np.zeros((flat.size, width + 1), dtype=np.uint8)  # sign + digits, NUL = nothing
+    remaining = magnitude.copy()
+    for column in range(width, 0, -1):
+        present = (remaining > 0) | (column == width)
+        digits[:, column] = np.where(present, ord("0") + remaining % 10, 0)
+        remaining //= 10
+    powers = 10 ** np.arange(1, width, dtype=np.int64)
+    lengths = np.searchsorted(powers, magnitude, side="right") + 1
+    negative = np.flatnonzero(flat < 0)
+    digits[negative, width - lengths[negative]] = ord("-")  # just before the first digit
+    separators = np.zeros((flat.size, 6), dtype=np.uint8)
+    separators[:, :2] = np.frombuffer(b", ", dtype=np.uint8)
+    separators[15::16] = np.frombuffer(b",\n    ", dtype=np.uint8)
+    separators[-1] = 0
+    text = np.concatenate([digits, separators], axis=1).reshape(-1)
+    return "    " + text[text != 0].tobytes().decode("ascii")

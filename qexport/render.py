@@ -153,7 +153,8 @@ def _template_context(tp: TensorPlan, ctx: MemoryContext, words: np.ndarray, dep
         "c_word_type": formats.c_word_type(spec.word_bits),
         "c_limbs": formats.c_limbs(spec.word_bits),
         "c_value_type": formats.c_value_type(spec),
-        "c_values": formats.c_values(tp.array) if formats.c_value_type(spec) else "",
+        # only the C header shows the values; formatting them is not free
+        "c_values": formats.c_values(tp.array) if ctx.fmt == "h" and formats.c_value_type(spec) else "",
         "value_count": int(tp.array.size),
     }
 

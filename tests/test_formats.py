@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from bitstring_decoder import decode_memory_text  # type: ignore[import-not-found]
 
+from qexport import formats
 from qexport.api import SourceOptions, export
 from qexport.capture import capture
 from qexport.decode import decode_file
@@ -126,3 +127,13 @@ def test_c_header_compiles_and_holds_the_values(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     out_entry = next(f for f in manifest["layers"][0]["files"] if f["tensor"] == "output")
     assert int(printed[0]) == int(decode_file(tmp_path / "c" / out_entry["path"], out_entry).sum())
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 33, 500])
+@pytest.mark.parametrize(("low", "high"), [(-8, 7), (0, 15), (-(2**31), 2**31 - 1), (0, 2**32 - 1), (0, 0)])
+def test_c_values_match_python_formatting(count: int, low: int, high: int) -> None:
+    rng = np.random.default_rng(count)
+    values = rng.integers(low, high, size=count, endpoint=True)
+    values[: min(count, 3)] = [low, high, 0][: min(count, 3)]
+    lines = [", ".join(str(int(v)) for v in values[i : i + 16]) for i in range(0, count, 16)]
+    assert formats.c_values(values) == "    " + ",\n    ".join(lines)
