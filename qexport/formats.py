@@ -120,5 +120,6 @@ def c_values(values: np.ndarray) -> str:
     separators[:, :2] = np.frombuffer(b", ", dtype=np.uint8)
     separators[15::16] = np.frombuffer(b",\n    ", dtype=np.uint8)
     separators[-1] = 0
-    text = np.concatenate([digits, separators], axis=1).reshape(-1)
-    return "    " + text[text != 0].tobytes().decode("ascii")
+    text: np.ndarray = np.concatenate([digits, separators], axis=1).reshape(-1)
+    kept: bytes = text[text != 0].tobytes()
+    return "    " + kept.decode("ascii")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -11,7 +14,8 @@ import torch.nn.functional as F
 from qexport.integerize import IntLayer
 
 MEAN_ERROR_LIMIT = 1e-3  # the seeds' check: mean |recovered - float| < 1e-3
-_FLOAT64_EXACT = 2**53  # every integer below this, and every partial sum, is exact in float64
+_FLOAT64_EXACT = 2**53  # every integer of at most this magnitude is exact in float64
+_FLOAT32_EXACT = 2**24  # ... and in float32
 
 
 @dataclass(frozen=True)
@@ -60,24 +64,100 @@ def psum_bound(layer: IntLayer, x_range: tuple[int, int]) -> int:
     return int(terms * w_max * max(abs(x_range[0]), abs(x_range[1])))
 
 
+ConvMethod = Literal["float32", "float32_blocks", "float64", "int64"]
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """How integer_conv computes a conv exactly, and the bound that proves it.
+
+    ``bound`` is max over output channels of max|x| * sum|w|: no product and no partial sum of
+    any output value, summed in any order, exceeds it. Integers up to 2^24 are exact in float32
+    and up to 2^53 in float64, so a bound within them makes the float conv exact. ``blocks`` are
+    input-channel ranges whose own bounds stay within 2^24 (for "float32_blocks").
+    """
+
+    method: ConvMethod
+    bound: int
+    blocks: tuple[tuple[int, int], ...] = ()
+
+
+def conv_plan(x_int: np.ndarray, w_int: np.ndarray) -> ConvPlan:
+    """The cheapest exact way to convolve these integers (see ConvPlan)."""
+    x_max = int(np.abs(x_int).max(initial=0))
+    # |w| summed over each (output channel, input channel)'s kernel, in exact integers
+    per_channel = np.abs(w_int.astype(np.int64)).reshape(w_int.shape[0], w_int.shape[1], -1).sum(axis=2)
+    bound = x_max * int(per_channel.sum(axis=1).max(initial=0))
+    if bound <= _FLOAT32_EXACT:
+        return ConvPlan("float32", bound)
+    if x_max * int(per_channel.max(initial=0)) <= _FLOAT32_EXACT:
+        return ConvPlan(
+            "float32_blocks", bound, _channel_blocks(per_channel, _FLOAT32_EXACT // max(x_max, 1))
+        )
+    if bound <= _FLOAT64_EXACT:
+        return ConvPlan("float64", bound)
+    return ConvPlan("int64", bound)
+
+
+def _channel_blocks(per_channel: np.ndarray, limit: int) -> tuple[tuple[int, int], ...]:
+    """Split input channels into runs whose per-output-channel |w| sums stay within ``limit``."""
+    blocks = []
+    start = 0
+    running = np.zeros(per_channel.shape[0], dtype=np.int64)
+    for c in range(per_channel.shape[1]):  # one step an input channel, not a value
+        if (running + per_channel[:, c]).max() > limit:
+            blocks.append((start, c))
+            start, running = c, np.zeros_like(running)
+        running += per_channel[:, c]
+    blocks.append((start, per_channel.shape[1]))
+    return tuple(blocks)
+
+
+@contextlib.contextmanager
+def _ieee_float32() -> Iterator[None]:
+    """Full-precision float32 convs: a user's tf32/bf16 setting would round the products."""
+    conv = getattr(torch.backends.mkldnn, "conv", None)
+    before = getattr(conv, "fp32_precision", None)
+    if before is not None:
+        conv.fp32_precision = "ieee"  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if before is not None:
+            conv.fp32_precision = before  # type: ignore[union-attr]
+
+
+def _float_conv(x: np.ndarray, w: np.ndarray, dtype: torch.dtype, stride: int, padding: int) -> np.ndarray:
+    out = F.conv2d(
+        torch.from_numpy(x).to(dtype), torch.from_numpy(w).to(dtype), stride=stride, padding=padding
+    )
+    return out.numpy()
+
+
 def integer_conv(x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int) -> np.ndarray:
     """Exact conv of integer arrays (n, c, h, w) * (oc, c, kh, kw) -> int64 (n, oc, h', w').
 
-    Uses float64 convolution when the worst-case partial sum is below 2^53 — then every product
-    and every partial sum is an exactly representable integer, whatever the summation order —
-    and int64 im2col arithmetic otherwise.
+    Float convs are exact when the plan's bound says so (see ConvPlan): they multiply and add the
+    given integers directly (PyTorch's CPU conv is direct or im2col + GEMM, never Winograd or FFT),
+    and a non-integral result would still be caught and redone in int64.
     """
-    terms = w_int.shape[1] * w_int.shape[2] * w_int.shape[3]
-    worst = terms * int(np.abs(x_int).max(initial=0)) * int(np.abs(w_int).max(initial=0))
-    if worst < _FLOAT64_EXACT:
-        out = F.conv2d(
-            torch.from_numpy(x_int.astype(np.float64)),
-            torch.from_numpy(w_int.astype(np.float64)),
-            stride=stride,
-            padding=padding,
-        )
-        return out.numpy().astype(np.int64)
-    return _int64_conv(x_int, w_int, stride, padding)
+    plan = conv_plan(x_int, w_int)
+    if plan.method == "int64":
+        return _int64_conv(x_int, w_int, stride, padding)
+    if plan.method == "float64":
+        out = _float_conv(x_int, w_int, torch.float64, stride, padding)
+    else:
+        blocks = plan.blocks or ((0, w_int.shape[1]),)
+        with _ieee_float32():
+            parts = [
+                _float_conv(x_int[:, lo:hi], w_int[:, lo:hi], torch.float32, stride, padding)
+                for lo, hi in blocks
+            ]
+        out = parts[0] if len(parts) == 1 else np.sum([p.astype(np.int64) for p in parts], axis=0)
+    psum = out.astype(np.int64)
+    if not np.array_equal(psum, out):  # cannot happen for a direct conv; never trust a rounded sum
+        return _int64_conv(x_int, w_int, stride, padding)
+    return psum
 
 
 def _int64_conv(x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int) -> np.ndarray:
