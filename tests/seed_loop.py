@@ -1,6 +1,6 @@
 """Seed 000's loop, transcribed from the notebook: the reference our faster search must equal.
 
-Used by tests/test_study.py and benchmarks/bench_search.py; it shares no code with qexport.study.
+Used by tests/test_study.py and bench/bench_search.py; it shares no code with qexport.study.
 """
 
 from __future__ import annotations

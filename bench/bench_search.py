@@ -2,10 +2,10 @@
 
 Both run on the same demo images (labelled with the 4-bit model's own predictions) and must make
 the same decisions with the same accuracies; the script checks that, then prints both times.
-Not collected by pytest (benchmarks/ lies outside testpaths).
+Not collected by pytest (bench/ lies outside testpaths).
 
-    python benchmarks/bench_search.py                      # ~2000 demo images, VGG16_quant_gradual
-    python benchmarks/bench_search.py --images 512 --model VGG16_quant --threads 1
+    python bench/bench_search.py                      # ~2000 demo images, VGG16_quant_gradual
+    python bench/bench_search.py --images 512 --model VGG16_quant --threads 1
 """
 
 from __future__ import annotations

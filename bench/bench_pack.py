@@ -2,8 +2,8 @@
 
 Prints figures; asserts nothing about time (speed targets live here, not in the tests).
 
-    python benchmarks/bench_pack.py
-    python benchmarks/bench_pack.py --values 20000000
+    python bench/bench_pack.py
+    python bench/bench_pack.py --values 20000000
 """
 
 from __future__ import annotations
