@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from qexport.reference import Psums, conv_psum
 from qexport.render import Depth, MemoryContext, render, render_memory
 from qexport.systolic import systolic_layout
 from qexport.testbench import testbench_context
-from qexport.write import ExportPlan, write_plan
+from qexport.write import ExportPlan, FileSink, staged
 
 _CIFAR_FOLDER = "cifar-10-batches-py"
 
@@ -171,7 +172,7 @@ def _select(arch: Arch, layer_ids: Sequence[int] | None) -> list[int]:
                 f"--layer {layer} is not a quantized conv layer of {arch.name} ({what}); valid "
                 f"layers are {', '.join(map(str, convs))} (see `qexport layers`)"
             )
-    return list(layer_ids)
+    return list(dict.fromkeys(layer_ids))  # each layer once, in the order given
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,32 @@ def verify(opts: SourceOptions, layer_ids: Sequence[int] | None = None) -> tuple
     return loaded, results
 
 
+@dataclass
+class StageTimes:
+    """Seconds spent in each stage of an export (summed over layers)."""
+
+    load: float = 0.0
+    forward_capture: float = 0.0
+    integerize_reference: float = 0.0
+    pack_write: float = 0.0
+
+    @contextlib.contextmanager
+    def measure(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, stage, getattr(self, stage) + time.perf_counter() - start)
+
+    def describe(self) -> str:
+        stages = (
+            f"load {self.load:.2f} s, forward+capture {self.forward_capture:.2f} s, "
+            f"integerize+reference {self.integerize_reference:.2f} s, pack+write {self.pack_write:.2f} s"
+        )
+        total = self.load + self.forward_capture + self.integerize_reference + self.pack_write
+        return f"{stages}, total {total:.2f} s"
+
+
 @dataclass(frozen=True)
 class ExportResult:
     out_dir: Path
@@ -211,16 +238,18 @@ def export(
     depth: Depth = "exact",
     force: bool = False,
     template_dir: Path | None = None,
+    timings: StageTimes | None = None,
 ) -> ExportResult:
     """Vectors for the named layers (all conv layers if None), written atomically to ``out_dir``.
 
     ``profile`` names a built-in layout profile or a TOML file; ``fmt`` defaults to its format.
+    Files are written as each layer is rendered; ``timings`` (if given) gets each stage's time.
     """
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
-    plan, manifest, notices = _build_plan(
-        opts, layer_ids, fmt or prof.format, layout, prof, depth, template_dir
-    )
-    write_plan(plan, out_dir, force=force)
+    with staged(out_dir, force=force) as folder:
+        manifest, notices = _render_set(
+            folder, opts, layer_ids, fmt or prof.format, layout, prof, depth, template_dir, times=timings
+        )
     return ExportResult(out_dir, manifest, notices)
 
 
@@ -232,39 +261,68 @@ def _build_plan(
     prof: Profile,
     depth: Depth,
     template_dir: Path | None,
-    path_prefix: str = "",
-    kind: str = "dump",
 ) -> tuple[ExportPlan, dict[str, Any], list[str]]:
     """Render every file of an export in memory; nothing touches the disk."""
+    plan = ExportPlan()
+    manifest, notices = _render_set(plan, opts, layer_ids, fmt, layout, prof, depth, template_dir)
+    return plan, manifest, notices
+
+
+def _render_set(
+    sink: FileSink,
+    opts: SourceOptions,
+    layer_ids: Sequence[int] | None,
+    fmt: str,
+    layout: LayoutOptions | None,
+    prof: Profile,
+    depth: Depth,
+    template_dir: Path | None,
+    path_prefix: str = "",
+    kind: str = "dump",
+    times: StageTimes | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Render every file of an export into ``sink``, a layer at a time."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; formats are {', '.join(FORMATS)}")
     if fmt == "txt" and prof.kind == "flat":
         raise InputError("format txt is the course core's file format; use it with --profile course")
+    times = times or StageTimes()
     layout = with_defaults(layout or LayoutOptions(), prof.lanes, prof.psum_lanes, prof.lane_order)
-    loaded = load(opts)
-    selected = _select(loaded.arch, layer_ids)
-    captured = {t.layer: t for t in capture(loaded.model, loaded.inputs.images)}
-    plan = ExportPlan()
+    with times.measure("load"):
+        loaded = load(opts)
+        selected = _select(loaded.arch, layer_ids)
+    with times.measure("forward_capture"):
+        captured = {t.layer: t for t in capture(loaded.model, loaded.inputs.images)}
     notices = list(loaded.notices)
     layer_entries = []
     for layer in selected:
-        t = captured[layer]
-        int_layer, psums = _checked(t)
-        if prof.kind == "flat":
-            tensors = flat_layout(int_layer, psums, layout, f"{path_prefix}layer{layer}/")
-        else:
-            folder = "" if len(selected) == 1 else f"layer{layer}/"
-            tensors = systolic_layout(int_layer, psums, prof, path_prefix + folder)
-        context = MemoryContext(
-            loaded.arch.name, loaded.demo_label, prof.name, t.layer, t.conv_number, fmt, depth, template_dir
-        )
-        files = [render_memory(tp, context, plan) for tp in tensors]
+        t = captured.pop(layer)  # dropped once rendered: memory stays about one layer deep
+        with times.measure("integerize_reference"):
+            int_layer, psums = _checked(t)
+        with times.measure("pack_write"):
+            if prof.kind == "flat":
+                tensors = flat_layout(int_layer, psums, layout, f"{path_prefix}layer{layer}/")
+            else:
+                folder = "" if len(selected) == 1 else f"layer{layer}/"
+                tensors = systolic_layout(int_layer, psums, prof, path_prefix + folder)
+            context = MemoryContext(
+                loaded.arch.name,
+                loaded.demo_label,
+                prof.name,
+                t.layer,
+                t.conv_number,
+                fmt,
+                depth,
+                template_dir,
+            )
+            files = [render_memory(tp, context, sink) for tp in tensors]
         layer_entries.append(_layer_entry(int_layer, psums, files))
         notices += [tp.notice for tp in tensors if tp.notice]
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt)
     manifest["recipe"] = build_recipe(kind, opts, layer_ids, fmt, layout, prof, depth, template_dir)
-    plan.add(MANIFEST_NAME, dumps(manifest))
-    return plan, manifest, notices
+    with times.measure("pack_write"):
+        sink.add(MANIFEST_NAME, dumps(manifest))
+    return manifest, notices
 
 
 def testbench(
@@ -285,25 +343,25 @@ def testbench(
         raise InputError(
             f"the testbench reads memories with $readmemh/$readmemb; use --format hex or bin, not {fmt}"
         )
-    plan, manifest, notices = _testbench_plan(opts, layer, prof, fmt, template_dir)
-    write_plan(plan, out_dir, force=force)
+    with staged(out_dir, force=force) as folder:
+        manifest, notices = _testbench_set(folder, opts, layer, prof, fmt, template_dir)
     return ExportResult(out_dir, manifest, notices)
 
 
-def _testbench_plan(
-    opts: SourceOptions, layer: int, prof: Profile, fmt: str, template_dir: Path | None
-) -> tuple[ExportPlan, dict[str, Any], list[str]]:
-    plan, manifest, notices = _build_plan(
-        opts, [layer], fmt, None, prof, "exact", template_dir, "vectors/", kind="testbench"
+def _testbench_set(
+    sink: FileSink, opts: SourceOptions, layer: int, prof: Profile, fmt: str, template_dir: Path | None
+) -> tuple[dict[str, Any], list[str]]:
+    manifest, notices = _render_set(
+        sink, opts, [layer], fmt, None, prof, "exact", template_dir, "vectors/", kind="testbench"
     )
     (entry,) = manifest["layers"]
     context = testbench_context(manifest, entry, prof, fmt)
-    plan.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
-    plan.add(
+    sink.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
+    sink.add(
         "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
     )
-    plan.add("qexport_ref_core.v", render("testbench/qexport_ref_core.v", {}, template_dir))
-    return plan, manifest, notices
+    sink.add("qexport_ref_core.v", render("testbench/qexport_ref_core.v", {}, template_dir))
+    return manifest, notices
 
 
 def regenerate(recipe: dict[str, Any], base: Path) -> ExportPlan:
@@ -336,7 +394,9 @@ def _regenerate(recipe: dict[str, Any]) -> ExportPlan:
     layers = None if recipe["layers"] == "all" else [int(i) for i in recipe["layers"]]
     if recipe["kind"] == "testbench":
         (layer,) = layers or [0]
-        return _testbench_plan(opts, layer, prof, recipe["format"], template_dir)[0]
+        plan = ExportPlan()
+        _testbench_set(plan, opts, layer, prof, recipe["format"], template_dir)
+        return plan
     layout = LayoutOptions(**recipe["layout"])
     return _build_plan(opts, layers, recipe["format"], layout, prof, recipe["depth"], template_dir)[0]
 

@@ -27,6 +27,8 @@ class LayerTensors:
     y: torch.Tensor
     next_x: torch.Tensor | None
     next_module: QuantConv2d | None = None
+    weight_q: torch.Tensor | None = None
+    """The quantized weights this forward pass used (float32, CPU)."""
 
 
 def relu_feeds_next_conv(model: VGGQuant, layer: int) -> int | None:
@@ -47,6 +49,7 @@ def capture(model: VGGQuant, images: torch.Tensor, device: torch.device | None =
     device = device or next(model.parameters()).device
     inputs: dict[int, torch.Tensor] = {}
     outputs: dict[int, torch.Tensor] = {}
+    weights: dict[int, torch.Tensor] = {}
     handles = []
 
     def _pre(index: int) -> Any:
@@ -56,9 +59,11 @@ def capture(model: VGGQuant, images: torch.Tensor, device: torch.device | None =
         return hook
 
     def _post(index: int) -> Any:
-        def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
+        def hook(module: nn.Module, _args: Any, output: torch.Tensor) -> None:
             # copy: the ReLU that follows works in place
             outputs[index] = output.detach().to("cpu", copy=True)
+            # QuantConv2d.forward has just stored the weights it used
+            weights[index] = module.weight_q.detach().to("cpu", copy=True)  # type: ignore[operator]
 
         return hook
 
@@ -84,6 +89,7 @@ def capture(model: VGGQuant, images: torch.Tensor, device: torch.device | None =
                 outputs[index],
                 inputs[nxt] if nxt else None,
                 model.features[nxt] if nxt else None,  # type: ignore[arg-type]
+                weights[index],
             )
         )
     return captured

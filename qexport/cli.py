@@ -143,6 +143,7 @@ def layers(**kwargs: Any) -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Templates here override the built-in ones by name.",
 )
+@click.option("--timings", is_flag=True, help="Print the time each stage took, to stderr.")
 @handles_errors
 def dump(
     layer_text: str | None,
@@ -159,6 +160,7 @@ def dump(
     input_sign: str,
     pad_input: bool,
     template_dir: Path | None,
+    timings: bool,
     **kwargs: Any,
 ) -> None:
     """Write weight, input, psum and output vectors plus manifest.json for conv layers.
@@ -187,6 +189,7 @@ def dump(
         input_sign=input_sign,  # type: ignore[arg-type]
         pad_input=pad_input,
     )
+    times = api.StageTimes()
     result = api.export(
         _source(kwargs),
         layer_ids,
@@ -197,6 +200,7 @@ def dump(
         template_dir=template_dir,
         profile=profile,
         depth=depth,  # type: ignore[arg-type]
+        timings=times,
     )
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
@@ -207,6 +211,8 @@ def dump(
         f"wrote {files} {result.manifest['format']} files + manifest.json for layer(s) {layers_written} of "
         f"{result.manifest['model']}{label} to {out_dir}"
     )
+    if timings:
+        click.echo(f"timings: {times.describe()}", err=True)
 
 
 @main.command("testbench")

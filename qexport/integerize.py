@@ -70,7 +70,7 @@ def integerize(t: LayerTensors) -> IntLayer:
     w_delta = wgt_alpha / (2 ** (w_bit - 1) - 1)
     x_delta = act_alpha / (2**act_bit - 1)
     with torch.no_grad():
-        weight_q = conv.quantized_weight().detach().cpu()
+        weight_q = t.weight_q if t.weight_q is not None else conv.quantized_weight().detach().cpu()
         x_q = quantize_act(t.x, conv.act_alpha.detach().cpu(), act_bit, conv.act_clip)
     w_int = _to_int(weight_q, w_delta, t.layer, "w_int")
     x_int = _to_int(x_q, x_delta, t.layer, "x_int")

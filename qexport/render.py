@@ -17,7 +17,7 @@ from qexport.errors import InputError
 from qexport.formats import EXTENSIONS
 from qexport.layout import TensorPlan
 from qexport.pack import to_words
-from qexport.write import ExportPlan
+from qexport.write import FileSink
 
 Depth = Literal["exact", "pow2"]
 
@@ -68,7 +68,7 @@ def _depth_of(words: int, depth: Depth) -> int:
     return words if depth == "exact" or words <= 1 else 1 << (words - 1).bit_length()
 
 
-def render_memory(tp: TensorPlan, ctx: MemoryContext, plan: ExportPlan) -> dict[str, Any]:
+def render_memory(tp: TensorPlan, ctx: MemoryContext, plan: FileSink) -> dict[str, Any]:
     """Render one memory file into ``plan`` and return its manifest entry."""
     fmt, spec = ctx.fmt, tp.spec
     path = f"{tp.stem}.{EXTENSIONS[fmt]}"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from qexport.cli import main
+from qexport.errors import InputError
 
 
 def _dump(tmp_path: Path, *args: str) -> tuple[int, str, Path]:
@@ -156,3 +158,38 @@ def test_sigterm_leaves_old_set_and_no_partial_folder(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     _no_partial_folders(tmp_path)
+
+
+def test_a_failure_mid_export_removes_the_layers_already_streamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qexport import api
+    from qexport.errors import CheckFailed
+
+    real_checked = api._checked
+    streamed: list[list[str]] = []
+
+    def fail_on_third_layer(t: Any) -> Any:
+        # files of the layers before are already on disk, in the staging folder
+        streamed.append(sorted(p.name for p in tmp_path.glob(".set.*.partial/layer*/*")))
+        if len(streamed) == 3:
+            raise CheckFailed("layer 7: injected failure")
+        return real_checked(t)
+
+    monkeypatch.setattr(api, "_checked", fail_on_third_layer)
+    with pytest.raises(CheckFailed, match="injected"):
+        api.export(api.SourceOptions(), None, tmp_path / "set", "hex")
+    assert streamed[0] == [] and len(streamed[2]) == 8  # two layers of 4 files each were written
+    assert not (tmp_path / "set").exists()
+    _no_partial_folders(tmp_path)
+
+
+def test_output_folder_is_checked_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qexport import api
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    monkeypatch.setattr(api, "load", lambda opts: pytest.fail("loaded a model before checking -o"))
+    with pytest.raises(InputError, match="was not written by qexport"):
+        api.export(api.SourceOptions(), [33], out, "hex")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -318,3 +319,20 @@ def test_images_with_an_input_file(tmp_path: Path, images: str | None, count: in
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["inputs"]["count"] == count
     assert manifest["layers"][0]["input_shape"][0] == count
+
+
+def test_dump_timings_names_every_stage(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["dump", "--layer", "33", "-o", str(tmp_path / "out"), "--timings"]
+    )
+    assert result.exit_code == 0, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"timings: load ([\d.]+) s, forward\+capture ([\d.]+) s, integerize\+reference ([\d.]+) s, "
+        r"pack\+write ([\d.]+) s, total ([\d.]+) s",
+        line,
+    )
+    assert match, line
+    stages = [float(x) for x in match.groups()]
+    assert stages[0] > 0 and abs(sum(stages[:4]) - stages[4]) < 0.02
+    assert "timings:" not in result.stdout
