@@ -322,9 +322,7 @@ def test_images_with_an_input_file(tmp_path: Path, images: str | None, count: in
 
 
 def test_dump_timings_names_every_stage(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        main, ["dump", "--layer", "33", "-o", str(tmp_path / "out"), "--timings"]
-    )
+    result = CliRunner().invoke(main, ["dump", "--layer", "33", "-o", str(tmp_path / "out"), "--timings"])
     assert result.exit_code == 0, result.output
     line = result.stderr.strip().splitlines()[-1]
     match = re.fullmatch(
