@@ -8,7 +8,9 @@ calibration cannot move it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,15 +95,16 @@ def _demo_state(arch: Arch, act_clip: ActClip) -> dict[str, torch.Tensor]:
     shipped = _shipped_calibration(arch, act_clip, _fingerprint(model, act_clip))
     if shipped is not None:
         model.load_state_dict(shipped, strict=False)
-        _refresh_weight_q(model)
     else:
         calibrate_demo(model)
+    _refresh_weight_q(model)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def _seeded_model(arch: Arch, act_clip: ActClip) -> VGGQuant:
     """The demo model before calibration: every parameter from the seeded stream."""
-    model = build_model(arch, act_clip)
+    with _zero_init():
+        model = build_model(arch, act_clip)
     stream = _Stream(DEMO_SEED)
     with torch.no_grad():
         for module in model.features:
@@ -124,11 +127,29 @@ def _seeded_model(arch: Arch, act_clip: ActClip) -> VGGQuant:
 
 @torch.no_grad()
 def _refresh_weight_q(model: VGGQuant) -> None:
-    """weight_q as calibration's float64 forward pass leaves it (computed in float64, stored float32)."""
+    """weight_q as a float32 forward pass stores it (calibration's float64 pass left its own)."""
     for module in model.features:
         if isinstance(module, QuantConv2d):
-            alpha = module.weight_quant.wgt_alpha.double()
-            module.weight_q.copy_(quantize_weight(module.weight.double(), alpha, module.w_bit).float())
+            module.weight_q.copy_(quantize_weight(module.weight, module.weight_quant.wgt_alpha, module.w_bit))
+
+
+@contextlib.contextmanager
+def _zero_init() -> Iterator[None]:
+    """Conv and Linear layers start at zero instead of a random init the stream overwrites anyway."""
+
+    def zero(module: nn.Conv2d | nn.Linear) -> None:
+        with torch.no_grad():
+            module.weight.zero_()
+            if module.bias is not None:
+                module.bias.zero_()
+
+    saved = nn.Conv2d.reset_parameters, nn.Linear.reset_parameters
+    nn.Conv2d.reset_parameters = zero  # type: ignore[method-assign,assignment]
+    nn.Linear.reset_parameters = zero  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        nn.Conv2d.reset_parameters, nn.Linear.reset_parameters = saved  # type: ignore[method-assign]
 
 
 def calibrate_demo(model: VGGQuant) -> None:

@@ -84,9 +84,11 @@ class ConvPlan:
 
 def conv_plan(x_int: np.ndarray, w_int: np.ndarray) -> ConvPlan:
     """The cheapest exact way to convolve these integers (see ConvPlan)."""
-    x_max = int(np.abs(x_int).max(initial=0))
+    x = torch.from_numpy(np.ascontiguousarray(x_int, dtype=np.int64))
+    x_max = max(-int(x.min()), int(x.max())) if x.numel() else 0
     # |w| summed over each (output channel, input channel)'s kernel, in exact integers
-    per_channel = np.abs(w_int.astype(np.int64)).reshape(w_int.shape[0], w_int.shape[1], -1).sum(axis=2)
+    w = torch.from_numpy(np.ascontiguousarray(w_int, dtype=np.int64))
+    per_channel = w.abs().sum(dim=(2, 3)).numpy()
     bound = x_max * int(per_channel.sum(axis=1).max(initial=0))
     if bound <= _FLOAT32_EXACT:
         return ConvPlan("float32", bound)
