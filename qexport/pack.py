@@ -141,21 +141,27 @@ def word_bytes(words: np.ndarray, spec: PackSpec) -> np.ndarray:
 def _sub_byte(lanes: np.ndarray, lane_bits: int, msb_first: bool) -> np.ndarray:
     """Lanes of 1, 2 or 4 bits, a multiple of 8 bits a word -> the word's bytes, MSB first.
 
-    The lanes of one byte are read as one integer (its first lane in the low byte for lsb_first
-    order, the high byte for msb_first), then folded down so every lane lands in the low byte.
+    Eight one-byte lanes are read as one little-endian uint64 and folded together three times
+    (pairs, fours, eights), leaving lane k in bits [k*lane_bits, (k+1)*lane_bits): a group of
+    8*lane_bits bits, no per-lane work. msb_first is lsb_first with the lanes reversed.
     """
-    rows = lanes.shape[0]
-    if lane_bits == 1:
-        packed = np.packbits(lanes, axis=1, bitorder="big" if msb_first else "little")
-        return packed if msb_first else packed[:, ::-1]
-    per_byte = 8 // lane_bits
-    grouped = lanes.view(f"{'>' if msb_first else '<'}u{per_byte}").astype(f"u{per_byte}")
-    step = 1
-    while step < per_byte:  # fold pairs of lane groups together: 2 lanes, then 4
-        grouped = grouped | (grouped >> np.uint8(step * (8 - lane_bits)))
-        step *= 2
-    folded = grouped.astype(np.uint8).reshape(rows, -1)
-    return folded if msb_first else folded[:, ::-1]
+    rows, count = lanes.shape
+    ordered = lanes[:, ::-1] if msb_first else lanes
+    groups = -(-count // 8)
+    if count % 8 or msb_first:
+        padded = np.zeros((rows, groups * 8), dtype=np.uint8)
+        padded[:, :count] = ordered
+        ordered = padded
+    folded = ordered.view("<u8").reshape(rows, groups)
+    for level in range(3):
+        chunk = 16 << level  # bits of each chunk after this fold; its used bits are at the bottom
+        kept = (1 << (lane_bits << (level + 1))) - 1
+        mask = sum(kept << (chunk * k) for k in range(64 // chunk))
+        folded = (folded | (folded >> np.uint64((8 << level) - (lane_bits << level)))) & np.uint64(mask)
+    # most significant group first, each group's lane_bits bytes big-endian
+    group_bytes = folded[:, ::-1].astype(f">u{lane_bits}").view(np.uint8).reshape(rows, groups * lane_bits)
+    used_bytes = count * lane_bits // 8
+    return group_bytes[:, group_bytes.shape[1] - used_bytes :]
 
 
 def _bit_matrix_bytes(lanes: np.ndarray, spec: PackSpec, nbytes: int) -> np.ndarray:

@@ -1,0 +1,778 @@
+"""qexport's benchmark: every figure measured in this run beside its comparison point.
+
+Sections: 1. packing throughput, 2. whole-model export, 3. CLI start-up, 4. reference conv.
+Each prints a table and PASS/FAIL lines against its targets; a summary of them closes the run.
+Speed never fails the run: the exit code is 1 only when a correctness cross-check fails (our
+text against a naive loop's and bitstring's, integer_conv against torch's float64 conv, the
+notebook way's integers against dump's files, torch kept out of the CLI import).
+Not collected by pytest (bench/ lies outside testpaths); tests/test_bench_smoke.py runs --quick.
+
+    python bench/run.py                      # full run, a few minutes
+    python bench/run.py --quick              # small sizes, no batch 128, fewer repeats
+    python bench/run.py --skip-export --out figures.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import bitstring
+import numpy as np
+import torch
+import torch.nn.functional as F
+from notebook_way import NotebookExport, export_notebook_way
+
+import qexport
+from qexport.decode import decode_file
+from qexport.demo import demo_model
+from qexport.inputs import load_demo
+from qexport.model import BUILTIN
+from qexport.pack import PackSpec, Radix, format_lines, to_words
+from qexport.reference import conv_plan, integer_conv
+
+T = TypeVar("T")
+
+SECTIONS = ("1. Packing throughput", "2. Whole-model export", "3. CLI start-up", "4. Reference conv")
+MODEL = "VGG16_quant_gradual"
+
+
+# ---------------------------------------------------------------- run settings and results
+
+
+@dataclass(frozen=True)
+class Settings:
+    values: int
+    bitstring_values: int
+    quick: bool
+    skip_export: bool
+    repeats: int  # best of this many for the fast paths
+    startup_repeats: int  # ... for each subprocess start-up (import torch: about 2 s each)
+    slow_repeats: int  # ... and for the slow comparison points
+    conv_batches: tuple[int, ...]
+    export_batches: tuple[tuple[str, str], ...]  # (label, --images spec)
+
+
+@dataclass(frozen=True)
+class Target:
+    section: str
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Report:
+    """Every figure (for --out), every target line, and every correctness cross-check."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+    checks: list[tuple[str, bool]] = field(default_factory=list)
+
+    @property
+    def broken(self) -> list[str]:
+        return [name for name, ok in self.checks if not ok]
+
+    def target(self, section: str, name: str, passed: bool, detail: str) -> None:
+        self.targets.append(Target(section, name, passed, detail))
+        print(f"  {'PASS' if passed else 'FAIL'}  {name}  ({detail})")
+
+    def cross_check(self, name: str, ok: bool, detail: str = "") -> None:
+        """Record a correctness check; a failure is printed at once, passes only as a count."""
+        self.checks.append((f"{name} ({detail})" if detail and not ok else name, ok))
+        if not ok:
+            print(f"  CROSS-CHECK FAILED: {name}{f' ({detail})' if detail else ''}")
+
+    def print_checks(self, since: int, what: str) -> None:
+        """One line for the cross-checks recorded since index ``since``."""
+        section = self.checks[since:]
+        passed = sum(ok for _, ok in section)
+        print(f"  cross-checks: {passed} of {len(section)} passed ({what})")
+
+
+# ---------------------------------------------------------------- timing and printing helpers
+
+
+def timed(repeats: int, func: Callable[[], T]) -> tuple[float, T]:
+    """Best wall time of ``repeats`` (at least one) calls, by perf_counter, and the last call's result."""
+    start = time.perf_counter()
+    result = func()
+    best = time.perf_counter() - start
+    for _ in range(repeats - 1):
+        start = time.perf_counter()
+        result = func()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    seconds: float
+    peak_rss_mib: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_child(argv: Sequence[str], cwd: Path) -> ChildRun:
+    """Run one subprocess; wall time and that child's own peak RSS.
+
+    os.wait4 reports the rusage of this one child; RUSAGE_CHILDREN would be the maximum over
+    every child the bench has waited for so far.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        return ChildRun(
+            seconds,
+            usage.ru_maxrss / 1024,  # KiB on Linux
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
+
+
+def best_child(argv: Sequence[str], cwd: Path, repeats: int) -> ChildRun:
+    """The fastest of ``repeats`` runs of one command."""
+    return min((run_child(argv, cwd) for _ in range(repeats)), key=lambda run: run.seconds)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """First column left-aligned, the figures right-aligned."""
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = f"{cells[0]:<{widths[0]}}"
+        return "  " + "  ".join([first, *(f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:], strict=True))])
+
+    print(line(headers))
+    print("  " + "  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line(row))
+
+
+def section_header(title: str) -> None:
+    print(f"\n== {title} ==")
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# ---------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    """Other work on the machine skews every figure; say how busy it was."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+def print_machine(report: Report, settings: Settings) -> None:
+    machine = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "bitstring": bitstring.__version__,
+        "qexport": qexport.__version__,
+        "quick": settings.quick,
+        "values": settings.values,
+    }
+    report.figures["machine"] = machine
+    print("qexport benchmark" + ("  (--quick)" if settings.quick else ""))
+    print(f"  cpu {machine['cpu']}, {machine['cores']} cores, torch threads {machine['torch_threads']}")
+    print(
+        f"  python {machine['python']}, torch {machine['torch']}, numpy {machine['numpy']}, "
+        f"bitstring {machine['bitstring']}, qexport {machine['qexport']}"
+    )
+    print(f"  {load_average()} at start")
+
+
+# ---------------------------------------------------------------- 1. packing
+
+
+PACK_SPECS: tuple[tuple[str, PackSpec], ...] = (
+    ("4-bit signed x8", PackSpec(4, 8, True)),
+    ("4-bit unsigned x8", PackSpec(4, 8, False)),
+    ("2-bit unsigned x16", PackSpec(2, 16, False)),
+    ("16-bit signed x1", PackSpec(16, 1, True)),
+    ("16-bit signed x4", PackSpec(16, 4, True)),
+    ("24-bit signed x1", PackSpec(24, 1, True)),
+    ("24-bit signed x4", PackSpec(24, 4, True)),
+)
+_WHOLE_WORDS = 16  # every spec's lanes divide this, so no word gets zero padding lanes
+
+
+def ours_text(values: np.ndarray, spec: PackSpec, radix: Radix, path: Path) -> bytes:
+    text = format_lines(to_words(values, spec), spec, radix)
+    path.write_bytes(text)
+    return text
+
+
+def naive_text(values: np.ndarray, spec: PackSpec, radix: Radix, path: Path) -> bytes:
+    """The notebook way: a Python loop that formats every value on its own (``'{:04b}'.format``).
+
+    Each value becomes its lane's digits (hex digits when lanes are whole nibbles, else bits that
+    the word turns into hex once), and a word's lanes are joined last lane first (lsb_first).
+    """
+    mask = (1 << spec.lane_bits) - 1
+    digits = -(-spec.word_bits // 4)
+    per_value_hex = (
+        radix == "hex" and spec.lane_bits % 4 == 0 and spec.word_bits == spec.lanes * spec.lane_bits
+    )
+    lane_format = f"0{spec.lane_bits // 4}x" if per_value_hex else f"0{spec.lane_bits}b"
+    flat = values.tolist()
+    lines = []
+    for start in range(0, len(flat), spec.lanes):
+        lanes = [format(v & mask, lane_format) for v in flat[start : start + spec.lanes]]
+        word = "".join(reversed(lanes))
+        if radix == "hex" and not per_value_hex:
+            word = format(int(word, 2), f"0{digits}x")
+        lines.append(word)
+    text = ("\n".join(lines) + "\n").encode("ascii")
+    path.write_bytes(text)
+    return text
+
+
+def bitstring_text(values: np.ndarray, spec: PackSpec, radix: Radix, path: Path) -> bytes:
+    """A per-value bitstring packer, as FINN's data_packing does: one Bits object a value."""
+    width = spec.lane_bits
+
+    def lane(v: int) -> bitstring.Bits:
+        return bitstring.Bits(int=v, length=width) if spec.signed else bitstring.Bits(uint=v, length=width)
+
+    flat = values.tolist()
+    lines = []
+    for start in range(0, len(flat), spec.lanes):
+        # lsb_first: the first value is the rightmost lane of the printed word
+        word = bitstring.Bits().join([lane(v) for v in reversed(flat[start : start + spec.lanes])])
+        lines.append(word.hex if radix == "hex" else word.bin)
+    text = ("\n".join(lines) + "\n").encode("ascii")
+    path.write_bytes(text)
+    return text
+
+
+def section_packing(settings: Settings, report: Report) -> None:
+    section_header(SECTIONS[0])
+    count = settings.values - settings.values % _WHOLE_WORDS
+    prefix = min(count, settings.bitstring_values - settings.bitstring_values % _WHOLE_WORDS)
+    print(
+        f"  {count:,} values a row; ours and tofile best of {settings.repeats}, naive best of "
+        f"{settings.slow_repeats}, bitstring once on the first {prefix:,} values; each writes its file"
+    )
+    figures: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, spec in PACK_SPECS:
+            low, high = spec.value_range
+            values = np.random.default_rng(0).integers(low, high, count, endpoint=True)
+            figures += (
+                _pack_row(label, spec, radix, values, prefix, Path(tmp), settings, report)
+                for radix in ("hex", "bin")
+            )
+    report.figures["packing"] = figures
+    headers = ["spec", "ours M/s", "naive M/s", "bitstr M/s*", "tofile M/s eq"]
+    print_table(headers + ["ours/naive", "ours/bitstr", "tofile/ours"], [_pack_cells(r) for r in figures])
+    print(f"  * bitstring on the first {prefix:,} values only (it packs tens of thousands of values/s)")
+    print("  tofile: ndarray.tofile of as many uint8 bytes as our output (the write floor), as values/time")
+    print("  targets, 4-bit lanes:")
+    for row in figures:
+        if row["lane_bits"] == 4:
+            _packing_targets(report, row)
+
+
+def _pack_cells(row: dict[str, Any]) -> list[str]:
+    return [
+        f"{row['spec']} {row['radix']}",
+        fmt(row["ours_mvps"], 1),
+        fmt(row["naive_mvps"], 2),
+        fmt(row["bitstring_mvps"], 3),
+        fmt(row["tofile_mvps"], 0),
+        fmt(row["ours_over_naive"], 0),
+        fmt(row["ours_over_bitstring"], 0),
+        fmt(row["tofile_over_ours"], 1),
+    ]
+
+
+def _packing_targets(report: Report, row: dict[str, Any]) -> None:
+    name = f"{row['spec']} {row['radix']}"
+    rate, over_naive = row["ours_mvps"], row["ours_over_naive"]
+    report.target("packing", f"{name}: ours >= 150 M values/s", rate >= 150, f"{rate:.1f}")
+    report.target("packing", f"{name}: ours >= 100x naive", over_naive >= 100, f"{over_naive:.0f}x")
+    report.target(
+        "packing",
+        f"{name}: ours within 10x of tofile",
+        row["tofile_s"] * 10 >= row["ours_s"],
+        f"ours {row['ours_s'] * 1e3:.1f} ms, tofile {row['tofile_s'] * 1e3:.1f} ms",
+    )
+
+
+def _pack_row(
+    label: str,
+    spec: PackSpec,
+    radix: Radix,
+    values: np.ndarray,
+    prefix: int,
+    folder: Path,
+    settings: Settings,
+    report: Report,
+) -> dict[str, Any]:
+    """One spec and radix: ours, naive, bitstring and tofile over the same values, same file content."""
+    count = values.size
+    ours_s, text = timed(settings.repeats, lambda: ours_text(values, spec, radix, folder / "ours.txt"))
+    naive_s, naive = timed(
+        settings.slow_repeats, lambda: naive_text(values, spec, radix, folder / "naive.txt")
+    )
+    head = values[:prefix]
+    bits_s, bits = timed(1, lambda: bitstring_text(head, spec, radix, folder / "bitstring.txt"))
+    floor = np.frombuffer(text, dtype=np.uint8)
+    tofile_s, _ = timed(settings.repeats, lambda: floor.tofile(folder / "tofile.bin"))
+
+    line_bytes = (-(-spec.word_bits // 4) if radix == "hex" else spec.word_bits) + 1
+    report.cross_check(f"{label} {radix}: naive text == ours", naive == text, f"{len(text):,} bytes")
+    report.cross_check(
+        f"{label} {radix}: bitstring text == ours",
+        bits == text[: prefix // spec.lanes * line_bytes],
+        f"first {prefix:,} values",
+    )
+    ours_rate, naive_rate = count / ours_s / 1e6, count / naive_s / 1e6
+    bits_rate, tofile_rate = prefix / bits_s / 1e6, count / tofile_s / 1e6
+    return {
+        "spec": label,
+        "radix": radix,
+        "lane_bits": spec.lane_bits,
+        "lanes": spec.lanes,
+        "signed": spec.signed,
+        "values": count,
+        "bytes": len(text),
+        "bitstring_values": prefix,
+        "ours_s": ours_s,
+        "naive_s": naive_s,
+        "bitstring_s": bits_s,
+        "tofile_s": tofile_s,
+        "ours_mvps": ours_rate,
+        "naive_mvps": naive_rate,
+        "bitstring_mvps": bits_rate,
+        "tofile_mvps": tofile_rate,
+        "ours_over_naive": ours_rate / naive_rate,
+        "ours_over_bitstring": ours_rate / bits_rate,
+        "tofile_over_ours": tofile_rate / ours_rate,
+    }
+
+
+# ---------------------------------------------------------------- 2. whole-model export
+
+# `dump --timings` prints e.g. "timings: load 0.41 s, forward+capture 0.22 s, ..., total 1.50 s"
+_TIMINGS_LINE = re.compile(r"^timings:(?P<stages>.*)$", re.MULTILINE)
+_TIMING_STAGE = re.compile(r"(?P<name>[A-Za-z][\w+ /-]*?)\s+(?P<seconds>\d+(?:\.\d+)?)\s*s\b")
+# stage names as --timings prints them -> short column headers
+_STAGES = {
+    "load": "load",
+    "forward+capture": "fwd+capture",
+    "integerize+reference": "int+ref",
+    "pack+write": "pack+write",
+    "total": "total",
+}
+
+
+@cache
+def import_torch(repeats: int) -> ChildRun:
+    """``python -c "import torch"``, best of ``repeats``; measured once, shared by sections 2 and 3."""
+    return best_child([sys.executable, "-c", "import torch"], Path.cwd(), repeats)
+
+
+def parse_timings(stderr: str) -> dict[str, float] | None:
+    match = _TIMINGS_LINE.search(stderr)
+    if match is None:
+        return None
+    return {m["name"].strip(): float(m["seconds"]) for m in _TIMING_STAGE.finditer(match["stages"])}
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def forward_seconds(images_spec: str, repeats: int) -> float:
+    """One forward pass of the demo model, in this process, after a warm-up pass."""
+    model = demo_model(BUILTIN[MODEL])
+    images = load_demo(images_spec).images
+    with torch.no_grad():
+        model(images)
+        seconds, _ = timed(repeats, lambda: model(images))
+    return seconds
+
+
+def section_export(settings: Settings, report: Report) -> None:
+    section_header(SECTIONS[1])
+    if settings.skip_export:
+        print("  skipped (--skip-export)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        # first: the notebook way builds the demo model from scratch, as each dump subprocess does;
+        # the demo's calibrated state is cached for the rest of this process
+        notebook = export_notebook_way(folder / "notebook", "0")
+        dumps = {
+            label: _dump(spec, folder / f"out{n}") for n, (label, spec) in enumerate(settings.export_batches)
+        }
+        torch_run = import_torch(settings.startup_repeats)
+        forwards = {
+            label: forward_seconds(spec, settings.slow_repeats) for label, spec in settings.export_batches
+        }
+        for label, run in dumps.items():
+            report.cross_check(f"dump --all {label} exits 0", run["returncode"] == 0, run["error"])
+        if dumps["batch 1"]["returncode"] == 0:
+            _check_notebook_against_dump(notebook, folder / "out0", report)
+
+    headers = ["run", "wall s", *(f"{short} s" for short in _STAGES.values()), "peak RSS MiB", "output MB"]
+    print_table(headers, _export_rows(dumps, torch_run, forwards, notebook))
+    print("  stage split: dump --timings, measured inside the child (total excludes interpreter start)")
+    print(
+        f"  notebook way: per-layer hook + full forward, seed formulas, three files a layer written one\n"
+        f"  value a line; model build ({notebook.build_seconds:.2f} s) included, `import torch` not;\n"
+        "  batch 1 only (128 would take too long)"
+    )
+    if settings.quick:
+        print("  batch 128 skipped (--quick)")
+    _export_targets(report, dumps, torch_run.seconds, forwards["batch 1"], notebook)
+    report.figures["export"] = {
+        "dump": dumps,
+        "import_torch_s": torch_run.seconds,
+        "import_torch_peak_rss_mib": torch_run.peak_rss_mib,
+        "forward_s": forwards,
+        "notebook_way_batch1_s": notebook.seconds,
+        "notebook_way_bytes": notebook.bytes_written,
+    }
+
+
+def _export_rows(
+    dumps: dict[str, dict[str, Any]],
+    torch_run: ChildRun,
+    forwards: dict[str, float],
+    notebook: NotebookExport,
+) -> list[list[str]]:
+    rows = []
+    for label, run in dumps.items():
+        stages = run["timings"] or {}
+        rows.append(
+            [f"qexport dump --all {label}", fmt(run["seconds"])]
+            + [fmt(stages.get(stage)) for stage in _STAGES]
+            + [fmt(run["peak_rss_mib"], 0), fmt(run["output_bytes"] / 1e6, 1)]
+        )
+    blank = [""] * len(_STAGES)
+    rows.append(
+        ['python -c "import torch"', fmt(torch_run.seconds), *blank, fmt(torch_run.peak_rss_mib, 0), ""]
+    )
+    for label, seconds in forwards.items():
+        rows.append([f"forward pass {label} (in-process)", fmt(seconds, 3), *blank, "", ""])
+    notebook_mb = fmt(notebook.bytes_written / 1e6, 1)
+    rows.append(["notebook way batch 1 (in-process)", fmt(notebook.seconds), *blank, "", notebook_mb])
+    return rows
+
+
+def _export_targets(
+    report: Report,
+    dumps: dict[str, dict[str, Any]],
+    import_s: float,
+    forward_s: float,
+    notebook: NotebookExport,
+) -> None:
+    batch1 = dumps["batch 1"]["seconds"]
+    budget = 1.5 * (import_s + forward_s)
+    report.target(
+        "export",
+        "dump --all batch 1 <= 1.5 x (import torch + forward batch 1)",
+        batch1 <= budget,
+        f"{batch1:.2f} s vs {budget:.2f} s",
+    )
+    # a fresh notebook kernel also imports torch first
+    notebook_total = import_s + notebook.seconds
+    report.target(
+        "export",
+        "dump --all batch 1 >= 10x faster than the notebook way, end to end (fresh process each)",
+        notebook_total >= 10 * batch1,
+        f"{notebook_total / batch1:.1f}x: {notebook_total:.2f} s vs {batch1:.2f} s",
+    )
+    stages = dumps["batch 1"]["timings"]
+    if stages:
+        # both pay `import torch` and the model build alike; this is the export work itself
+        ours = stages["forward+capture"] + stages["integerize+reference"] + stages["pack+write"]
+        theirs = notebook.seconds - notebook.build_seconds
+        report.target(
+            "export",
+            "dump --all batch 1 >= 10x faster than the notebook way, export work (model loaded)",
+            theirs >= 10 * ours,
+            f"{theirs / ours:.1f}x: {theirs:.2f} s vs {ours:.2f} s",
+        )
+    if "batch 128" in dumps:
+        rss = dumps["batch 128"]["peak_rss_mib"]
+        report.target("export", "dump --all batch 128 peak RSS < 4096 MiB", rss < 4096, f"{rss:.0f} MiB")
+
+
+def _dump(images_spec: str, out_dir: Path) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "qexport", "dump", "--all", "--format", "hex", "--images", images_spec]
+    argv += ["-o", str(out_dir), "--timings"]
+    run = run_child(argv, out_dir.parent)
+    return {
+        "argv": argv[1:],
+        "returncode": run.returncode,
+        "error": "" if run.returncode == 0 else run.stderr.strip()[-500:],
+        "seconds": run.seconds,
+        "peak_rss_mib": run.peak_rss_mib,
+        "timings": parse_timings(run.stderr),
+        "output_bytes": folder_bytes(out_dir) if out_dir.exists() else 0,
+    }
+
+
+def _check_notebook_against_dump(notebook: NotebookExport, out_dir: Path, report: Report) -> None:
+    """The notebook way's integers must be the ones dump wrote: same export, two ways."""
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    entries = {layer["index"]: layer for layer in manifest["layers"]}
+    # dump stores channels innermost: weight (oc, kh, kw, ic), input and psum (n, h, w, c)
+    to_torch_order = {"weight": (0, 3, 1, 2), "input": (0, 3, 1, 2), "psum": (0, 3, 1, 2)}
+    differing = []
+    for ints in notebook.layers:
+        files = {f["tensor"]: f for f in entries[ints.layer]["files"]}
+        for tensor, ours in (("weight", ints.w_int), ("input", ints.x_int), ("psum", ints.psum)):
+            decoded = decode_file(out_dir / files[tensor]["path"], files[tensor]).transpose(
+                to_torch_order[tensor]
+            )
+            if not np.array_equal(decoded, ours):
+                differing.append(f"layer {ints.layer} {tensor}")
+    report.cross_check(
+        "notebook way's w_int, x_int, psum == dump --all batch 1 files",
+        not differing,
+        ", ".join(differing[:5]) or f"{len(notebook.layers)} layers",
+    )
+
+
+# ---------------------------------------------------------------- 3. CLI start-up
+
+
+def section_startup(settings: Settings, report: Report) -> None:
+    section_header(SECTIONS[2])
+    repeats = settings.startup_repeats
+    cwd = Path.cwd()
+    help_commands = {"python -m qexport --help": [sys.executable, "-m", "qexport", "--help"]}
+    script, on_path = Path(sys.executable).with_name("qexport"), shutil.which("qexport")
+    if script.exists():
+        help_commands["qexport --help (console script)"] = [str(script), "--help"]
+    commands = dict(help_commands)
+    if on_path is not None and Path(on_path) != script:
+        # a version manager's shim (pyenv) starts its own process first: informative, no target
+        commands["qexport --help (PATH)"] = [on_path, "--help"]
+    commands["python -m qexport layers --help"] = [sys.executable, "-m", "qexport", "layers", "--help"]
+    commands['python -c "pass"'] = [sys.executable, "-c", "pass"]
+
+    seconds = {}
+    for label, argv in commands.items():
+        run = best_child(argv, cwd, repeats)
+        report.cross_check(f"{label} exits 0", run.returncode == 0, run.stderr.strip()[-300:])
+        seconds[label] = run.seconds
+    seconds['python -c "import torch"'] = import_torch(settings.startup_repeats).seconds
+    print_table(["command", f"best of {repeats}, s"], [[label, fmt(s, 3)] for label, s in seconds.items()])
+    print(f"  console script beside the interpreter: {script if script.exists() else 'none'}")
+    print(f"  qexport on PATH: {on_path}")
+
+    probe = "import sys, qexport.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
+    torch_free = run_child([sys.executable, "-c", probe], cwd).returncode == 0
+    print(f"  importing qexport.cli leaves torch unimported: {'yes' if torch_free else 'no'}")
+    report.cross_check("import qexport.cli does not import torch", torch_free)
+    for label in help_commands:
+        report.target("startup", f"{label} <= 0.3 s", seconds[label] <= 0.3, f"{seconds[label]:.3f} s")
+    report.figures["startup"] = {"seconds": seconds, "cli_imports_torch": not torch_free}
+
+
+# ---------------------------------------------------------------- 4. reference conv
+
+
+CONV_LAYERS: tuple[tuple[str, int, int, int], ...] = (
+    # (label, in_channels, out_channels, feature map side); 3x3, stride 1, pad 1
+    ("64->64 32x32", 64, 64, 32),  # VGG16's largest layer by MACs
+    ("512->512 4x4", 512, 512, 4),
+    ("512->512 2x2", 512, 512, 2),
+)
+_FLOAT32_EXACT = 2**24
+
+
+def section_conv(settings: Settings, report: Report) -> None:
+    section_header(SECTIONS[3])
+    rows, figures = [], []
+    for label, channels, out_channels, side in CONV_LAYERS:
+        for batch in settings.conv_batches:
+            row = _conv_row(label, channels, out_channels, side, batch, settings, report)
+            figures.append(row)
+            rows.append(
+                [
+                    f"{label} batch {batch}",
+                    row["method"],
+                    f"{row['bound']:,}",
+                    fmt(row["integer_conv_s"] * 1e3, 2),
+                    fmt(row["torch_s"] * 1e3, 2),
+                    fmt(row["integer_conv_gmacps"], 1),
+                    fmt(row["torch_gmacps"], 1),
+                    fmt(row["ratio"], 2),
+                ]
+            )
+    print_table(
+        [
+            "layer",
+            "method",
+            "bound",
+            "integer_conv ms",
+            "torch f32 ms",
+            "int GMAC/s",
+            "torch GMAC/s",
+            "ratio",
+        ],
+        rows,
+    )
+    print(
+        f"  bound: max|x| * sum|w| of the worst output channel; float32 is exact to 2^24 = {_FLOAT32_EXACT:,}"
+    )
+    print("  x_int in [0, 15], w_int in [-8, 7]; target on the largest layer (64->64 32x32)")
+    for row in figures:
+        if row["layer"].startswith("64->64"):
+            report.target(
+                "conv",
+                f"integer_conv / torch float32 <= 3, {row['layer']} batch {row['batch']}",
+                row["ratio"] <= 3,
+                f"{row['ratio']:.2f}",
+            )
+    report.figures["conv"] = figures
+
+
+def _conv_row(
+    label: str, channels: int, out_channels: int, side: int, batch: int, settings: Settings, report: Report
+) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    x_int = rng.integers(0, 15, (batch, channels, side, side), endpoint=True)
+    w_int = rng.integers(-8, 7, (out_channels, channels, 3, 3), endpoint=True)
+    x32, w32 = torch.from_numpy(x_int).float(), torch.from_numpy(w_int).float()
+    plan = conv_plan(x_int, w_int)
+    ours_s, psum = timed(settings.repeats, lambda: integer_conv(x_int, w_int, stride=1, padding=1))
+    torch_s, _ = timed(settings.repeats, lambda: F.conv2d(x32, w32, stride=1, padding=1))
+    exact = F.conv2d(torch.from_numpy(x_int).double(), torch.from_numpy(w_int).double(), padding=1)
+    report.cross_check(
+        f"integer_conv == torch float64 conv, {label} batch {batch}",
+        np.array_equal(psum, exact.numpy().astype(np.int64)),
+    )
+    macs = batch * out_channels * side * side * channels * 9
+    return {
+        "layer": label,
+        "batch": batch,
+        "method": plan.method,
+        "bound": plan.bound,
+        "bound_within_float32": plan.bound <= _FLOAT32_EXACT,
+        "macs": macs,
+        "integer_conv_s": ours_s,
+        "torch_s": torch_s,
+        "integer_conv_gmacps": macs / ours_s / 1e9,
+        "torch_gmacps": macs / torch_s / 1e9,
+        "ratio": ours_s / torch_s,
+    }
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> tuple[Settings, Path | None]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--values", type=int, help="values a packing row [default 1,600,000; 200,000 with --quick]"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, no batch 128, fewer repeats")
+    parser.add_argument("--skip-export", action="store_true", help="skip section 2 (the subprocess exports)")
+    parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
+    args = parser.parse_args(argv)
+    if args.values is not None and args.values < _WHOLE_WORDS:
+        parser.error(f"--values {args.values}: need at least {_WHOLE_WORDS}, one word of every spec")
+    quick = bool(args.quick)
+    batches = (("batch 1", "0"),) if quick else (("batch 1", "0"), ("batch 128", "0:128"))
+    settings = Settings(
+        values=args.values or (200_000 if quick else 1_600_000),
+        bitstring_values=20_000 if quick else 100_000,
+        quick=quick,
+        skip_export=bool(args.skip_export),
+        repeats=3 if quick else 5,
+        startup_repeats=1 if quick else 5,
+        slow_repeats=1 if quick else 2,
+        conv_batches=(1, 16) if quick else (1, 128),
+        export_batches=batches,
+    )
+    return settings, args.out
+
+
+def print_summary(report: Report) -> None:
+    section_header("Summary")
+    print(f"  {load_average()} at the end")
+    for t in report.targets:
+        print(f"  {'PASS' if t.passed else 'FAIL'}  [{t.section}] {t.name}  ({t.detail})")
+    passed = sum(t.passed for t in report.targets)
+    print(f"  {passed} of {len(report.targets)} targets met (targets never change the exit code)")
+    if report.broken:
+        print(f"  {len(report.broken)} of {len(report.checks)} CROSS-CHECKS FAILED (exit 1):")
+        for name in report.broken:
+            print(f"    {name}")
+    else:
+        print(f"  all {len(report.checks)} correctness cross-checks passed")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings, out = parse_settings(argv)
+    report = Report()
+    print_machine(report, settings)
+    sections: tuple[tuple[Callable[[Settings, Report], None], str], ...] = (
+        (section_packing, "naive and bitstring text == ours, byte for byte"),
+        (section_export, "dump exits 0; the notebook way's integers == dump's files"),
+        (section_startup, "commands exit 0; qexport.cli imports no torch"),
+        (section_conv, "integer_conv == torch float64 conv"),
+    )
+    for run_section, checked in sections:
+        first, start = len(report.checks), time.perf_counter()
+        run_section(settings, report)
+        if len(report.checks) > first:
+            report.print_checks(first, checked)
+        print(f"  section took {time.perf_counter() - start:.1f} s")
+    print_summary(report)
+    if out is not None:
+        report.figures["targets"] = [asdict(t) for t in report.targets]
+        report.figures["cross_checks_failed"] = report.broken
+        out.write_text(json.dumps(report.figures, indent=2, sort_keys=True) + "\n")
+        print(f"  figures written to {out}")
+    return 1 if report.broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
