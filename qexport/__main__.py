@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from qexport.cli import main
+from qexport.cli import run
 
-main()
+run()

@@ -334,3 +334,25 @@ def test_dump_timings_names_every_stage(tmp_path: Path) -> None:
     stages = [float(x) for x in match.groups()]
     assert stages[0] > 0 and abs(sum(stages[:4]) - stages[4]) < 0.02
     assert "timings:" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "stream", "text"),
+    [
+        (["dump", "--layer", "33", "-o", "out"], 0, "stdout", "wrote 4 hex files"),
+        (["dump", "--layer", "34", "-o", "out"], 2, "stderr", "features[34] is a relu"),
+        (["verify", "--layer", "33"], 0, "stdout", "pass (mean error < 1e-3)"),
+    ],
+    ids=["success", "bad-input", "verify"],
+)
+def test_console_script_keeps_output_and_exit_code_through_the_fast_exit(
+    tmp_path: Path, args: list[str], code: int, stream: str, text: str
+) -> None:
+    # stdout and stderr are pipes, so they are block-buffered: the fast exit must flush them
+    result = subprocess.run(
+        [sys.executable, "-m", "qexport", *args], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == code, result.stderr
+    assert text in getattr(result, stream)
+    if code == 0:
+        assert result.stderr == "" or "notice" in result.stderr
