@@ -41,7 +41,7 @@ from qexport.decode import decode_file
 from qexport.demo import demo_model
 from qexport.inputs import load_demo
 from qexport.model import BUILTIN
-from qexport.pack import PackSpec, Radix, format_lines, to_words
+from qexport.pack import PackSpec, Radix, line_matrix, to_words
 from qexport.reference import conv_plan, integer_conv
 
 T = TypeVar("T")
@@ -233,10 +233,12 @@ PACK_SPECS: tuple[tuple[str, PackSpec], ...] = (
 _WHOLE_WORDS = 16  # every spec's lanes divide this, so no word gets zero padding lanes
 
 
-def ours_text(values: np.ndarray, spec: PackSpec, radix: Radix, path: Path) -> bytes:
-    text = format_lines(to_words(values, spec), spec, radix)
-    path.write_bytes(text)
-    return text
+def ours_text(values: np.ndarray, spec: PackSpec, radix: Radix, path: Path) -> np.ndarray:
+    """qexport's path for a memory file's data: one character matrix, written as it is."""
+    lines = line_matrix(to_words(values, spec), spec, radix)
+    with path.open("wb") as file:
+        lines.tofile(file)
+    return lines
 
 
 def naive_text(values: np.ndarray, spec: PackSpec, radix: Radix, path: Path) -> bytes:
@@ -348,7 +350,8 @@ def _pack_row(
 ) -> dict[str, Any]:
     """One spec and radix: ours, naive, bitstring and tofile over the same values, same file content."""
     count = values.size
-    ours_s, text = timed(settings.repeats, lambda: ours_text(values, spec, radix, folder / "ours.txt"))
+    ours_s, lines = timed(settings.repeats, lambda: ours_text(values, spec, radix, folder / "ours.txt"))
+    text = lines.tobytes()
     naive_s, naive = timed(
         settings.slow_repeats, lambda: naive_text(values, spec, radix, folder / "naive.txt")
     )

@@ -242,11 +242,14 @@ def format_words(words: np.ndarray, spec: PackSpec, radix: Radix) -> str:
 
     Example (lanes=2, lane_bits=4, signed): [[1, -2]] -> hex ``e1``, bin ``11100001``.
     """
-    return format_lines(words, spec, radix).decode("ascii")
+    return line_matrix(words, spec, radix).tobytes().decode("ascii")
 
 
-def format_lines(words: np.ndarray, spec: PackSpec, radix: Radix) -> bytes:
-    """As format_words, as ASCII bytes (what is written to disk)."""
+def line_matrix(words: np.ndarray, spec: PackSpec, radix: Radix) -> np.ndarray:
+    """As format_words, as a (words, digits + 1) uint8 matrix of ASCII, newline included.
+
+    Write it as it is (``file.write(matrix)``): a large file is never copied into a str or bytes.
+    """
     lines = _chars_into(words, spec, radix, trailer=1)
     lines[:, -1] = _NEWLINE
-    return lines.tobytes()
+    return lines

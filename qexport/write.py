@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +18,20 @@ from typing import Protocol
 from qexport.errors import InputError
 from qexport.manifest import MANIFEST_NAME
 
+# a file's content: text, bytes, or chunks written one after another (a large body is not copied)
+Content = str | bytes | Sequence[bytes | memoryview]
+
 
 class FileSink(Protocol):
     """Where rendered files go: memory (ExportPlan) or a staging folder (StagedFolder)."""
 
-    def add(self, relpath: str, content: str | bytes, *, executable: bool = False) -> None: ...
+    def add(self, relpath: str, content: Content, *, executable: bool = False) -> None: ...
 
 
-def _as_bytes(content: str | bytes) -> bytes:
-    return content.encode("ascii") if isinstance(content, str) else content
+def _chunks(content: Content) -> Sequence[bytes | memoryview]:
+    if isinstance(content, str):
+        return [content.encode("ascii")]
+    return [content] if isinstance(content, bytes) else content
 
 
 @dataclass
@@ -36,8 +41,8 @@ class ExportPlan:
     files: dict[str, bytes] = field(default_factory=dict)
     executable: set[str] = field(default_factory=set)
 
-    def add(self, relpath: str, content: str | bytes, *, executable: bool = False) -> None:
-        self.files[relpath] = _as_bytes(content)
+    def add(self, relpath: str, content: Content, *, executable: bool = False) -> None:
+        self.files[relpath] = b"".join(_chunks(content))
         if executable:
             self.executable.add(relpath)
 
@@ -48,10 +53,12 @@ class StagedFolder:
 
     root: Path
 
-    def add(self, relpath: str, content: str | bytes, *, executable: bool = False) -> None:
+    def add(self, relpath: str, content: Content, *, executable: bool = False) -> None:
         target = self.root / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(_as_bytes(content))
+        with target.open("wb") as file:
+            for chunk in _chunks(content):
+                file.write(chunk)
         if executable:
             target.chmod(0o755)
 

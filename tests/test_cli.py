@@ -214,6 +214,34 @@ def test_template_dir_overrides_a_template_by_name(runner: CliRunner, tmp_path: 
     assert decode_file(out / entry["path"], entry).shape == (8, 3, 3, 8)
 
 
+@pytest.mark.parametrize(
+    ("template", "bodies"),
+    [("{{ body }}\n// again\n{{ body }}\n", 2), ("// words {{ words }}, no data\n", 0)],
+    ids=["body-twice", "no-body"],
+)
+def test_templates_that_do_not_show_the_body_once_render_whole(
+    runner: CliRunner, tmp_path: Path, template: str, bodies: int
+) -> None:
+    # the body is normally streamed in place of a marker; these templates take the plain path
+    (tmp_path / "tpl" / "hex").mkdir(parents=True)
+    (tmp_path / "tpl" / "hex" / "memory.hex.j2").write_text(template)
+    plain = tmp_path / "plain"
+    assert runner.invoke(main, ["dump", "--layer", "33", "-o", str(plain)]).exit_code == 0
+    out = tmp_path / "o"
+    result = runner.invoke(
+        main, ["dump", "--layer", "33", "--template-dir", str(tmp_path / "tpl"), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    data = [
+        line
+        for line in (plain / "layer33" / "weight.hex").read_text().splitlines()
+        if not line.startswith(("//", "#"))
+    ]
+    text = (out / "layer33" / "weight.hex").read_text()
+    assert text.count("\n".join(data)) == bodies
+    assert "\x00" not in text
+
+
 @pytest.mark.slow
 def test_installed_wheel_ships_templates_and_profiles(tmp_path: Path) -> None:
     import zipfile

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from qexport.decode import lanes_from_bits, parse_words
 from qexport.errors import BitWidthError, InputError
-from qexport.pack import PackSpec, check_fits, format_lines, format_words, pack_path, to_words
+from qexport.pack import PackSpec, check_fits, format_words, line_matrix, pack_path, to_words
 
 # On a failure Hypothesis imports libcst (to print an @example patch), and importing libcst warns
 # (mypy_extensions.TypedDict is deprecated); with warnings as errors that warning becomes an
@@ -359,7 +359,7 @@ def test_fast_paths_round_trip(
         [[low, high, low, high, -1 if signed else 1, 0], rng.integers(low, high, 300 * lanes, endpoint=True)]
     )[: 300 * lanes - 1]
     text = _text(values, spec, radix)
-    assert format_lines(to_words(values, spec), spec, radix) == text.encode("ascii")
+    assert line_matrix(to_words(values, spec), spec, radix).tobytes() == text.encode("ascii")
     expected = [int(v) for v in values] + [0] * (-len(values) % lanes)
     assert _both(text, spec, radix) == expected
 
