@@ -253,21 +253,6 @@ def export(
     return ExportResult(out_dir, manifest, notices)
 
 
-def _build_plan(
-    opts: SourceOptions,
-    layer_ids: Sequence[int] | None,
-    fmt: str,
-    layout: LayoutOptions | None,
-    prof: Profile,
-    depth: Depth,
-    template_dir: Path | None,
-) -> tuple[ExportPlan, dict[str, Any], list[str]]:
-    """Render every file of an export in memory; nothing touches the disk."""
-    plan = ExportPlan()
-    manifest, notices = _render_set(plan, opts, layer_ids, fmt, layout, prof, depth, template_dir)
-    return plan, manifest, notices
-
-
 def _render_set(
     sink: FileSink,
     opts: SourceOptions,
@@ -392,13 +377,14 @@ def _regenerate(recipe: dict[str, Any]) -> ExportPlan:
         prof = load_profile(recipe["profile"])
     template_dir = None if recipe["template_dir"] is None else Path(recipe["template_dir"])
     layers = None if recipe["layers"] == "all" else [int(i) for i in recipe["layers"]]
+    plan = ExportPlan()
     if recipe["kind"] == "testbench":
         (layer,) = layers or [0]
-        plan = ExportPlan()
         _testbench_set(plan, opts, layer, prof, recipe["format"], template_dir)
-        return plan
-    layout = LayoutOptions(**recipe["layout"])
-    return _build_plan(opts, layers, recipe["format"], layout, prof, recipe["depth"], template_dir)[0]
+    else:
+        layout = LayoutOptions(**recipe["layout"])
+        _render_set(plan, opts, layers, recipe["format"], layout, prof, recipe["depth"], template_dir)
+    return plan
 
 
 def _checked(t: LayerTensors) -> tuple[IntLayer, Psums]:
