@@ -181,12 +181,6 @@ def _bit_matrix_bytes(lanes: np.ndarray, spec: PackSpec, nbytes: int) -> np.ndar
     return out
 
 
-def word_bits_msb_first(words: np.ndarray, spec: PackSpec) -> np.ndarray:
-    """(words, lanes) integers -> (words, word_bits) 0/1 array, most significant bit first."""
-    bits = np.unpackbits(word_bytes(words, spec), axis=1)
-    return bits[:, bits.shape[1] - spec.word_bits :]
-
-
 def _records(matrix: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Columns start:stop of a C-contiguous uint8 matrix, one opaque record a row.
 
