@@ -36,7 +36,7 @@ def _chunks(content: Content) -> Sequence[bytes | memoryview]:
 
 @dataclass
 class ExportPlan:
-    """Every file of an export, rendered in memory (for `check`, which compares and never writes)."""
+    """Every file of an export, in memory: `check` compares it, small sets go to write_plan."""
 
     files: dict[str, bytes] = field(default_factory=dict)
     executable: set[str] = field(default_factory=set)
