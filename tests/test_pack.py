@@ -456,16 +456,7 @@ def test_decode_errors_name_the_line(radix: str, word_bits: int, text: str, mess
     line = re.search(r"line (\d+)", message)
     assert line is not None
     with pytest.raises(ValueError, match=rf"^line {line.group(1)}: "):
-        decode_memory_text(
-            text,
-            radix=radix,
-            header_lines=3,
-            word_bits=word_bits,
-            lanes=1,
-            lane_bits=word_bits,
-            signed=False,
-            lane_order="lsb_first",
-        )
+        _bitstring_decode(text, PackSpec(word_bits, 1, False), radix, 3)
 
 
 # --- fuzz: malformed text never escapes as another exception type --------------------------------
@@ -481,34 +472,17 @@ _FUZZ_ALPHABET = st.sampled_from(list("0123456789abcdefABCDEFgxz_/ \t\r\n\x0b\x8
     header_lines=st.integers(0, 3),
 )
 def test_parse_words_fuzz(text: str, radix: str, word_bits: int, header_lines: int) -> None:
+    one_lane = PackSpec(word_bits, 1, False)  # each word is one unsigned value
     try:
         bits = parse_words(text, radix, word_bits, header_lines, "fuzz.mem")
     except InputError as error:
         assert "fuzz.mem line " in str(error)
         with pytest.raises(ValueError, match=r"^line \d+: "):
-            decode_memory_text(
-                text,
-                radix=radix,
-                header_lines=header_lines,
-                word_bits=word_bits,
-                lanes=1,
-                lane_bits=word_bits,
-                signed=False,
-                lane_order="lsb_first",
-            )
+            _bitstring_decode(text, one_lane, radix, header_lines)
         return
     assert bits.dtype == np.uint8
     assert bits.ndim == 2 and bits.shape[1] == word_bits
     assert set(np.unique(bits).tolist()) <= {0, 1}
     # what qexport accepts, the bitstring decoder reads as the same words
     words = lanes_from_bits(bits, 1, word_bits, False, "lsb_first").reshape(-1).tolist()
-    assert words == decode_memory_text(
-        text,
-        radix=radix,
-        header_lines=header_lines,
-        word_bits=word_bits,
-        lanes=1,
-        lane_bits=word_bits,
-        signed=False,
-        lane_order="lsb_first",
-    )
+    assert words == _bitstring_decode(text, one_lane, radix, header_lines)
