@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +18,7 @@ from qexport import __version__, formats
 from qexport.errors import InputError
 from qexport.formats import EXTENSIONS
 from qexport.layout import TensorPlan
-from qexport.pack import line_matrix, to_words
+from qexport.pack import line_blocks, to_words
 from qexport.write import FileSink
 
 Depth = Literal["exact", "pow2"]
@@ -88,7 +90,7 @@ def render_memory(tp: TensorPlan, ctx: MemoryContext, plan: FileSink) -> dict[st
         entry["padded"] = bool(tp.padded)
     if fmt == "npy":
         dtype = _npy_dtype(spec.lane_bits, spec.signed)
-        content: list[bytes | memoryview] = [_npy_bytes(tp.array, dtype)]
+        content: Iterable[bytes | memoryview] = [_npy_bytes(tp.array, dtype)]
         entry |= {"lanes": 1, "word_bits": 8 * dtype.itemsize, "words": tp.array.size}
         entry |= {"header_lines": 0, "depth": tp.array.size, "fill": 0}
     else:
@@ -99,11 +101,18 @@ def render_memory(tp: TensorPlan, ctx: MemoryContext, plan: FileSink) -> dict[st
         entry |= {"lanes": spec.lanes, "word_bits": spec.word_bits, "words": int(words.shape[0])}
         entry |= {"header_lines": header_lines, "depth": depth, "fill": 0}
     digest = hashlib.sha256()
-    for chunk in content:
-        digest.update(chunk)
+    plan.add(path, _hashed(content, digest.update))  # the sink takes every chunk before add returns
     entry["sha256"] = digest.hexdigest()
-    plan.add(path, content)
     return entry
+
+
+def _hashed(
+    chunks: Iterable[bytes | memoryview], update: Callable[[bytes | memoryview], None]
+) -> Iterator[bytes | memoryview]:
+    """Pass ``chunks`` on, hashing each while it is still in cache (a block may be reused after)."""
+    for chunk in chunks:
+        update(chunk)
+        yield chunk
 
 
 # stands in for a line-a-word body while the template renders; the body itself never becomes a str
@@ -112,7 +121,7 @@ _BODY = "\x00qexport body\x00"
 
 def _memory_file(
     tp: TensorPlan, ctx: MemoryContext, words: np.ndarray, depth: int
-) -> tuple[list[bytes | memoryview], int]:
+) -> tuple[Iterable[bytes | memoryview], int]:
     """A memory file's content (as chunks to write in order) and its header line count."""
     spec, fmt = tp.spec, ctx.fmt
     if fmt == "txt" and tp.tensor == "address":
@@ -124,10 +133,10 @@ def _memory_file(
         text = render(name, _template_context(tp, ctx, words, depth, _BODY), ctx.template_dir)
         head, found, tail = text.partition(_BODY)
         if found and _BODY not in tail:  # else a custom template shows the body twice: render it whole
-            lines = line_matrix(padded, spec, "hex" if fmt == "hex" else "bin")
-            data = lines.data.cast("B")[:-1]  # without its last newline, as formats.body
-            newlines = head.count("\n") + max(lines.shape[0] - 1, 0) + tail.count("\n")
-            return [head.encode("ascii"), data, tail.encode("ascii")], newlines - depth
+            # without its last newline, as formats.body
+            lines = line_blocks(padded, spec, "hex" if fmt == "hex" else "bin", last_newline=False)
+            newlines = head.count("\n") + max(padded.shape[0] - 1, 0) + tail.count("\n")
+            return chain([head.encode("ascii")], lines, [tail.encode("ascii")]), newlines - depth
     body = formats.body(padded, spec, fmt)  # type: ignore[arg-type]
     text = render(name, _template_context(tp, ctx, words, depth, body), ctx.template_dir)
     return [text.encode("ascii")], _header_lines(text, fmt, depth)

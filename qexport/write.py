@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +18,21 @@ from typing import Protocol
 from qexport.errors import InputError
 from qexport.manifest import MANIFEST_NAME
 
-# a file's content: text, bytes, or chunks written one after another (a large body is not copied)
-Content = str | bytes | Sequence[bytes | memoryview]
+# a file's content: text, bytes, or chunks written one after another (a large body is not
+# copied). A chunk may be a view of a buffer the producer reuses for the next chunk.
+Content = str | bytes | Iterable[bytes | memoryview]
 
 
 class FileSink(Protocol):
-    """Where rendered files go: memory (ExportPlan) or a staging folder (StagedFolder)."""
+    """Where rendered files go: memory (ExportPlan) or a staging folder (StagedFolder).
+
+    ``add`` takes in each chunk before asking for the next, and all of them before it returns.
+    """
 
     def add(self, relpath: str, content: Content, *, executable: bool = False) -> None: ...
 
 
-def _chunks(content: Content) -> Sequence[bytes | memoryview]:
+def _chunks(content: Content) -> Iterable[bytes | memoryview]:
     if isinstance(content, str):
         return [content.encode("ascii")]
     return [content] if isinstance(content, bytes) else content
@@ -42,7 +46,7 @@ class ExportPlan:
     executable: set[str] = field(default_factory=set)
 
     def add(self, relpath: str, content: Content, *, executable: bool = False) -> None:
-        self.files[relpath] = b"".join(_chunks(content))
+        self.files[relpath] = b"".join([bytes(chunk) for chunk in _chunks(content)])
         if executable:
             self.executable.add(relpath)
 

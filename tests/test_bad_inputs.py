@@ -146,16 +146,19 @@ def test_sigterm_leaves_old_set_and_no_partial_folder(tmp_path: Path) -> None:
     out = tmp_path / "set"
     assert CliRunner().invoke(main, ["dump", "--layer", "33", "-o", str(out)]).exit_code == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # 128 images: seconds of streaming layers into the staging folder, so the signal lands mid-export
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qexport", "dump", "--all", "-o", str(out), "--force"],
+        [sys.executable, "-m", "qexport", "dump", "--all", "--images", "0:128", "-o", str(out), "--force"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    time.sleep(3.0)
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.glob(".set.*.partial/*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode != 0, "the export ended before the signal; it must be caught mid-export"
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     _no_partial_folders(tmp_path)
 

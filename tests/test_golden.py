@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from qexport import pack
 from qexport.api import SourceOptions, export
 from qexport.check import without_check_figures
 from qexport.demo import demo_images, demo_model
@@ -61,6 +62,17 @@ def test_dump_matches_golden(name: str, tmp_path: Path, update_golden: bool) -> 
     layer, fmt, layout = CASES[name]
     export(SourceOptions(), [layer], tmp_path / name, fmt, layout)  # type: ignore[arg-type]
     _check_or_update(name, _files(tmp_path / name), update_golden)
+
+
+@pytest.mark.parametrize("name", ["layer33-hex", "layer33-bin-msb"])
+def test_files_streamed_in_many_blocks_match_golden(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body written and hashed a few lines at a time gives the same files and manifest hashes."""
+    monkeypatch.setattr(pack, "_BLOCK_BYTES", 100)
+    layer, fmt, layout = CASES[name]
+    export(SourceOptions(), [layer], tmp_path / name, fmt, layout)  # type: ignore[arg-type]
+    _check_or_update(name, _files(tmp_path / name), update=False)
 
 
 def test_demo_parameters_and_images_are_pinned(update_golden: bool) -> None:

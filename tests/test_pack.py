@@ -17,9 +17,18 @@ from bitstring_decoder import decode_memory_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qexport import pack
 from qexport.decode import lanes_from_bits, parse_words
 from qexport.errors import BitWidthError, InputError
-from qexport.pack import PackSpec, check_fits, format_words, line_matrix, pack_path, to_words
+from qexport.pack import (
+    PackSpec,
+    check_fits,
+    format_words,
+    line_blocks,
+    line_matrix,
+    pack_path,
+    to_words,
+)
 
 # On a failure Hypothesis imports libcst (to print an @example patch), and importing libcst warns
 # (mypy_extensions.TypedDict is deprecated); with warnings as errors that warning becomes an
@@ -362,6 +371,48 @@ def test_fast_paths_round_trip(
     assert line_matrix(to_words(values, spec), spec, radix).tobytes() == text.encode("ascii")
     expected = [int(v) for v in values] + [0] * (-len(values) % lanes)
     assert _both(text, spec, radix) == expected
+
+
+# --- text made a block at a time ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("radix", RADIXES)
+@pytest.mark.parametrize("block_bytes", [1, 40, 1000, 1 << 20], ids=lambda b: f"{b}B")
+@pytest.mark.parametrize(
+    "spec", [PackSpec(4, 8, True), PackSpec(24, 1, True), PackSpec(5, 3, False)], ids=str
+)
+def test_blocks_join_into_the_whole_text(
+    spec: PackSpec, block_bytes: int, radix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of every size (a word each, several words, one block) give text both decoders read back."""
+    low, high = spec.value_range
+    values = np.random.default_rng(block_bytes).integers(low, high, 333 * spec.lanes, endpoint=True)
+    words = to_words(values, spec)
+    whole = _text(values, spec, radix)  # before the patch: the default block size
+    monkeypatch.setattr(pack, "_BLOCK_BYTES", block_bytes)
+    blocks = [bytes(block) for block in line_blocks(words, spec, radix)]  # copied: the buffer is reused
+    assert b"".join(blocks).decode("ascii") == whole
+    assert all(block.endswith(b"\n") for block in blocks)  # whole lines only
+    lines_a_block = max(1, block_bytes // (len(whole) // 333))
+    assert len(blocks) == -(-333 // lines_a_block)
+    assert line_matrix(words, spec, radix).tobytes().decode("ascii") == whole
+    assert _both(whole, spec, radix) == [int(v) for v in values]
+    unterminated = b"".join(bytes(block) for block in line_blocks(words, spec, radix, last_newline=False))
+    assert unterminated.decode("ascii") == whole.removesuffix("\n")
+
+
+def test_blocks_reuse_one_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why a consumer must copy or write a block at once: the next block overwrites it."""
+    monkeypatch.setattr(pack, "_BLOCK_BYTES", 3)  # a line a block
+    spec = PackSpec(4, 2, False)
+    views = list(line_blocks(to_words(np.arange(6), spec), spec, "hex"))
+    assert [bytes(view) for view in views] == [b"54\n"] * 3  # every view shows the last block
+
+
+@pytest.mark.parametrize("radix", RADIXES)
+def test_no_words_no_blocks(radix: str) -> None:
+    spec = PackSpec(4, 8, True)
+    assert list(line_blocks(to_words(np.zeros(0, dtype=np.int64), spec), spec, radix)) == []
 
 
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32", "int64", "uint64"])
