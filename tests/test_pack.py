@@ -409,6 +409,41 @@ def test_blocks_reuse_one_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [bytes(view) for view in views] == [b"54\n"] * 3  # every view shows the last block
 
 
+def test_files_made_interleaved_do_not_share_a_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pack, "_BLOCK_BYTES", 64)
+    spec = PackSpec(4, 8, True)
+    first, second = (np.random.default_rng(seed).integers(-8, 8, 800) for seed in (1, 2))
+    texts: tuple[list[bytes], list[bytes]] = ([], [])
+    blocks = zip(
+        line_blocks(to_words(first, spec), spec, "bin"),
+        line_blocks(to_words(second, spec), spec, "bin"),
+        strict=True,
+    )
+    for one, two in blocks:
+        texts[0].append(bytes(one))
+        texts[1].append(bytes(two))
+    assert b"".join(texts[0]).decode() == _text(first, spec, "bin")
+    assert b"".join(texts[1]).decode() == _text(second, spec, "bin")
+
+
+def test_the_workspace_is_kept_for_the_next_file() -> None:
+    spec = PackSpec(4, 8, True)
+    words = to_words(np.zeros(80_000, dtype=np.int64), spec)
+    line_matrix(words, spec, "hex")
+    kept = pack._IDLE.buffer
+    assert kept.size > 0
+    line_matrix(words, spec, "hex")
+    assert pack._IDLE.buffer is kept  # no new memory for a file of the same size
+
+
+def test_a_reused_workspace_starts_clean() -> None:
+    """Leftovers of a file packed before (all ones) never leak into the zero lanes of the next."""
+    ones = PackSpec(1, 64, False)
+    line_matrix(to_words(np.ones(64 * 1000, dtype=np.int64), ones), ones, "hex")
+    spec = PackSpec(4, 2, False)  # one byte a word: six zero lanes in the group of eight
+    assert _text([1, 2, 15, 0], spec, "hex") == "21\n0f\n"
+
+
 @pytest.mark.parametrize("radix", RADIXES)
 def test_no_words_no_blocks(radix: str) -> None:
     spec = PackSpec(4, 8, True)
