@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal
 
@@ -90,7 +90,7 @@ def to_words(values: np.ndarray, spec: PackSpec) -> np.ndarray:
 
 def _unsigned_lanes(words: np.ndarray, spec: PackSpec) -> np.ndarray:
     """(words, lanes) -> each lane's two's-complement bit pattern in the narrowest unsigned type."""
-    dtype = next(np.dtype(t) for t in ("u1", "u2", "u4", "u8") if spec.lane_bits <= 8 * np.dtype(t).itemsize)
+    dtype = _container(spec.lane_bits)
     # an integer cast keeps the low bits, so negatives become two's complement for free
     raw = words.astype(dtype, copy=False)
     if spec.lane_bits < 8 * dtype.itemsize:
@@ -108,143 +108,6 @@ def pack_path(spec: PackSpec) -> str:
     if spec.word_bits <= 64:
         return "uint64_word"
     return "bit_matrix"
-
-
-def word_bytes(words: np.ndarray, spec: PackSpec) -> np.ndarray:
-    """(words, lanes) integers -> (words, ceil(word_bits / 8)) bytes, most significant first.
-
-    Bits above the lanes are zero. Every path works on whole columns, never one value at a time.
-    """
-    rows = words.shape[0]
-    nbytes = -(-spec.word_bits // 8)
-    lanes = _unsigned_lanes(words, spec)
-    msb_first = spec.lane_order == "msb_first"
-    path = pack_path(spec)
-    if path == "sub_byte":  # 1, 2 or 4 bits filling whole bytes: a byte's lanes are one small int
-        used = _sub_byte(lanes, spec.lane_bits, msb_first)
-    elif path == "byte_aligned":  # 8, 16, 24, ... bits: each lane is whole bytes
-        ordered = lanes if msb_first else lanes[:, ::-1]
-        big_endian = ordered.astype(lanes.dtype.newbyteorder(">")).view(np.uint8)
-        size, lane_bytes = lanes.dtype.itemsize, spec.lane_bits // 8
-        used = _columns(big_endian.reshape(-1, size), size - lane_bytes, size)
-        used = used.reshape(rows, spec.lanes * lane_bytes)
-    elif path == "uint64_word":  # odd widths in a word of up to 64 bits: shift the lanes together
-        word = np.zeros(rows, dtype=np.uint64)
-        for k in range(spec.lanes) if msb_first else range(spec.lanes - 1, -1, -1):
-            word = (word << np.uint64(spec.lane_bits)) | lanes[:, k].astype(np.uint64)
-        return word.astype(">u8").view(np.uint8).reshape(rows, 8)[:, 8 - nbytes :]
-    else:
-        return _bit_matrix_bytes(lanes, spec, nbytes)
-    if used.shape[1] == nbytes:
-        return used
-    out = np.zeros((rows, nbytes), dtype=np.uint8)  # zero bytes above the lanes
-    out[:, nbytes - used.shape[1] :] = used
-    return out
-
-
-def _sub_byte(lanes: np.ndarray, lane_bits: int, msb_first: bool) -> np.ndarray:
-    """Lanes of 1, 2 or 4 bits, a multiple of 8 bits a word -> the word's bytes, MSB first.
-
-    Eight one-byte lanes are read as one little-endian uint64 and folded together three times
-    (pairs, fours, eights), leaving lane k in bits [k*lane_bits, (k+1)*lane_bits): a group of
-    8*lane_bits bits, no per-lane work. msb_first is lsb_first with the lanes reversed.
-    """
-    rows, count = lanes.shape
-    ordered = lanes[:, ::-1] if msb_first else lanes
-    groups = -(-count // 8)
-    if count % 8 or msb_first:
-        padded = np.zeros((rows, groups * 8), dtype=np.uint8)
-        padded[:, :count] = ordered
-        ordered = padded
-    folded = ordered.view("<u8").reshape(rows, groups)
-    for level in range(3):
-        chunk = 16 << level  # bits of each chunk after this fold; its used bits are at the bottom
-        kept = (1 << (lane_bits << (level + 1))) - 1
-        mask = sum(kept << (chunk * k) for k in range(64 // chunk))
-        folded = (folded | (folded >> np.uint64((8 << level) - (lane_bits << level)))) & np.uint64(mask)
-    # most significant group first, each group's lane_bits bytes big-endian
-    group_bytes = folded[:, ::-1].astype(f">u{lane_bits}").view(np.uint8).reshape(rows, groups * lane_bits)
-    used_bytes = count * lane_bits // 8
-    return group_bytes[:, group_bytes.shape[1] - used_bytes :]
-
-
-class _SubBytePacker:
-    """_sub_byte for a file's blocks, in place in a workspace: a block allocates no memory."""
-
-    def __init__(self, spec: PackSpec, rows: int, space: _Workspace) -> None:
-        count, bits = spec.lanes, spec.lane_bits
-        groups = -(-count // 8)
-        self.spec = spec
-        self.lanes = space.array((rows, groups * 8), np.uint8)
-        self.lanes[:, count:] = 0  # lanes past count stay zero
-        self.shifted = space.array((rows, groups), np.uint64)
-        self.grouped = space.array((rows, groups), np.dtype(f">u{bits}"))
-        self.unused = groups * bits - count * bits // 8  # leading bytes of the zero lanes
-        self.folds = []
-        for level in range(3):  # as _sub_byte
-            chunk = 16 << level
-            kept = (1 << (bits << (level + 1))) - 1
-            mask = sum(kept << (chunk * k) for k in range(64 // chunk))
-            self.folds.append((np.uint64((8 << level) - (bits << level)), np.uint64(mask)))
-
-    def __call__(self, words: np.ndarray) -> np.ndarray:
-        rows, count = words.shape
-        lanes = self.lanes[:rows]
-        into = lanes[:, :count][:, ::-1] if self.spec.lane_order == "msb_first" else lanes[:, :count]
-        np.copyto(into, words, casting="unsafe")  # keeps the low bits: two's complement
-        np.bitwise_and(lanes, np.uint8((1 << self.spec.lane_bits) - 1), out=lanes)
-        folded, shifted = lanes.view("<u8"), self.shifted[:rows]
-        for shift, mask in self.folds:
-            np.right_shift(folded, shift, out=shifted)
-            np.bitwise_or(folded, shifted, out=folded)
-            np.bitwise_and(folded, mask, out=folded)
-        grouped = self.grouped[:rows]
-        np.copyto(grouped, folded[:, ::-1], casting="unsafe")  # most significant group first
-        return grouped.view(np.uint8).reshape(rows, -1)[:, self.unused :]
-
-
-def _bit_matrix_bytes(lanes: np.ndarray, spec: PackSpec, nbytes: int) -> np.ndarray:
-    """Odd lane widths in words over 64 bits: through a bit matrix, a bounded block of rows at a time."""
-    rows = lanes.shape[0]
-    ordered = lanes if spec.lane_order == "msb_first" else lanes[:, ::-1]
-    pad_bits = 8 * nbytes - spec.lanes * spec.lane_bits
-    out = np.empty((rows, nbytes), dtype=np.uint8)
-    block = max(1, (1 << 22) // (spec.lanes * spec.lane_bits))
-    shifts = np.arange(spec.lane_bits - 1, -1, -1, dtype=np.uint64)
-    for start in range(0, rows, block):
-        part = ordered[start : start + block].astype(np.uint64)
-        bits = ((part[:, :, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-        matrix = np.zeros((part.shape[0], 8 * nbytes), dtype=np.uint8)
-        matrix[:, pad_bits:] = bits.reshape(part.shape[0], -1)
-        out[start : start + block] = np.packbits(matrix, axis=1)
-    return out
-
-
-def _records(matrix: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Columns start:stop of a C-contiguous uint8 matrix, one opaque record a row.
-
-    Copying rows as records beats numpy's byte-by-byte strided copy of a column slice by ~20x.
-    """
-    record = np.dtype(
-        {"names": ["d"], "formats": [f"V{stop - start}"], "offsets": [start], "itemsize": matrix.shape[1]}
-    )
-    return np.asarray(matrix.view(record).reshape(-1)["d"])
-
-
-def _columns(matrix: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """A contiguous copy of ``matrix[:, start:stop]`` (uint8), copied a row at a time."""
-    rows = np.ascontiguousarray(_records(matrix, start, stop))
-    return rows.view(np.uint8).reshape(matrix.shape[0], stop - start)
-
-
-def _byte_chars(digit_chars: list[bytes]) -> np.ndarray:
-    """256-entry table: a byte's characters as one unsigned integer, so one gather does a byte."""
-    width = len(digit_chars[0])
-    return np.frombuffer(b"".join(digit_chars), dtype=f"u{width}")
-
-
-_HEX_OF_BYTE = _byte_chars([f"{b:02x}".encode() for b in range(256)])
-_BIN_OF_BYTE = _byte_chars([f"{b:08b}".encode() for b in range(256)])
 
 
 # Text is made a block of about this many bytes at a time, in a workspace reused from block to
@@ -286,6 +149,167 @@ def _workspace() -> Iterator[_Workspace]:
         idle = getattr(_IDLE, "buffer", None)
         if idle is None or idle.size < space.buffer.size:
             _IDLE.buffer = space.buffer
+
+
+def _container(lane_bits: int) -> np.dtype[Any]:
+    """The narrowest unsigned integer that holds a lane."""
+    return next(np.dtype(t) for t in ("u1", "u2", "u4", "u8") if lane_bits <= 8 * np.dtype(t).itemsize)
+
+
+class _SubBytePacker:
+    """Lanes of 1, 2 or 4 bits, a multiple of 8 bits a word -> the word's bytes, MSB first.
+
+    Eight one-byte lanes are read as one little-endian uint64 and folded together three times
+    (pairs, fours, eights), leaving lane k in bits [k*lane_bits, (k+1)*lane_bits): a group of
+    8*lane_bits bits, no per-lane work. msb_first is lsb_first with the lanes reversed.
+    Works in place in its workspace: a block allocates no memory.
+    """
+
+    def __init__(self, spec: PackSpec, rows: int, space: _Workspace) -> None:
+        count, bits = spec.lanes, spec.lane_bits
+        groups = -(-count // 8)
+        self.spec = spec
+        self.lanes = space.array((rows, groups * 8), np.uint8)
+        self.lanes[:, count:] = 0  # lanes past count stay zero
+        self.shifted = space.array((rows, groups), np.uint64)
+        self.grouped = space.array((rows, groups), np.dtype(f">u{bits}"))
+        self.unused = groups * bits - count * bits // 8  # leading bytes of the zero lanes
+        self.width = count * bits // 8
+        self.folds = []
+        for level in range(3):
+            chunk = 16 << level  # bits of each chunk after this fold; its used bits are at the bottom
+            kept = (1 << (bits << (level + 1))) - 1
+            mask = sum(kept << (chunk * k) for k in range(64 // chunk))
+            self.folds.append((np.uint64((8 << level) - (bits << level)), np.uint64(mask)))
+
+    def __call__(self, words: np.ndarray) -> np.ndarray:
+        rows, count = words.shape
+        lanes = self.lanes[:rows]
+        into = lanes[:, :count][:, ::-1] if self.spec.lane_order == "msb_first" else lanes[:, :count]
+        np.copyto(into, words, casting="unsafe")  # keeps the low bits: two's complement
+        np.bitwise_and(lanes, np.uint8((1 << self.spec.lane_bits) - 1), out=lanes)
+        folded, shifted = lanes.view("<u8"), self.shifted[:rows]
+        for shift, mask in self.folds:
+            np.right_shift(folded, shift, out=shifted)
+            np.bitwise_or(folded, shifted, out=folded)
+            np.bitwise_and(folded, mask, out=folded)
+        grouped = self.grouped[:rows]  # most significant group first, each one big-endian
+        np.copyto(grouped, folded[:, ::-1], casting="unsafe")
+        return grouped.view(np.uint8).reshape(rows, -1)[:, self.unused :]
+
+
+class _ByteAlignedPacker:
+    """Lanes of 8, 16, 24, ... bits -> the word's bytes, MSB first, in place in its workspace.
+
+    Each lane is cast into an integer container and its low bytes kept; the bytes dropped hold
+    the sign extension, so no mask is needed. lsb_first over several lanes casts into
+    little-endian containers and reads each row's bytes backwards: that reverses the lanes and
+    makes each big-endian at once. A single lane keeps its container whole (``width`` bytes, the
+    extra ones leading).
+    """
+
+    def __init__(self, spec: PackSpec, rows: int, space: _Workspace) -> None:
+        self.lsb_first = spec.lane_order == "lsb_first" and spec.lanes > 1  # one lane: no order
+        self.lanes, container = spec.lanes, _container(spec.lane_bits)
+        self.size, self.lane_bytes = container.itemsize, spec.lane_bits // 8
+        self.cast = space.array((rows, spec.lanes), container.newbyteorder("<" if self.lsb_first else ">"))
+        self.trim = spec.lanes > 1 and self.lane_bytes < self.size
+        if self.trim:
+            self.kept = space.array((rows, spec.lanes * self.lane_bytes), np.uint8)
+        self.width = (self.lane_bytes if self.trim else self.size) * spec.lanes
+
+    def __call__(self, words: np.ndarray) -> np.ndarray:
+        rows = words.shape[0]
+        cast = self.cast[:rows]
+        np.copyto(cast, words, casting="unsafe")  # keeps the low bits: two's complement
+        as_bytes = cast.view(np.uint8).reshape(rows * self.lanes, self.size)
+        if self.trim:
+            low = (0, self.lane_bytes) if self.lsb_first else (self.size - self.lane_bytes, self.size)
+            kept = self.kept[:rows]
+            kept.reshape(-1).view(f"V{self.lane_bytes}")[:] = _records(as_bytes, *low)
+            as_bytes = kept
+        ordered = as_bytes.reshape(rows, self.width)
+        return ordered[:, ::-1] if self.lsb_first else ordered
+
+
+_PACKERS: dict[str, type[_SubBytePacker | _ByteAlignedPacker]] = {
+    "sub_byte": _SubBytePacker,
+    "byte_aligned": _ByteAlignedPacker,
+}
+
+
+def _in_place_packer(
+    spec: PackSpec, rows: int, space: _Workspace
+) -> _SubBytePacker | _ByteAlignedPacker | None:
+    """A packer for words with no zero bytes above their lanes, if this spec's path has one."""
+    packer = _PACKERS.get(pack_path(spec))
+    if packer is None or spec.word_bits != spec.lanes * spec.lane_bits:
+        return None
+    return packer(spec, rows, space)
+
+
+def word_bytes(words: np.ndarray, spec: PackSpec) -> np.ndarray:
+    """(words, lanes) integers -> (words, ceil(word_bits / 8)) bytes, most significant first.
+
+    Bits above the lanes are zero. Every path works on whole columns, never one value at a time.
+    """
+    rows = words.shape[0]
+    nbytes = -(-spec.word_bits // 8)
+    path = pack_path(spec)
+    if path in ("sub_byte", "byte_aligned"):
+        unpadded = replace(spec, word_bits=spec.lanes * spec.lane_bits)
+        packed = _PACKERS[path](unpadded, rows, _Workspace(np.empty(0, dtype=np.uint8)))(words)
+        used = packed[:, packed.shape[1] - spec.lanes * spec.lane_bits // 8 :]  # without leading extras
+        if used.shape[1] == nbytes:
+            return used
+        out = np.zeros((rows, nbytes), dtype=np.uint8)  # zero bytes above the lanes
+        out[:, nbytes - used.shape[1] :] = used
+        return out
+    lanes = _unsigned_lanes(words, spec)
+    if path == "uint64_word":  # odd widths in a word of up to 64 bits: shift the lanes together
+        word = np.zeros(rows, dtype=np.uint64)
+        for k in range(spec.lanes) if spec.lane_order == "msb_first" else range(spec.lanes - 1, -1, -1):
+            word = (word << np.uint64(spec.lane_bits)) | lanes[:, k].astype(np.uint64)
+        return word.astype(">u8").view(np.uint8).reshape(rows, 8)[:, 8 - nbytes :]
+    return _bit_matrix_bytes(lanes, spec, nbytes)
+
+
+def _bit_matrix_bytes(lanes: np.ndarray, spec: PackSpec, nbytes: int) -> np.ndarray:
+    """Odd lane widths in words over 64 bits: through a bit matrix, a bounded block of rows at a time."""
+    rows = lanes.shape[0]
+    ordered = lanes if spec.lane_order == "msb_first" else lanes[:, ::-1]
+    pad_bits = 8 * nbytes - spec.lanes * spec.lane_bits
+    out = np.empty((rows, nbytes), dtype=np.uint8)
+    block = max(1, (1 << 22) // (spec.lanes * spec.lane_bits))
+    shifts = np.arange(spec.lane_bits - 1, -1, -1, dtype=np.uint64)
+    for start in range(0, rows, block):
+        part = ordered[start : start + block].astype(np.uint64)
+        bits = ((part[:, :, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+        matrix = np.zeros((part.shape[0], 8 * nbytes), dtype=np.uint8)
+        matrix[:, pad_bits:] = bits.reshape(part.shape[0], -1)
+        out[start : start + block] = np.packbits(matrix, axis=1)
+    return out
+
+
+def _records(matrix: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Columns start:stop of a C-contiguous uint8 matrix, one opaque record a row.
+
+    Copying rows as records beats numpy's byte-by-byte strided copy of a column slice by ~20x.
+    """
+    record = np.dtype(
+        {"names": ["d"], "formats": [f"V{stop - start}"], "offsets": [start], "itemsize": matrix.shape[1]}
+    )
+    return np.asarray(matrix.view(record).reshape(-1)["d"])
+
+
+def _byte_chars(digit_chars: list[bytes]) -> np.ndarray:
+    """256-entry table: a byte's characters as one unsigned integer, so one gather does a byte."""
+    width = len(digit_chars[0])
+    return np.frombuffer(b"".join(digit_chars), dtype=f"u{width}")
+
+
+_HEX_OF_BYTE = _byte_chars([f"{b:02x}".encode() for b in range(256)])
+_BIN_OF_BYTE = _byte_chars([f"{b:08b}".encode() for b in range(256)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,10 +357,11 @@ def _text_blocks(
         target = space.array((first, line), np.uint8) if out is None else out
         if newline:
             target[:, -1] = _NEWLINE
-        chars = space.array((first, -(-spec.word_bits // 8)), digits.table.dtype)
-        # the common case (no zero bytes above the lanes) packs in place
-        in_place = pack_path(spec) == "sub_byte" and spec.word_bits == spec.lanes * spec.lane_bits
-        to_bytes = _SubBytePacker(spec, first, space) if in_place else partial(word_bytes, spec=spec)
+        packer = _in_place_packer(spec, first, space)
+        to_bytes = packer or partial(word_bytes, spec=spec)
+        # a packer may give leading bytes beyond the word: their digits are never copied
+        width = packer.width if packer else -(-spec.word_bits // 8)
+        chars = space.array((first, width), digits.table.dtype)
         for start in range(0, words.shape[0], block):
             part = words[start : start + block]
             rows = (target if out is None else out[start:])[: part.shape[0]]

@@ -333,6 +333,9 @@ PATH_SPECS = [
     ((16, 4), "byte_aligned"),
     ((24, 4), "byte_aligned"),
     ((24, 1, 26), "byte_aligned"),
+    ((24, 1), "byte_aligned"),  # one lane: its container's extra byte leads, never printed
+    ((40, 2), "byte_aligned"),  # 5-byte lanes in 8-byte containers
+    ((56, 1), "byte_aligned"),
     ((32, 3), "byte_aligned"),
     ((48, 2), "byte_aligned"),
     ((4, 3), "uint64_word"),  # 4-bit lanes that do not fill whole bytes
