@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
@@ -238,16 +238,6 @@ _PACKERS: dict[str, type[_SubBytePacker | _ByteAlignedPacker]] = {
 }
 
 
-def _in_place_packer(
-    spec: PackSpec, rows: int, space: _Workspace
-) -> _SubBytePacker | _ByteAlignedPacker | None:
-    """A packer for words with no zero bytes above their lanes, if this spec's path has one."""
-    packer = _PACKERS.get(pack_path(spec))
-    if packer is None or spec.word_bits != spec.lanes * spec.lane_bits:
-        return None
-    return packer(spec, rows, space)
-
-
 def word_bytes(words: np.ndarray, spec: PackSpec) -> np.ndarray:
     """(words, lanes) integers -> (words, ceil(word_bits / 8)) bytes, most significant first.
 
@@ -257,8 +247,7 @@ def word_bytes(words: np.ndarray, spec: PackSpec) -> np.ndarray:
     nbytes = -(-spec.word_bits // 8)
     path = pack_path(spec)
     if path in ("sub_byte", "byte_aligned"):
-        unpadded = replace(spec, word_bits=spec.lanes * spec.lane_bits)
-        packed = _PACKERS[path](unpadded, rows, _Workspace(np.empty(0, dtype=np.uint8)))(words)
+        packed = _PACKERS[path](spec, rows, _Workspace(np.empty(0, dtype=np.uint8)))(words)
         used = packed[:, packed.shape[1] - spec.lanes * spec.lane_bits // 8 :]  # without leading extras
         if used.shape[1] == nbytes:
             return used
@@ -327,18 +316,21 @@ class _Digits:
         return cls(_BIN_OF_BYTE, 8, spec.word_bits)
 
 
-def _fill_digits(part: np.ndarray, digits: _Digits, rows: np.ndarray, chars: np.ndarray) -> None:
-    """Write the digits of words given as bytes (``part``) into the first ``digits.count`` bytes
-    of their rows of ``rows``.
+def _fill_digits(part: np.ndarray, digits: _Digits, shown: int, rows: np.ndarray, chars: np.ndarray) -> None:
+    """Write the last ``shown`` digits of words given as bytes (``part``) to the digit columns
+    of their rows of ``rows``, right-aligned (the digits before them are zeros, written once).
 
     ``chars`` is scratch space for the table lookup, at least (words, bytes a word) of the table's dtype.
     """
     count, width = part.shape[0], digits.per_byte * part.shape[1]
     looked_up = np.take(digits.table, part, out=chars[:count], mode="clip")  # bytes never clip
     # rows as records (see _records): a word's digits are copied in one go
-    record = np.dtype({"names": ["d"], "formats": [f"V{digits.count}"], "itemsize": rows.shape[1]})
+    lead = digits.count - shown
+    record = np.dtype(
+        {"names": ["d"], "formats": [f"V{shown}"], "offsets": [lead], "itemsize": rows.shape[1]}
+    )
     rows.view(record)[:, 0]["d"] = _records(
-        looked_up.view(np.uint8).reshape(count, width), width - digits.count, width
+        looked_up.view(np.uint8).reshape(count, width), width - shown, width
     )
 
 
@@ -357,15 +349,22 @@ def _text_blocks(
         target = space.array((first, line), np.uint8) if out is None else out
         if newline:
             target[:, -1] = _NEWLINE
-        packer = _in_place_packer(spec, first, space)
-        to_bytes = packer or partial(word_bytes, spec=spec)
-        # a packer may give leading bytes beyond the word: their digits are never copied
-        width = packer.width if packer else -(-spec.word_bits // 8)
+        packer_type = _PACKERS.get(pack_path(spec))
+        if packer_type is None:
+            to_bytes: Callable[[np.ndarray], np.ndarray] = partial(word_bytes, spec=spec)
+            width, shown = -(-spec.word_bits // 8), digits.count
+        else:
+            # packs the lanes only: bits above them are zero digits, and its leading extra bytes
+            # (see _ByteAlignedPacker) are never shown
+            packer = packer_type(spec, first, space)
+            to_bytes, width = packer, packer.width
+            shown = spec.lanes * spec.lane_bits // 8 * digits.per_byte
+            target[:, : digits.count - shown] = ord("0")
         chars = space.array((first, width), digits.table.dtype)
         for start in range(0, words.shape[0], block):
             part = words[start : start + block]
             rows = (target if out is None else out[start:])[: part.shape[0]]
-            _fill_digits(to_bytes(part), digits, rows, chars)
+            _fill_digits(to_bytes(part), digits, shown, rows, chars)
             yield rows
 
 
