@@ -232,30 +232,21 @@ class _ByteAlignedPacker:
         return ordered[:, ::-1] if self.lsb_first else ordered
 
 
+# the paths whose lanes are packed in place in a workspace; the odd widths go through _word_bytes
 _PACKERS: dict[str, type[_SubBytePacker | _ByteAlignedPacker]] = {
     "sub_byte": _SubBytePacker,
     "byte_aligned": _ByteAlignedPacker,
 }
 
 
-def word_bytes(words: np.ndarray, spec: PackSpec) -> np.ndarray:
-    """(words, lanes) integers -> (words, ceil(word_bits / 8)) bytes, most significant first.
-
-    Bits above the lanes are zero. Every path works on whole columns, never one value at a time.
+def _word_bytes(words: np.ndarray, spec: PackSpec) -> np.ndarray:
+    """(words, lanes) integers -> (words, ceil(word_bits / 8)) bytes, most significant first, for
+    lanes the packers do not take (odd widths). Bits above the lanes are zero.
     """
     rows = words.shape[0]
     nbytes = -(-spec.word_bits // 8)
-    path = pack_path(spec)
-    if path in ("sub_byte", "byte_aligned"):
-        packed = _PACKERS[path](spec, rows, _Workspace(np.empty(0, dtype=np.uint8)))(words)
-        used = packed[:, packed.shape[1] - spec.lanes * spec.lane_bits // 8 :]  # without leading extras
-        if used.shape[1] == nbytes:
-            return used
-        out = np.zeros((rows, nbytes), dtype=np.uint8)  # zero bytes above the lanes
-        out[:, nbytes - used.shape[1] :] = used
-        return out
     lanes = _unsigned_lanes(words, spec)
-    if path == "uint64_word":  # odd widths in a word of up to 64 bits: shift the lanes together
+    if pack_path(spec) == "uint64_word":  # odd widths in a word of up to 64 bits: shift them together
         word = np.zeros(rows, dtype=np.uint64)
         for k in range(spec.lanes) if spec.lane_order == "msb_first" else range(spec.lanes - 1, -1, -1):
             word = (word << np.uint64(spec.lane_bits)) | lanes[:, k].astype(np.uint64)
@@ -351,7 +342,7 @@ def _text_blocks(
             target[:, -1] = _NEWLINE
         packer_type = _PACKERS.get(pack_path(spec))
         if packer_type is None:
-            to_bytes: Callable[[np.ndarray], np.ndarray] = partial(word_bytes, spec=spec)
+            to_bytes: Callable[[np.ndarray], np.ndarray] = partial(_word_bytes, spec=spec)
             width, shown = -(-spec.word_bits // 8), digits.count
         else:
             # packs the lanes only: bits above them are zero digits, and its leading extra bytes
