@@ -19,8 +19,8 @@ import numpy as np
 from qexport.pack import PackSpec, format_words, word_chars
 
 TextFormat = Literal["hex", "bin", "txt", "coe", "mif", "h"]
+# each format's name is also its files' extension
 FORMATS = ("hex", "bin", "txt", "coe", "mif", "h", "npy")
-EXTENSIONS = {"hex": "hex", "bin": "bin", "txt": "txt", "coe": "coe", "mif": "mif", "h": "h", "npy": "npy"}
 
 
 def _join(*columns: np.ndarray | bytes, rows: int) -> str:

@@ -16,7 +16,6 @@ import numpy as np
 
 from qexport import __version__, formats
 from qexport.errors import InputError
-from qexport.formats import EXTENSIONS
 from qexport.layout import TensorPlan
 from qexport.pack import line_blocks, to_words
 from qexport.write import FileSink
@@ -73,7 +72,7 @@ def _depth_of(words: int, depth: Depth) -> int:
 def render_memory(tp: TensorPlan, ctx: MemoryContext, plan: FileSink) -> dict[str, Any]:
     """Render one memory file into ``plan`` and return its manifest entry."""
     fmt, spec = ctx.fmt, tp.spec
-    path = f"{tp.stem}.{EXTENSIONS[fmt]}"
+    path = f"{tp.stem}.{fmt}"  # a format's name is its extension
     shape = list(tp.array.shape)
     entry: dict[str, Any] = {
         "path": path,

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from qexport.errors import InputError
 from qexport.manifest import MANIFEST_NAME
+from qexport.manifest import loads as manifest_loads
 
 # a file's content: text, bytes, or chunks written one after another (a large body is not
 # copied). A chunk may be a view of a buffer the producer reuses for the next chunk.
@@ -70,9 +71,10 @@ class StagedFolder:
 def _is_ours(folder: Path) -> bool:
     manifest = folder / MANIFEST_NAME
     try:
-        return manifest.is_file() and '"qexport_version"' in manifest.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        manifest_loads(manifest.read_text(encoding="utf-8"), str(manifest))
+    except (OSError, UnicodeDecodeError, InputError):
         return False
+    return True
 
 
 def _check_target(out_dir: Path, force: bool) -> None:

@@ -115,6 +115,21 @@ def test_existing_foreign_folder_is_never_replaced(tmp_path: Path) -> None:
     assert (out / "notes.txt").read_text() == "precious"
 
 
+@pytest.mark.parametrize(
+    "manifest",
+    ['{"tool": {"qexport_version": "0.1.0"}}\n', '{"qexport_version": "0.1.0"', "[]\n"],
+    ids=["key-nested-elsewhere", "broken-json", "not-an-object"],
+)
+def test_a_manifest_that_only_looks_like_ours_is_not_replaced(tmp_path: Path, manifest: str) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "manifest.json").write_text(manifest)
+    result = CliRunner().invoke(main, ["dump", "--layer", "33", "-o", str(out), "--force"])
+    assert result.exit_code == 2
+    assert "was not written by qexport" in result.output
+    assert (out / "manifest.json").read_text() == manifest
+
+
 def test_failed_replacement_keeps_the_old_set(tmp_path: Path) -> None:
     out = tmp_path / "set"
     assert CliRunner().invoke(main, ["dump", "--layer", "33", "-o", str(out)]).exit_code == 0
