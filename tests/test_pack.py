@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import warnings
 from typing import Any
 
@@ -427,6 +428,26 @@ def test_files_made_interleaved_do_not_share_a_workspace(monkeypatch: pytest.Mon
         texts[1].append(bytes(two))
     assert b"".join(texts[0]).decode() == _text(first, spec, "bin")
     assert b"".join(texts[1]).decode() == _text(second, spec, "bin")
+
+
+def test_threads_pack_with_workspaces_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(pack, "_BLOCK_BYTES", 256)  # many blocks each, so the threads interleave
+    spec = PackSpec(4, 8, True)
+    inputs = [np.random.default_rng(seed).integers(-8, 8, 8 * 2000) for seed in range(8)]
+    expected = [_text(values, spec, "bin") for values in inputs]
+
+    def blocks_joined(values: np.ndarray) -> str:
+        return b"".join(bytes(block) for block in line_blocks(to_words(values, spec), spec, "bin")).decode()
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between almost every two numpy calls
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert list(pool.map(blocks_joined, inputs)) == expected
+    finally:
+        sys.setswitchinterval(switch)
 
 
 def test_the_workspace_is_kept_for_the_next_file() -> None:
