@@ -6,7 +6,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -307,22 +306,80 @@ class _Digits:
         return cls(_BIN_OF_BYTE, 8, spec.word_bits)
 
 
-def _fill_digits(part: np.ndarray, digits: _Digits, shown: int, rows: np.ndarray, chars: np.ndarray) -> None:
-    """Write the last ``shown`` digits of words given as bytes (``part``) to the digit columns
-    of their rows of ``rows``, right-aligned (the digits before them are zeros, written once).
+def _spelt(part: np.ndarray, digits: _Digits, chars: np.ndarray) -> np.ndarray:
+    """Words given as bytes (``part``) -> their characters, (words, bytes * digits.per_byte) uint8.
 
     ``chars`` is scratch space for the table lookup, at least (words, bytes a word) of the table's dtype.
     """
-    count, width = part.shape[0], digits.per_byte * part.shape[1]
+    count = part.shape[0]
     looked_up = np.take(digits.table, part, out=chars[:count], mode="clip")  # bytes never clip
+    return looked_up.view(np.uint8).reshape(count, -1)
+
+
+class _HexDigitLanes:
+    """4-bit lanes in hex: each lane is one digit, spelt by arithmetic on every lane at once
+    (no packing, no table), in place in a workspace.
+    """
+
+    def __init__(self, spec: PackSpec, rows: int, space: _Workspace) -> None:
+        count = spec.lanes
+        self.cast = space.array((rows, count), np.uint8)
+        self.over_nine = space.array((rows, count), np.uint8)
+        # lsb_first prints the lanes backwards; where a row is whole integers, a byte-swapping
+        # copy reverses it far faster than a cast into a backwards view
+        self.reverse = spec.lane_order == "lsb_first" and count > 1
+        self.swap = min(count, 8) if count in (2, 4) or count % 8 == 0 else 0
+        if self.reverse and self.swap:
+            self.reversed = space.array((rows, count), np.uint8)
+
+    def __call__(self, words: np.ndarray) -> np.ndarray:
+        rows = words.shape[0]
+        cast, over_nine = self.cast[:rows], self.over_nine[:rows]
+        backwards = self.reverse and not self.swap
+        np.copyto(cast[:, ::-1] if backwards else cast, words, casting="unsafe")  # low bits kept
+        np.bitwise_and(cast, np.uint8(15), out=cast)
+        # '0'..'9' are 48..57 and 'a'..'f' 97..102: add 48, and 39 more where the digit is over 9
+        np.add(cast, np.uint8(6), out=over_nine)
+        np.right_shift(over_nine, np.uint8(4), out=over_nine)
+        np.multiply(over_nine, np.uint8(39), out=over_nine)
+        np.add(cast, np.uint8(48), out=cast)
+        np.add(cast, over_nine, out=cast)
+        if not (self.reverse and self.swap):
+            return cast
+        out = self.reversed[:rows]
+        np.copyto(out.view(f"<u{self.swap}"), cast.view(f">u{self.swap}")[:, ::-1])
+        return out
+
+
+def _place(chars: np.ndarray, shown: int, count: int, rows: np.ndarray) -> None:
+    """Copy the last ``shown`` characters of each row of ``chars`` to the end of the first
+    ``count`` columns of ``rows`` (the columns before them are zeros, written once a file).
+    """
+    width = chars.shape[1]
     # rows as records (see _records): a word's digits are copied in one go
-    lead = digits.count - shown
     record = np.dtype(
-        {"names": ["d"], "formats": [f"V{shown}"], "offsets": [lead], "itemsize": rows.shape[1]}
+        {"names": ["d"], "formats": [f"V{shown}"], "offsets": [count - shown], "itemsize": rows.shape[1]}
     )
-    rows.view(record)[:, 0]["d"] = _records(
-        looked_up.view(np.uint8).reshape(count, width), width - shown, width
-    )
+    rows.view(record)[:, 0]["d"] = _records(chars, width - shown, width)
+
+
+def _speller(
+    spec: PackSpec, digits: _Digits, rows: int, space: _Workspace
+) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """How a block of words becomes characters, and how many of a word's digits it gives: the
+    last ones (any before them stand for the zero bits above the lanes).
+    """
+    if digits.per_byte == 2 and spec.lane_bits == 4:  # hex (two digits a byte): a lane is a digit
+        return _HexDigitLanes(spec, rows, space), spec.lanes
+    packer_type = _PACKERS.get(pack_path(spec))
+    if packer_type is None:
+        odd_chars = space.array((rows, -(-spec.word_bits // 8)), digits.table.dtype)
+        return (lambda part: _spelt(_word_bytes(part, spec), digits, odd_chars)), digits.count
+    # a packer packs the lanes only; its leading extra bytes (see _ByteAlignedPacker) go unshown
+    packer = packer_type(spec, rows, space)
+    chars = space.array((rows, packer.width), digits.table.dtype)
+    shown = spec.lanes * spec.lane_bits // 8 * digits.per_byte
+    return (lambda part: _spelt(packer(part), digits, chars)), shown
 
 
 def _text_blocks(
@@ -340,22 +397,12 @@ def _text_blocks(
         target = space.array((first, line), np.uint8) if out is None else out
         if newline:
             target[:, -1] = _NEWLINE
-        packer_type = _PACKERS.get(pack_path(spec))
-        if packer_type is None:
-            to_bytes: Callable[[np.ndarray], np.ndarray] = partial(_word_bytes, spec=spec)
-            width, shown = -(-spec.word_bits // 8), digits.count
-        else:
-            # packs the lanes only: bits above them are zero digits, and its leading extra bytes
-            # (see _ByteAlignedPacker) are never shown
-            packer = packer_type(spec, first, space)
-            to_bytes, width = packer, packer.width
-            shown = spec.lanes * spec.lane_bits // 8 * digits.per_byte
-            target[:, : digits.count - shown] = ord("0")
-        chars = space.array((first, width), digits.table.dtype)
+        spell, shown = _speller(spec, digits, first, space)
+        target[:, : digits.count - shown] = ord("0")
         for start in range(0, words.shape[0], block):
             part = words[start : start + block]
             rows = (target if out is None else out[start:])[: part.shape[0]]
-            _fill_digits(to_bytes(part), digits, shown, rows, chars)
+            _place(spell(part), shown, digits.count, rows)
             yield rows
 
 

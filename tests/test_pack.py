@@ -474,6 +474,25 @@ def test_no_words_no_blocks(radix: str) -> None:
     assert list(line_blocks(to_words(np.zeros(0, dtype=np.int64), spec), spec, radix)) == []
 
 
+@pytest.mark.parametrize("lane_order", LANE_ORDERS)
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+@pytest.mark.parametrize(
+    ("lanes", "word_bits"),
+    [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (8, 0), (12, 0), (16, 0), (24, 0), (8, 40), (3, 13)],
+    ids=lambda v: str(v),
+)
+def test_hex_digit_lanes_round_trip(lanes: int, word_bits: int, signed: bool, lane_order: str) -> None:
+    """4-bit lanes in hex are spelt a digit a lane (row reversal by byte swap or by a backwards cast)."""
+    spec = PackSpec(4, lanes, signed, lane_order, word_bits)  # type: ignore[arg-type]
+    low, high = spec.value_range
+    values = np.concatenate(
+        [np.arange(low, high + 1), np.random.default_rng(lanes).integers(low, high, 97 * lanes)]
+    )
+    text = _text(values, spec, "hex")
+    expected = [int(v) for v in values] + [0] * (-len(values) % lanes)
+    assert _both(text, spec, "hex") == expected
+
+
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32", "int64", "uint64"])
 def test_any_integer_dtype_packs_the_same(dtype: str) -> None:
     spec = PackSpec(4, 8, dtype.startswith("int"))
