@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -201,34 +202,57 @@ class _ByteAlignedPacker:
     """Lanes of 8, 16, 24, ... bits -> the word's bytes, MSB first, in place in its workspace.
 
     Each lane is cast into an integer container and its low bytes kept; the bytes dropped hold
-    the sign extension, so no mask is needed. lsb_first over several lanes casts into
-    little-endian containers and reads each row's bytes backwards: that reverses the lanes and
-    makes each big-endian at once. A single lane keeps its container whole (``width`` bytes, the
-    extra ones leading).
+    the sign extension, so no mask is needed. lsb_first casts into little-endian containers and
+    reads each row's bytes backwards: that reverses the lanes and makes each big-endian at once.
     """
 
     def __init__(self, spec: PackSpec, rows: int, space: _Workspace) -> None:
-        self.lsb_first = spec.lane_order == "lsb_first" and spec.lanes > 1  # one lane: no order
+        self.lsb_first = spec.lane_order == "lsb_first"
         self.lanes, container = spec.lanes, _container(spec.lane_bits)
         self.size, self.lane_bytes = container.itemsize, spec.lane_bits // 8
         self.cast = space.array((rows, spec.lanes), container.newbyteorder("<" if self.lsb_first else ">"))
-        self.trim = spec.lanes > 1 and self.lane_bytes < self.size
-        if self.trim:
+        if self.lane_bytes < self.size:
             self.kept = space.array((rows, spec.lanes * self.lane_bytes), np.uint8)
-        self.width = (self.lane_bytes if self.trim else self.size) * spec.lanes
+        self.width = self.lane_bytes * spec.lanes
 
     def __call__(self, words: np.ndarray) -> np.ndarray:
         rows = words.shape[0]
         cast = self.cast[:rows]
         np.copyto(cast, words, casting="unsafe")  # keeps the low bits: two's complement
         as_bytes = cast.view(np.uint8).reshape(rows * self.lanes, self.size)
-        if self.trim:
+        if self.lane_bytes < self.size:
             low = (0, self.lane_bytes) if self.lsb_first else (self.size - self.lane_bytes, self.size)
             kept = self.kept[:rows]
             kept.reshape(-1).view(f"V{self.lane_bytes}")[:] = _records(as_bytes, *low)
             as_bytes = kept
         ordered = as_bytes.reshape(rows, self.width)
         return ordered[:, ::-1] if self.lsb_first else ordered
+
+
+class _SingleLanePacker:
+    """One lane a word, of any width (psums: 13 to 24 bits) -> its container's bytes, MSB first.
+
+    The lane is cast into its container and masked to its width, so the bytes and bits above it
+    are zeros; ``width`` is the container's size, and the digits shown are the lane's own.
+    """
+
+    def __init__(self, spec: PackSpec, rows: int, space: _Workspace) -> None:
+        container = _container(spec.lane_bits)
+        self.mask = (
+            container.type((1 << spec.lane_bits) - 1) if spec.lane_bits < 8 * container.itemsize else None
+        )
+        self.cast = space.array((rows, 1), container)
+        self.big = space.array((rows, 1), container.newbyteorder(">"))
+        self.width = container.itemsize
+
+    def __call__(self, words: np.ndarray) -> np.ndarray:
+        rows = words.shape[0]
+        cast, big = self.cast[:rows], self.big[:rows]
+        np.copyto(cast, words, casting="unsafe")  # keeps the low bits: two's complement
+        if self.mask is not None:
+            np.bitwise_and(cast, self.mask, out=cast)
+        np.copyto(big, cast)  # byte-swapping copy: most significant byte first
+        return big.view(np.uint8).reshape(rows, self.width)
 
 
 # the paths whose lanes are packed in place in a workspace; the odd widths go through _word_bytes
@@ -365,21 +389,29 @@ def _place(chars: np.ndarray, shown: int, count: int, rows: np.ndarray) -> None:
 
 def _speller(
     spec: PackSpec, digits: _Digits, rows: int, space: _Workspace
-) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    """How a block of words becomes characters, and how many of a word's digits it gives: the
-    last ones (any before them stand for the zero bits above the lanes).
-    """
+) -> Callable[[np.ndarray], np.ndarray]:
+    """How a block of words becomes characters: at least the digits of the lanes' bits, last in
+    each row (see _shown_digits)."""
     if digits.per_byte == 2 and spec.lane_bits == 4:  # hex (two digits a byte): a lane is a digit
-        return _HexDigitLanes(spec, rows, space), spec.lanes
-    packer_type = _PACKERS.get(pack_path(spec))
-    if packer_type is None:
-        odd_chars = space.array((rows, -(-spec.word_bits // 8)), digits.table.dtype)
-        return (lambda part: _spelt(_word_bytes(part, spec), digits, odd_chars)), digits.count
-    # a packer packs the lanes only; its leading extra bytes (see _ByteAlignedPacker) go unshown
-    packer = packer_type(spec, rows, space)
-    chars = space.array((rows, packer.width), digits.table.dtype)
-    shown = spec.lanes * spec.lane_bits // 8 * digits.per_byte
-    return (lambda part: _spelt(packer(part), digits, chars)), shown
+        return _HexDigitLanes(spec, rows, space)
+    path = pack_path(spec)
+    if spec.lanes == 1:
+        packer: Callable[[np.ndarray], np.ndarray] = _SingleLanePacker(spec, rows, space)
+        width = _container(spec.lane_bits).itemsize
+    elif path in _PACKERS:
+        packer = _PACKERS[path](spec, rows, space)
+        width = spec.lanes * spec.lane_bits // 8
+    else:  # odd widths: the whole word, bits above the lanes included
+        packer, width = partial(_word_bytes, spec=spec), -(-spec.word_bits // 8)
+    chars = space.array((rows, width), digits.table.dtype)
+    return lambda part: _spelt(packer(part), digits, chars)
+
+
+def _shown_digits(spec: PackSpec, digits: _Digits) -> int:
+    """Digits of a word that come from its lanes' bits; any before them stand for the zero bits
+    above the lanes."""
+    used = spec.lanes * spec.lane_bits
+    return -(-used // 4) if digits.per_byte == 2 else used
 
 
 def _text_blocks(
@@ -397,7 +429,7 @@ def _text_blocks(
         target = space.array((first, line), np.uint8) if out is None else out
         if newline:
             target[:, -1] = _NEWLINE
-        spell, shown = _speller(spec, digits, first, space)
+        spell, shown = _speller(spec, digits, first, space), _shown_digits(spec, digits)
         target[:, : digits.count - shown] = ord("0")
         for start in range(0, words.shape[0], block):
             part = words[start : start + block]

@@ -493,6 +493,20 @@ def test_hex_digit_lanes_round_trip(lanes: int, word_bits: int, signed: bool, la
     assert _both(text, spec, "hex") == expected
 
 
+@pytest.mark.parametrize("radix", RADIXES)
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+@pytest.mark.parametrize("pad", [0, 5, 70], ids=lambda p: f"pad{p}")
+@pytest.mark.parametrize("lane_bits", [1, 3, 7, 8, 12, 13, 17, 18, 20, 24, 31, 32, 33, 48, 62])
+def test_single_lane_words_round_trip(lane_bits: int, pad: int, signed: bool, radix: str) -> None:
+    """One lane a word (psums, outputs) of any width, in a word of its own width or wider."""
+    spec = PackSpec(lane_bits, 1, signed, word_bits=lane_bits + pad)  # pad 70: words over 64 bits
+    low, high = spec.value_range
+    values = np.concatenate(
+        [[low, high, 0, low + 1, high - 1], np.random.default_rng(lane_bits).integers(low, high, 300)]
+    )
+    assert _both(_text(values, spec, radix), spec, radix) == [int(v) for v in values]
+
+
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32", "int64", "uint64"])
 def test_any_integer_dtype_packs_the_same(dtype: str) -> None:
     spec = PackSpec(4, 8, dtype.startswith("int"))
