@@ -1,9 +1,22 @@
-"""Exact integer reference convolution and the seeds' recovery checks."""
+"""Exact integer reference convolution and the seeds' recovery checks.
+
+Why the float convs are exact. Every product ``x * w`` of a conv of integers is an integer, and so
+is every partial sum. ConvPlan bounds them all by ``max|x| * sum|w|`` of the worst output channel;
+float32 holds every integer up to 2^24 and float64 up to 2^53, so within the bound no addition
+rounds, in any order: any algorithm that adds the products themselves gives the exact sum. That
+premise is made true, not assumed: ``exact_math()`` pins the CPU conv to such algorithms (oneDNN's
+direct conv, or im2col + GEMM) by turning NNPACK off, whose Winograd and FFT convs transform the
+inputs into non-integers and round (up to 0.03 off for a 64->64 3x3 4-bit conv at batch 16 with
+oneDNN off), and keeps every float32 math mode "ieee" (a TF32 or bf16 mode rounds the factors).
+
+A second line of defence: a float result that is not integral everywhere is redone in int64
+(``_integral``). It catches an algorithm that rounds off the integers, as those transforms do
+(0.018 off at 16x16); it is not the proof, since a wrong sum that lands on an integer (as any
+does near 2^24, where float32's spacing is 1) would pass it.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from qexport.integerize import IntLayer
+from qexport.precision import exact_math
 
 MEAN_ERROR_LIMIT = 1e-3  # the seeds' check: mean |recovered - float| < 1e-3
 _FLOAT64_EXACT = 2**53  # every integer of at most this magnitude is exact in float64
@@ -73,8 +87,9 @@ class ConvPlan:
 
     ``bound`` is max over output channels of max|x| * sum|w|: no product and no partial sum of
     any output value, summed in any order, exceeds it. Integers up to 2^24 are exact in float32
-    and up to 2^53 in float64, so a bound within them makes the float conv exact. ``blocks`` are
-    input-channel ranges whose own bounds stay within 2^24 (for "float32_blocks").
+    and up to 2^53 in float64, so a bound within them makes a float conv that sums the products
+    directly exact (``exact_math()`` keeps torch on such convs). ``blocks`` are input-channel
+    ranges whose own bounds stay within 2^24 (for "float32_blocks").
     """
 
     method: ConvMethod
@@ -115,20 +130,6 @@ def _channel_blocks(per_channel: np.ndarray, limit: int) -> tuple[tuple[int, int
     return tuple(blocks)
 
 
-@contextlib.contextmanager
-def _ieee_float32() -> Iterator[None]:
-    """Full-precision float32 convs: a user's tf32/bf16 setting would round the products."""
-    conv = getattr(torch.backends.mkldnn, "conv", None)
-    before = getattr(conv, "fp32_precision", None)
-    if before is not None:
-        conv.fp32_precision = "ieee"  # type: ignore[union-attr]
-    try:
-        yield
-    finally:
-        if before is not None:
-            conv.fp32_precision = before  # type: ignore[union-attr]
-
-
 def _float_conv(x: np.ndarray, w: np.ndarray, dtype: torch.dtype, stride: int, padding: int) -> np.ndarray:
     out = F.conv2d(
         torch.from_numpy(x).to(dtype), torch.from_numpy(w).to(dtype), stride=stride, padding=padding
@@ -139,27 +140,36 @@ def _float_conv(x: np.ndarray, w: np.ndarray, dtype: torch.dtype, stride: int, p
 def integer_conv(x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int) -> np.ndarray:
     """Exact conv of integer arrays (n, c, h, w) * (oc, c, kh, kw) -> int64 (n, oc, h', w').
 
-    Float convs are exact when the plan's bound says so (see ConvPlan): they multiply and add the
-    given integers directly (PyTorch's CPU conv is direct or im2col + GEMM, never Winograd or FFT),
-    and a non-integral result would still be caught and redone in int64.
+    Float convs run when the plan's bound makes them exact (see ConvPlan and the module
+    docstring), inside ``exact_math()``, which keeps torch on algorithms that add the products
+    directly. A result that still is not integral is redone in int64 (``_integral``).
     """
     plan = conv_plan(x_int, w_int)
     if plan.method == "int64":
         return _int64_conv(x_int, w_int, stride, padding)
-    if plan.method == "float64":
-        out = _float_conv(x_int, w_int, torch.float64, stride, padding)
-    else:
-        blocks = plan.blocks or ((0, w_int.shape[1]),)
-        with _ieee_float32():
+    with exact_math():
+        if plan.method == "float64":
+            parts = [_float_conv(x_int, w_int, torch.float64, stride, padding)]
+        else:
+            blocks = plan.blocks or ((0, w_int.shape[1]),)
             parts = [
                 _float_conv(x_int[:, lo:hi], w_int[:, lo:hi], torch.float32, stride, padding)
                 for lo, hi in blocks
             ]
-        out = parts[0] if len(parts) == 1 else np.sum([p.astype(np.int64) for p in parts], axis=0)
-    psum = out.astype(np.int64)
-    if not np.array_equal(psum, out):  # cannot happen for a direct conv; never trust a rounded sum
+    psums = [psum for psum in map(_integral, parts) if psum is not None]
+    if len(psums) < len(parts):  # each block checked before the int64 sum hides a fraction
         return _int64_conv(x_int, w_int, stride, padding)
-    return psum
+    return psums[0] if len(psums) == 1 else np.asarray(np.sum(psums, axis=0))
+
+
+def _integral(out: np.ndarray) -> np.ndarray | None:
+    """``out`` as int64 if every value is an integer, else None (the second line of defence).
+
+    Under ``exact_math()`` a float conv within its plan's bound is integral; a conv that
+    transformed its inputs (Winograd, FFT) is not, and its result must not be used.
+    """
+    psum = out.astype(np.int64)
+    return psum if np.array_equal(psum, out) else None
 
 
 def _int64_conv(x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int) -> np.ndarray:
