@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from qexport.model import VGGQuant
+from qexport.precision import exact_math
 from qexport.quant_layer import QuantConv2d
 
 
@@ -45,7 +46,11 @@ def relu_feeds_next_conv(model: VGGQuant, layer: int) -> int | None:
 
 @torch.no_grad()
 def capture(model: VGGQuant, images: torch.Tensor, device: torch.device | None = None) -> list[LayerTensors]:
-    """Run ``images`` (N, 3, 32, 32) through ``model`` once, hooking every QuantConv2d."""
+    """Run ``images`` (N, 3, 32, 32) through ``model`` once, hooking every QuantConv2d.
+
+    The forward runs in ``exact_math()``: no TF32 (cuDNN's default), so a CUDA capture rounds
+    ``x_int`` and passes the 1e-3 check as a CPU one does.
+    """
     device = device or next(model.parameters()).device
     inputs: dict[int, torch.Tensor] = {}
     outputs: dict[int, torch.Tensor] = {}
@@ -73,7 +78,8 @@ def capture(model: VGGQuant, images: torch.Tensor, device: torch.device | None =
         handles.append(module.register_forward_hook(_post(index)))
     try:
         model.eval()
-        model(images.to(device))
+        with exact_math():
+            model(images.to(device))
     finally:
         for handle in handles:
             handle.remove()

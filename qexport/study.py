@@ -42,6 +42,7 @@ from qexport.capture import capture
 from qexport.errors import InputError
 from qexport.manifest import MANIFEST_NAME, dumps
 from qexport.model import VGGQuant
+from qexport.precision import exact_math
 from qexport.quant_layer import QuantConv2d
 from qexport.write import ExportPlan, write_plan
 
@@ -393,6 +394,7 @@ def _act_bits(model: VGGQuant, bits: dict[int, int]) -> Iterator[None]:
 
 
 @torch.no_grad()
+@exact_math()  # no TF32: a CUDA run counts what a CPU run counts
 def pseudo_labels(model: VGGQuant, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """The model's own top-1 predictions (N,) with every conv at ``PSEUDO_LABEL_BITS``."""
     model.eval()
@@ -406,6 +408,7 @@ def pseudo_labels(model: VGGQuant, images: torch.Tensor, batch_size: int = 128) 
 
 
 @torch.no_grad()
+@exact_math()  # no TF32: a CUDA run counts what a CPU run counts
 def evaluate(study: Study, batch_size: int = 128, progress: Progress | None = None) -> EvalResult:
     """Top-1 accuracy and mean cross-entropy of the model as configured (seed 000's ``evaluate``)."""
     _check_batch_size(batch_size)
@@ -595,6 +598,7 @@ def _sensitivity(engine: _Engine) -> Sensitivity:
 
 
 @torch.no_grad()
+@exact_math()  # no TF32: a CUDA run counts what a CPU run counts
 def sensitivity(
     study: Study,
     from_bits: int = 4,
@@ -647,6 +651,7 @@ def knapsack(weights: Sequence[int], values: Sequence[int], capacity: int) -> li
 
 
 @torch.no_grad()
+@exact_math()  # no TF32: a CUDA run counts what a CPU run counts
 def search(
     study: Study,
     epsilon: float = 1.0,
