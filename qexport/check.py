@@ -75,12 +75,12 @@ def _first_difference(folder: Path, rel: str, fresh: bytes, entry: tuple[int, di
         if report.diffs:
             first = report.diffs[0]
             return (
-                f"{rel}: {len(report.diffs)} value(s) differ; first: word {first.word} lane {first.lane} at "
+                f"{rel}: {report.differences} value(s) differ; first: word {first.word} lane {first.lane} at "
                 + ", ".join(f"{k}={v}" for k, v in first.where.items())
                 + f": committed {first.expected}, regenerated {first.got}"
             )
-        if report.patterns:
-            return f"{rel}: " + "; ".join(report.patterns)
+        if report.problem or report.patterns:
+            return f"{rel}: " + "; ".join([report.problem or "", *report.patterns]).lstrip("; ")
     committed = (folder / rel).read_bytes().splitlines()
     regenerated = fresh.splitlines()
     for number, (a, b) in enumerate(zip(committed, regenerated, strict=False), start=1):

@@ -276,7 +276,11 @@ def testbench_command(
 @main.command("compare")
 @click.argument("golden_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("sim_output", type=click.Path(path_type=Path))
-@click.option("--file", "file_name", help="Which golden file SIM_OUTPUT is (path in the manifest or name).")
+@click.option(
+    "--file",
+    "file_name",
+    help="Which golden file SIM_OUTPUT is: its path in the manifest, its name, or its path on disk.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
 @handles_errors
 def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, as_json: bool) -> None:
@@ -284,8 +288,17 @@ def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, a
 
     SIM_OUTPUT is a memory dump in any of our text formats ($writememh output included), a folder
     of them laid out like the golden set, or a `qexport testbench` log. Each differing value is
-    decoded to layer / tile / pixel / channel / expected / got / xor, and patterns are named (a
-    stuck lane, swapped lane order, a word shift, a truncated file).
+    decoded to layer / tile / pixel / channel / expected / got / xor (the lane's bits, unsigned),
+    the channels, pixels and tiles affected are listed, and patterns are named only when they hold
+    for every differing value (a stuck lane, swapped lane order, a word shift, one bit). A dump
+    shorter or longer than the golden file fails, saying how many words were read and expected.
+    Exit 0 needs at least one value compared and every value equal.
+
+    Which golden file a single dump is: the one --file names (a name not in the set is exit 2,
+    listing the set's files); without --file, the one with the dump's word width and word count;
+    if several have them, the one among them with the dump's file name; if none has them, the one
+    with the dump's file name. Anything else (no match, several, or a name and a shape that point
+    at different files) is exit 2 asking for --file.
 
     \b
     Example:
@@ -293,29 +306,24 @@ def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, a
     """
     import json
 
-    from qexport.compare import compare
+    from qexport.compare import DETAIL, compare
 
     report = compare(golden_dir, sim_output, file_name)
     if as_json:
         click.echo(json.dumps(report.to_json(), sort_keys=True, indent=2))
     else:
         for f in report.files:
-            status = "identical" if not f.diffs and not f.patterns else f"{len(f.diffs)} value(s) differ"
-            click.echo(f"{f.path} (layer {f.layer}): {status}")
+            click.echo(f"{f.path} (layer {f.layer}, matched by {f.matched_by}): {f.status}")
             for pattern in f.patterns:
                 click.echo(f"  pattern: {pattern}")
-            for d in f.diffs[:20]:
+            for d in f.diffs:
                 click.echo(f"  {d.describe()}")
-            if len(f.diffs) > 20:
-                click.echo(f"  ... and {len(f.diffs) - 20} more")
-            channels = sorted({d.where["channel"] for d in f.diffs if "channel" in d.where})
-            tiles = sorted({d.where["tile"] for d in f.diffs if "tile" in d.where})
-            if channels:
-                click.echo(f"  channels affected: {channels}")
-            if tiles:
-                click.echo(f"  tiles affected: {tiles}")
+            if f.differences > DETAIL:
+                click.echo(f"  ... and {f.differences - DETAIL} more")
+            for line in f.affected_lines():
+                click.echo(f"  {line}")
     if not report.identical:
-        _fail(CheckFailed(f"{report.differences} value(s) differ from the golden set in {golden_dir}"))
+        _fail(CheckFailed(f"{report.summary()} (golden set {golden_dir})"))
 
 
 @main.command("check")

@@ -79,7 +79,10 @@ def test_word_shift_is_named(golden: Path, tmp_path: Path) -> None:
     _, data = _data(golden)
     shifted = ["0" * 28, *data[:-1]]
     report = compare(golden, _write(tmp_path, shifted), "output.hex")
-    assert "word shift: the output is the golden set shifted by +1 word(s)" in report.files[0].patterns
+    assert report.files[0].patterns == [
+        "word shift by +1: from word 1 on, every word equals the golden word 1 before it (the output lags); "
+        "the other 3 differing value(s) are in word 0"
+    ]
 
 
 def test_truncated_file_is_named_and_fails(golden: Path, tmp_path: Path) -> None:
@@ -89,7 +92,8 @@ def test_truncated_file_is_named_and_fails(golden: Path, tmp_path: Path) -> None
     )
     assert result.exit_code == 1
     report = json.loads(result.output.split("\nerror:")[0])
-    assert report["files"][0]["patterns"] == ["truncated: 12 of 16 words"]
+    assert report["files"][0]["problem"] == "truncated: 12 word(s) read, 16 expected"
+    assert "error: layer33/output.hex: truncated: 12 word(s) read, 16 expected" in result.output
 
 
 def test_stuck_lane_is_named(golden: Path, tmp_path: Path) -> None:
