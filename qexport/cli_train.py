@@ -73,7 +73,7 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option(
     "--bits-config",
     type=click.Path(path_type=Path),
-    help='Per-layer activation bits JSON: {"act_bits": {"33": 2, "conv 9": 3}} (applied after --a-bit).',
+    help='Per-layer activation bits 1..8, JSON {"act_bits": {"33": 2, "conv 9": 3}} (after --a-bit).',
 )
 @click.option("--w-bit", type=click.IntRange(2, 16), help="Weight bits of every QuantConv2d [default: 4].")
 @click.option(

@@ -393,16 +393,9 @@ def read_bits_config(path: Path, arch: Arch) -> dict[int, int]:
         except InputError as err:
             raise InputError(f"--bits-config {path}: {err}") from err
         if isinstance(value, bool) or not isinstance(value, int):
-            wrong = f"{ACT_BITS_KEY} {_json_value(value)} is not an integer"
-        elif value not in CONFIG_ACT_BITS:
-            wrong = f"{ACT_BITS_KEY} {value} is outside {low}..{high}"
-        else:
-            wrong = ""
-        if wrong:
-            raise InputError(
-                f"--bits-config {path}: layer {key!r} (features[{layer}]): {wrong}; give a JSON "
-                f'integer {low}..{high}, e.g. {{"{ACT_BITS_KEY}": {{"{key}": 2}}}}'
-            )
+            raise _width_error(path, key, layer, f"{ACT_BITS_KEY} {_json_value(value)} is not an integer")
+        if value not in CONFIG_ACT_BITS:
+            raise _width_error(path, key, layer, f"{ACT_BITS_KEY} {value} is outside {low}..{high}")
         if layer in named:
             raise InputError(
                 f"--bits-config {path}: {named[layer]!r} and {key!r} both name features[{layer}]; "
@@ -411,6 +404,14 @@ def read_bits_config(path: Path, arch: Arch) -> dict[int, int]:
         named[layer] = key
         widths[layer] = value
     return widths
+
+
+def _width_error(path: Path, key: str, layer: int, wrong: str) -> InputError:
+    low, high = CONFIG_ACT_BITS[0], CONFIG_ACT_BITS[-1]
+    return InputError(
+        f"--bits-config {path}: layer {key!r} (features[{layer}]): {wrong}; give a JSON integer "
+        f'{low}..{high}, e.g. {{"{ACT_BITS_KEY}": {{"{key}": 2}}}}'
+    )
 
 
 def _read_json(path: Path) -> object:
