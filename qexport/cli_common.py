@@ -93,7 +93,7 @@ def source_options(func: F) -> F:
 bits_config_option = click.option(
     "--bits-config",
     type=click.Path(path_type=Path),
-    help='Per-layer activation bits, JSON {"act_bits": {"33": 2}} (features index or "conv 10").',
+    help='Per-layer activation bits 1..8, JSON {"act_bits": {"33": 2}} (features index or "conv 10").',
 )
 
 

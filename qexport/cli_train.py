@@ -47,6 +47,11 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
     show_default=True,
     help="Checkpoints, metrics.jsonl and the curves go to <out>/<model>/, as the course's fdir.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Train from scratch in a run folder an earlier run wrote (its files are replaced).",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True, help="Total epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True)
@@ -68,7 +73,7 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option(
     "--bits-config",
     type=click.Path(path_type=Path),
-    help='Per-layer activation bits JSON: {"act_bits": {"33": 2, "conv 9": 3}} (applied after --a-bit).',
+    help='Per-layer activation bits 1..8, JSON {"act_bits": {"33": 2, "conv 9": 3}} (after --a-bit).',
 )
 @click.option("--w-bit", type=click.IntRange(2, 16), help="Weight bits of every QuantConv2d [default: 4].")
 @click.option(
@@ -101,6 +106,7 @@ def train_command(
     data_dir: Path,
     download: bool,
     out_dir: Path,
+    force: bool,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -160,6 +166,7 @@ def train_command(
         seed=seed,
         amp=not no_amp,
         print_freq=print_freq,
+        force=force,
     )
     for event in train(opts):
         if isinstance(event, RunStarted):

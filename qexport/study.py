@@ -41,10 +41,10 @@ from qexport.api import Loaded, SourceOptions, load
 from qexport.capture import capture
 from qexport.errors import InputError
 from qexport.manifest import MANIFEST_NAME, dumps
-from qexport.model import VGGQuant
+from qexport.model import CONFIG_ACT_BITS, VGGQuant
 from qexport.precision import exact_math
 from qexport.quant_layer import QuantConv2d
-from qexport.write import ExportPlan, write_plan
+from qexport.write import StagedFolder, staged
 
 Progress = Callable[[str, int, int], None]
 """``progress(label, done, total)``, called after each batch; the library itself never prints."""
@@ -578,9 +578,11 @@ class _Engine:
 
 
 def _check_bits(from_bits: int, to_bits: int) -> None:
+    # the widths a bits config takes: the bits_config.json a search writes must read back
+    low, high = CONFIG_ACT_BITS[0], CONFIG_ACT_BITS[-1]
     for flag, bits in (("--from", from_bits), ("--to", to_bits)):
-        if not 1 <= bits <= 16:
-            raise InputError(f"{flag} {bits}: activation bits must be 1..16")
+        if bits not in CONFIG_ACT_BITS:
+            raise InputError(f"{flag} {bits}: activation bits must be {low}..{high}")
     if to_bits >= from_bits:
         raise InputError(
             f"--to {to_bits} is not below --from {from_bits}; the study lowers one layer at a time "
@@ -780,16 +782,16 @@ def _header(study: Study, command: str) -> dict[str, Any]:
     return header
 
 
-def _write(study: Study, command: str, files: dict[str, bytes], out_dir: Path, force: bool) -> Written:
-    plan = ExportPlan()
-    for name, content in files.items():
-        plan.add(name, content)
+def _write(
+    study: Study, command: str, files: dict[str, bytes], folder: StagedFolder, out_dir: Path
+) -> Written:
+    for name, content in sorted(files.items()):
+        folder.add(name, content)
     manifest = {
         **_header(study, command),
         "files": {n: hashlib.sha256(c).hexdigest() for n, c in files.items()},
     }
-    plan.add(MANIFEST_NAME, dumps(manifest))
-    write_plan(plan, out_dir, force=force)
+    folder.add(MANIFEST_NAME, dumps(manifest))
     return Written(out_dir, tuple(sorted(files)))
 
 
@@ -803,18 +805,22 @@ def run_eval(
     force: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Study, EvalResult, Written]:
-    """``qexport eval``: accuracy and loss of the model (with ``opts.bits_config`` applied)."""
-    study = prepare(opts, labels_file=labels_file, limit=limit, batch_size=batch_size)
-    result = evaluate(study, batch_size, progress)
-    bits = {i: m.act_bit for i, m in _qconvs(study.model).items()}
-    report = {
-        **_header(study, "eval"),
-        "bits_config": opts.bits_config.name if opts.bits_config else None,
-        "act_bits": {str(layer): b for layer, b in bits.items()},
-        "batch_size": batch_size,
-        **result.as_dict(),
-    }
-    written = _write(study, "eval", {"eval.json": dumps(report).encode()}, out_dir, force)
+    """``qexport eval``: accuracy and loss of the model (with ``opts.bits_config`` applied).
+
+    ``out_dir`` is checked before the model loads (an existing one needs ``force``).
+    """
+    with staged(out_dir, force=force) as folder:
+        study = prepare(opts, labels_file=labels_file, limit=limit, batch_size=batch_size)
+        result = evaluate(study, batch_size, progress)
+        bits = {i: m.act_bit for i, m in _qconvs(study.model).items()}
+        report = {
+            **_header(study, "eval"),
+            "bits_config": opts.bits_config.name if opts.bits_config else None,
+            "act_bits": {str(layer): b for layer, b in bits.items()},
+            "batch_size": batch_size,
+            **result.as_dict(),
+        }
+        written = _write(study, "eval", {"eval.json": dumps(report).encode()}, folder, out_dir)
     return study, result, written
 
 
@@ -848,38 +854,43 @@ def run_sensitivity(
     force: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Study, Sensitivity, Written]:
-    """``qexport sensitivity``: the table as JSON and CSV, and a PNG bar chart of the drops."""
+    """``qexport sensitivity``: the table as JSON and CSV, and a PNG bar chart of the drops.
+
+    ``out_dir`` is checked before the model loads (an existing one needs ``force``).
+    """
     from qexport.chart import bar_chart
 
     _check_bits(from_bits, to_bits)
-    study = prepare(opts, labels_file=labels_file, limit=limit, batch_size=batch_size)
-    sens = sensitivity(study, from_bits, to_bits, batch_size=batch_size, progress=progress)
-    report = {
-        **_header(study, "sensitivity"),
-        "from_bits": from_bits,
-        "to_bits": to_bits,
-        "batch_size": batch_size,
-        "baseline": sens.baseline.as_dict(),
-        "rows": _rows_json(sens),
-    }
-    title = (
-        f"{study.loaded.arch.name}: accuracy drop with one conv's input at {to_bits} bit "
-        f"(others {from_bits} bit), {sens.baseline.count} images"
-    )
-    subtitle = study.note or study.loaded.demo_label or ""
-    png = bar_chart(
-        [f"conv {r.conv_number} (features[{r.layer}])" for r in sens.ranked],
-        [r.drop for r in sens.ranked],
-        title=title,
-        subtitle=subtitle,
-        unit="%",
-    )
-    files = {
-        "sensitivity.json": dumps(report).encode(),
-        "sensitivity.csv": sensitivity_csv(sens).encode(),
-        "sensitivity.png": png,
-    }
-    return study, sens, _write(study, "sensitivity", files, out_dir, force)
+    with staged(out_dir, force=force) as folder:
+        study = prepare(opts, labels_file=labels_file, limit=limit, batch_size=batch_size)
+        sens = sensitivity(study, from_bits, to_bits, batch_size=batch_size, progress=progress)
+        report = {
+            **_header(study, "sensitivity"),
+            "from_bits": from_bits,
+            "to_bits": to_bits,
+            "batch_size": batch_size,
+            "baseline": sens.baseline.as_dict(),
+            "rows": _rows_json(sens),
+        }
+        title = (
+            f"{study.loaded.arch.name}: accuracy drop with one conv's input at {to_bits} bit "
+            f"(others {from_bits} bit), {sens.baseline.count} images"
+        )
+        subtitle = study.note or study.loaded.demo_label or ""
+        png = bar_chart(
+            [f"conv {r.conv_number} (features[{r.layer}])" for r in sens.ranked],
+            [r.drop for r in sens.ranked],
+            title=title,
+            subtitle=subtitle,
+            unit="%",
+        )
+        files = {
+            "sensitivity.json": dumps(report).encode(),
+            "sensitivity.csv": sensitivity_csv(sens).encode(),
+            "sensitivity.png": png,
+        }
+        written = _write(study, "sensitivity", files, folder, out_dir)
+    return study, sens, written
 
 
 def bits_config(result: SearchResult) -> dict[str, Any]:
@@ -970,26 +981,32 @@ def run_search(
     """``qexport search``: the bits config (``bits_config.json``) and ``summary.json``.
 
     ``on_start`` is called once the sensitivities are known, ``on_step`` after each decision.
+    ``out_dir`` is checked before the model loads (an existing one needs ``force``).
     """
     _check_bits(from_bits, to_bits)
-    study = prepare(opts, labels_file=labels_file, limit=limit, batch_size=batch_size)
+    with staged(out_dir, force=force) as folder:
+        study = prepare(opts, labels_file=labels_file, limit=limit, batch_size=batch_size)
 
-    def started(sens: Sensitivity) -> None:
-        if on_start:
-            on_start(study, sens)
+        def started(sens: Sensitivity) -> None:
+            if on_start:
+                on_start(study, sens)
 
-    result = search(
-        study,
-        epsilon,
-        from_bits,
-        to_bits,
-        strategy=strategy,
-        batch_size=batch_size,
-        cache_bytes=cache_bytes,
-        progress=progress,
-        on_sensitivity=started,
-        on_step=on_step,
-    )
-    report = {**_header(study, "search"), "batch_size": batch_size, **summary(result)}
-    files = {"bits_config.json": dumps(bits_config(result)).encode(), "summary.json": dumps(report).encode()}
-    return study, result, _write(study, "search", files, out_dir, force)
+        result = search(
+            study,
+            epsilon,
+            from_bits,
+            to_bits,
+            strategy=strategy,
+            batch_size=batch_size,
+            cache_bytes=cache_bytes,
+            progress=progress,
+            on_sensitivity=started,
+            on_step=on_step,
+        )
+        report = {**_header(study, "search"), "batch_size": batch_size, **summary(result)}
+        files = {
+            "bits_config.json": dumps(bits_config(result)).encode(),
+            "summary.json": dumps(report).encode(),
+        }
+        written = _write(study, "search", files, folder, out_dir)
+    return study, result, written

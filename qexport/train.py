@@ -82,6 +82,8 @@ class TrainOptions:
     """Mixed precision (autocast + GradScaler); used on CUDA only."""
     print_freq: int = 100
     """Yield a :class:`BatchProgress` every this many batches (0: never), as the course prints."""
+    force: bool = False
+    """Train from scratch in a run folder an earlier run wrote, replacing its files."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +202,7 @@ def train(opts: TrainOptions) -> Iterator[TrainEvent]:
     at any moment leaves the previous complete checkpoint.
     """
     _check_options(opts)
+    _check_run_dir(opts)  # in every process, before any of them can create the folder
     where = _dist_from_env()
     device = _device(where)  # before the process group, so nccl knows each process's GPU
     owns_group = where.enabled and not dist.is_initialized()
@@ -232,6 +235,31 @@ def _check_options(opts: TrainOptions) -> None:
         raise InputError(f"--milestones {list(opts.milestones)}: epochs must be >= 1")
     if opts.workers < 0:
         raise InputError(f"--workers {opts.workers}: use 0 (load in the main process) or more")
+
+
+_RUN_FILES = (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME, CURVES_NAME)
+
+
+def _check_run_dir(opts: TrainOptions) -> None:
+    """Refuse, before any work, a run folder that is a file or holds an earlier run's files.
+
+    Continuing there needs ``--resume``; starting over there needs ``--force``.
+    """
+    run_dir = opts.out_dir / opts.model
+    for folder in (opts.out_dir, run_dir):
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"output {folder} exists and is a file; choose another --out folder")
+    if opts.resume is not None or opts.force or not run_dir.is_dir():
+        return
+    earlier = [name for name in _RUN_FILES if (run_dir / name).exists()]
+    if earlier:
+        resume = (
+            f"--resume {run_dir / CHECKPOINT_NAME} to continue it, " if CHECKPOINT_NAME in earlier else ""
+        )
+        raise InputError(
+            f"run folder {run_dir} already holds {', '.join(earlier)} from an earlier run; pass "
+            f"{resume}--force to train from scratch over it, or choose another --out folder"
+        )
 
 
 def _dist_from_env() -> _Dist:
@@ -564,14 +592,16 @@ def _write_metrics(path: Path, records: Sequence[dict[str, Any]]) -> None:
     _write_atomic(path, text.encode("utf-8"))
 
 
-def _prepare_run_dir(run_dir: Path) -> None:
+def _prepare_run_dir(run_dir: Path, fresh: bool) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"cannot create the run folder {run_dir} ({err}); pick another --out") from err
-    for name in (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME, CURVES_NAME):
+    for name in _RUN_FILES:
         for stale in run_dir.glob(f".{name}.*.tmp"):  # left by a run killed while writing it
             stale.unlink(missing_ok=True)
+        if fresh:  # --force: no earlier run's model_best.pth.tar may outlive this run's start
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def _run(opts: TrainOptions, where: _Dist, device: torch.device) -> Iterator[TrainEvent]:
@@ -590,7 +620,7 @@ def _run(opts: TrainOptions, where: _Dist, device: torch.device) -> Iterator[Tra
     metrics_path = run_dir / METRICS_NAME
     history: list[dict[str, Any]] = []
     if where.is_main:
-        _prepare_run_dir(run_dir)
+        _prepare_run_dir(run_dir, fresh=opts.resume is None)
         # epochs after the resumed one are trained again, so their old lines go
         history = [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch]
         _write_metrics(metrics_path, history)

@@ -324,7 +324,7 @@ TEXTS = {
 def test_text_file_is_not_a_checkpoint_and_not_called_code(tmp_path: Path, text: str) -> None:
     path = tmp_path / "notes.pth"
     path.write_text(text)
-    with pytest.raises(InputError, match=r"notes\.pth is not a readable PyTorch check") as info:
+    with pytest.raises(InputError, match=r"notes\.pth is not a PyTorch checkpoint \(it looks like") as info:
         _load(path)
     assert "run code" not in str(info.value)
 
