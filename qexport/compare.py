@@ -20,7 +20,7 @@ from qexport.manifest import MANIFEST_NAME, loads
 
 _MISMATCH = re.compile(
     r"MISMATCH tile (\d+) otile (\d+) pixel \(n=(\d+), y=(\d+), x=(\d+)\) "
-    r"channel (\d+) expected (\d+) got (\d+)"
+    r"channel (\d+) expected (-?\d+) got (-?\d+)"  # signed decimals where the file is signed
 )
 _PASS = re.compile(r"^PASS layer (\d+)", re.MULTILINE)
 _FAIL = re.compile(r"^FAIL layer (\d+)", re.MULTILINE)
