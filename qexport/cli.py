@@ -255,7 +255,7 @@ def testbench_command(
     """Render a self-checking SystemVerilog testbench with its vectors and a reference core.
 
     The folder holds vectors/ (the profile's files, read with $readmemh/$readmemb), tb.sv,
-    qexport_ref_core.v (a behavioural core; swap in your DUT, same ports) and run_iverilog.sh,
+    qexport_ref_core.v (a behavioural core; swap in your DUT, same ports and handshake) and run_iverilog.sh,
     which compiles and runs it and exits 0 only on PASS.
 
     \b

@@ -29,7 +29,7 @@ DETAIL = 20  # differing values listed one by one; all of them are counted and s
 
 _MISMATCH = re.compile(
     r"MISMATCH tile (\d+) otile (\d+) pixel \(n=(\d+), y=(\d+), x=(\d+)\) "
-    r"channel (\d+) expected (-?\d+) got (-?\d+)"
+    r"channel (\d+) expected (-?\d+) got (-?\d+)"  # signed decimals where the file is signed
 )
 _PASS = re.compile(r"^PASS layer (\d+)(?:: (\d+) output values match)?", re.MULTILINE)
 _FAIL = re.compile(r"^FAIL layer (\d+)(?:: (\d+) of (\d+) output values differ)?", re.MULTILINE)

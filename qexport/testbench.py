@@ -32,7 +32,11 @@ def testbench_context(
                 "oc1": out["oc"][1],
                 "out": out["path"],
                 "itiles": [
-                    {"activation": activation[(s, i)], "weights": [weights[(i, o, k)] for k in range(9)]}
+                    {
+                        "itile": i,
+                        "activation": activation[(s, i)],
+                        "weights": [weights[(i, o, k)] for k in range(9)],
+                    }
                     for i in range(itiles)
                 ],
             }
@@ -51,6 +55,7 @@ def testbench_context(
         "w_bits": prof.w_bits,
         "psum_bits": prof.psum_bits,
         "out_bits": by_kind["output"][0]["lane_bits"],
+        "out_signed": by_kind["output"][0]["signed"],
         "tile": prof.tile,
         "address_bits": prof.address_bits,
         "weight_stationary": prof.dataflow == "weight_stationary",

@@ -17,18 +17,10 @@ from qexport.demo import demo_model
 from qexport.inputs import load_demo
 from qexport.integerize import integerize
 from qexport.model import BUILTIN
-from qexport.profile import load_profile, parse_profile
 from qexport.reference import conv_psum
 
-PROFILES = ["flat", "course", "course-os", "systolic16"]
+PROFILES = ["flat", "course", "course-os", "systolic"]
 FORMATS = ["hex", "bin", "txt", "coe", "mif", "h", "npy"]
-
-
-def _profile(name: str) -> object:
-    if name != "systolic16":
-        return name
-    text = load_profile("systolic").source.replace("psum_bits = 8", "psum_bits = 16")
-    return parse_profile(text.replace('name = "systolic"', 'name = "systolic16"'), "test")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ def test_round_trip(
 ) -> None:
     w_int, x_int, psum = layer33
     out = tmp_path / "set"
-    export(SourceOptions(), [33], out, fmt, profile=_profile(profile), depth="pow2")  # type: ignore[arg-type]
+    export(SourceOptions(), [33], out, fmt, profile=profile, depth="pow2")
     manifest = json.loads((out / "manifest.json").read_text())
     files = manifest["layers"][0]["files"]
     weights = np.zeros_like(w_int)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,9 +25,8 @@ pytestmark = [
 def _systolic(rows: int, cols: int, psum_bits: int) -> str:
     text = load_profile("systolic").source
     text = text.replace("rows = 16", f"rows = {rows}").replace("cols = 16", f"cols = {cols}")
-    return text.replace("psum_bits = 8", f"psum_bits = {psum_bits}").replace(
-        'name = "systolic"', 'name = "mine"'
-    )
+    text = re.sub(r"(?m)^psum_bits = \d+", f"psum_bits = {psum_bits}", text)
+    return text.replace('name = "systolic"', 'name = "mine"')
 
 
 def _run(folder: Path) -> subprocess.CompletedProcess[str]:
@@ -72,9 +72,11 @@ def test_corrupted_golden_word_fails_with_the_mismatch(tmp_path: Path) -> None:
     assert "FAIL layer 33: 1 of 128 output values differ" in run.stdout
 
 
-def test_built_in_systolic_profile_shows_psum_overflow(tmp_path: Path) -> None:
+def test_narrow_psum_profile_shows_psum_overflow(tmp_path: Path) -> None:
+    narrow = tmp_path / "narrow.toml"
+    narrow.write_text(_systolic(16, 16, 8))
     with pytest.raises(BitWidthError, match=r"signed 8-bit holds \[-128, 127\]; overflow"):
-        api.testbench(SourceOptions(), 30, tmp_path / "tb", "systolic")
+        api.testbench(SourceOptions(), 30, tmp_path / "tb", load_profile(str(narrow)))
     assert not (tmp_path / "tb").exists()
 
 
