@@ -199,7 +199,7 @@ def _word_syntax(template: jinja2.Template, word: Any, limbs: int) -> WordSyntax
         return WordSyntax()
     where = f"template {template.name} ({template.filename})"
     if not isinstance(word, jinja2.runtime.Macro):
-        raise InputError(f"{where}: `word` must be a macro, {{% macro word(digits, last) %}}…")
+        raise InputError(f"{where}: `word` must be a macro: {{% macro word(digits, last) %}}...")
     arguments = tuple(word.arguments)
     unknown = [a for a in arguments if a not in _WORD_ARGUMENTS]
     if unknown:

@@ -287,3 +287,9 @@ def test_bodies_made_a_few_lines_at_a_time_are_the_same(monkeypatch: pytest.Monk
     assert blocks == whole
     assert block_entry == entry
     assert len(_data_lines(whole, entry)) == 300
+
+
+def test_a_word_that_is_not_a_macro_is_refused(tmp_path: Path) -> None:
+    tpl = _template(tmp_path, "coe/memory.coe.j2", '{% set word = "x" %}\n{{ body }}\n')
+    with pytest.raises(InputError, match=r"`word` must be a macro: \{% macro word\(digits, last\) %\}"):
+        _rendered("coe", tpl)
