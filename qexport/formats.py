@@ -1,7 +1,8 @@
 """Memory-file bodies for every text format, built as character matrices (no per-word loops).
 
-The templates own each file's shape (header, declarations); this module hands them the words as
-one preformatted block. Formats:
+The templates own each file's shape: header, declarations, and the syntax of one word's line,
+which a template states once as a ``word`` macro (render.py reads it as a ``WordSyntax``). This
+module spells every word in that syntax, a block of lines at a time. Formats:
 
     hex  $readmemh, one word a line        bin  $readmemb, one word a line
     txt  the course core's text: binary words, header tokens
@@ -12,26 +13,48 @@ one preformatted block. Formats:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from qexport.pack import PackSpec, format_words, word_chars
+from qexport.pack import PackSpec, Radix, line_blocks, word_chars
 
 TextFormat = Literal["hex", "bin", "txt", "coe", "mif", "h"]
 # each format's name is also its files' extension
 FORMATS = ("hex", "bin", "txt", "coe", "mif", "h", "npy")
+# the digits a format spells its words in (its readers expect that radix)
+RADIX: dict[str, Radix] = {"hex": "hex", "bin": "bin", "txt": "bin", "coe": "hex", "mif": "hex", "h": "hex"}
+
+_BLOCK_BYTES = 1 << 20  # lines are made about this many bytes at a time, as pack.line_blocks does
 
 
-def _join(*columns: np.ndarray | bytes, rows: int) -> str:
-    """Concatenate per-row character columns (arrays of (rows, k) or constant bytes) into lines."""
-    parts = []
-    for column in columns:
-        if isinstance(column, bytes):
-            parts.append(np.broadcast_to(np.frombuffer(column, dtype=np.uint8), (rows, len(column))))
-        else:
-            parts.append(column)
-    return np.concatenate(parts, axis=1).tobytes().decode("ascii") if rows else ""
+@dataclass(frozen=True, slots=True)
+class Field:
+    """Characters of a word that a line shows: ``digits`` (the whole word, zero-padded to its
+    width), ``address`` (the word's index in hex, as wide as the last index needs) or ``limb``
+    number ``limb`` (see ``c_limbs``; 0 is the least significant).
+    """
+
+    kind: Literal["digits", "address", "limb"]
+    limb: int = 0
+
+
+Part = str | Field
+DIGITS = Field("digits")
+
+
+@dataclass(frozen=True, slots=True)
+class WordSyntax:
+    """How one word's line is spelt, as literal text and fields in order; ``last`` for the last word.
+
+    mif ``    0a : 0a1b;``  -> line = ("    ", Field("address"), " : ", DIGITS, ";")
+    coe ``0a1b,`` / ``ffff;`` -> line = (DIGITS, ","), last = (DIGITS, ";")
+    """
+
+    line: tuple[Part, ...] = (DIGITS,)
+    last: tuple[Part, ...] = (DIGITS,)
 
 
 def padded_to_depth(words: np.ndarray, depth: int, fill: int) -> np.ndarray:
@@ -43,37 +66,91 @@ def padded_to_depth(words: np.ndarray, depth: int, fill: int) -> np.ndarray:
     return np.concatenate([words, extra])
 
 
-def body(words: np.ndarray, spec: PackSpec, fmt: TextFormat) -> str:
-    """The data block of a memory file, without its final newline."""
+def word_lines(words: np.ndarray, spec: PackSpec, radix: Radix, syntax: WordSyntax) -> Iterator[memoryview]:
+    """A memory file's data block, without its final newline: every word a line in ``syntax``.
+
+    The blocks are views of one reused buffer: write (or copy) each before asking for the next.
+    """
     rows = words.shape[0]
-    if fmt in ("hex", "bin", "txt"):
-        return format_words(words, spec, "hex" if fmt == "hex" else "bin").removesuffix("\n")
-    if fmt == "coe":
-        chars = word_chars(words, spec, "hex")
-        separators = np.full((rows, 1), ord(","), dtype=np.uint8)
-        if rows:
-            separators[-1, 0] = ord(";")
-        return _join(chars, separators, b"\n", rows=rows).removesuffix("\n")
-    if fmt == "mif":
-        address_bits = max(1, int(rows - 1).bit_length())
-        address_spec = PackSpec(address_bits, 1, False)
-        addresses = word_chars(np.arange(rows, dtype=np.int64).reshape(-1, 1), address_spec, "hex")
-        return _join(
-            b"    ", addresses, b" : ", word_chars(words, spec, "hex"), b";\n", rows=rows
-        ).removesuffix("\n")
-    # C: words of up to 64 bits as one literal; wider words as 32-bit limbs, least significant first
-    limbs = c_limbs(spec.word_bits)
-    chars = word_chars(words, spec, "hex")
-    if limbs == 1:
-        return _join(b"    0x", chars, b",\n", rows=rows).removesuffix(",\n")
-    width = chars.shape[1]
-    padded = np.full((rows, limbs * 8), ord("0"), dtype=np.uint8)
-    padded[:, limbs * 8 - width :] = chars
-    columns: list[np.ndarray | bytes] = [b"    {"]
-    for limb in range(limbs):
-        start = (limbs - 1 - limb) * 8
-        columns += [b"0x", padded[:, start : start + 8], b", " if limb < limbs - 1 else b"},\n"]
-    return _join(*columns, rows=rows).removesuffix(",\n")
+    if rows == 0:
+        return
+    if syntax.line == syntax.last == (DIGITS,):  # bare words: pack's own line blocks
+        yield from line_blocks(words, spec, radix, last_newline=False)
+        return
+    shape = _Shape.of(spec, radix, rows)
+    yield from _lines(words[:-1], 0, syntax.line, shape, newline=True)
+    yield from _lines(words[-1:], rows - 1, syntax.last, shape, newline=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The widths of a file's fields: every line of a file has the same columns."""
+
+    spec: PackSpec
+    radix: Radix
+    digits: int  # characters a word
+    address: PackSpec  # one hex lane as wide as the last address needs
+    limbs: int
+    per_limb: int  # one limb is the whole word; more are 32 bits each
+
+    @classmethod
+    def of(cls, spec: PackSpec, radix: Radix, rows: int) -> _Shape:
+        digits = -(-spec.word_bits // 4) if radix == "hex" else spec.word_bits
+        limbs = c_limbs(spec.word_bits)
+        per_limb = digits if limbs == 1 else (8 if radix == "hex" else 32)
+        address = PackSpec(max(1, int(rows - 1).bit_length()), 1, False)
+        return cls(spec, radix, digits, address, limbs, per_limb)
+
+    def width(self, part: Part) -> int:
+        if isinstance(part, str):
+            return len(part)
+        if part.kind == "digits":
+            return self.digits
+        if part.kind == "address":
+            return -(-self.address.lane_bits // 4)
+        return self.per_limb
+
+
+def _lines(
+    words: np.ndarray, first: int, parts: tuple[Part, ...], shape: _Shape, newline: bool
+) -> Iterator[memoryview]:
+    """``words`` (the first at address ``first``) as lines of ``parts``, a block of lines at a time."""
+    count = words.shape[0]
+    if count == 0:
+        return
+    widths = [shape.width(part) for part in parts]
+    line = sum(widths) + newline
+    block = max(1, _BLOCK_BYTES // max(line, 1))
+    out = np.empty((min(block, count), line), dtype=np.uint8)
+    # every column that is the same on every line is written once
+    copies: list[tuple[int, Field, int, int]] = []  # (column, field, first char, chars) per block
+    column = 0
+    limb_pad = shape.limbs * shape.per_limb - shape.digits  # zeros before a word's digits
+    for item, width in zip(parts, widths, strict=True):
+        if isinstance(item, str):
+            out[:, column : column + width] = np.frombuffer(item.encode("ascii"), dtype=np.uint8)
+        elif item.kind == "limb":
+            start = (shape.limbs - 1 - item.limb) * shape.per_limb - limb_pad  # into the word's digits
+            zeros = min(max(-start, 0), width)
+            out[:, column : column + zeros] = ord("0")
+            if zeros < width:
+                copies.append((column + zeros, DIGITS, start + zeros, width - zeros))
+        else:
+            copies.append((column, item, 0, width))
+        column += width
+    if newline:
+        out[:, -1] = ord("\n")
+    addressed = any(f.kind == "address" for _, f, _, _ in copies)
+    for start in range(0, count, block):
+        part = words[start : start + block]
+        rows = part.shape[0]
+        chars = {"digits": word_chars(part, shape.spec, shape.radix)}
+        if addressed:
+            index = np.arange(first + start, first + start + rows, dtype=np.int64).reshape(-1, 1)
+            chars["address"] = word_chars(index, shape.address, "hex")
+        for at, field, offset, width in copies:
+            out[:rows, at : at + width] = chars[field.kind][:, offset : offset + width]
+        yield out[:rows].reshape(-1).data
 
 
 def c_limbs(word_bits: int) -> int:

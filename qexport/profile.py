@@ -7,6 +7,7 @@ an error naming it.
 
 from __future__ import annotations
 
+import string
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -16,6 +17,23 @@ from typing import Any, Literal
 from qexport.errors import InputError
 
 _NAME_KEYS = ("activation", "weight", "address", "output", "output_tiled", "psum")
+# the placeholders each [names] pattern is formatted with (systolic.py); address and output name
+# one file each and are used as written
+_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
+    "activation": ("a",),
+    "weight": ("i", "o", "k"),
+    "address": (),
+    "output": (),
+    "output_tiled": ("s", "o"),
+    "psum": ("s", "i", "o"),
+}
+_MEANING = {
+    "a": "activation tile, s*itiles + i",
+    "i": "input-channel tile",
+    "o": "output-channel tile",
+    "k": "kernel position, ki*3 + kj",
+    "s": "spatial tile",
+}
 _GOLDEN_OPS = ("accumulate", "relu", "requantize")
 
 
@@ -138,7 +156,51 @@ def _checked(where: str, key: str, value: Any) -> Any:
             raise InputError(f"{where}: [names] may hold only {', '.join(_NAME_KEYS)}")
         if not all(isinstance(v, str) and v and "/" not in v for v in value.values()):
             raise InputError(f"{where}: [names] values must be file name patterns without '/'")
+        for name, pattern in value.items():
+            _check_pattern(where, name, pattern)
         return dict(value)
     if not isinstance(value, str):
         raise InputError(f"{where}: key {key!r} must be a string")
     return value
+
+
+def _valid_placeholders(key: str) -> str:
+    valid = _PLACEHOLDERS[key]
+    if not valid:
+        return f"{key} names a single file and takes no placeholders"
+    shown = ", ".join(f"{{{p}}} ({_MEANING[p]})" for p in valid)
+    return f"valid placeholders for {key} are {shown}"
+
+
+def _check_pattern(where: str, key: str, pattern: str) -> None:
+    """Refuse a [names] pattern that str.format would reject, or that names an unknown placeholder.
+
+    ``weight = "w_{i}_{o}_k{k:02d}"`` is fine; ``"w_{b}"``, ``"w_{"``, ``"w_{}"``, ``"w_{i!x}"`` are not.
+    """
+    what = f"{where}: [names] {key} = {pattern!r}"
+    valid, fix = _PLACEHOLDERS[key], _valid_placeholders(key)
+    try:
+        fields = [(name, conv) for _, name, _, conv in string.Formatter().parse(pattern) if name is not None]
+    except ValueError as err:
+        raise InputError(
+            f"{what} is not a valid pattern ({err}); write a placeholder as {{name}} and a literal "
+            f"brace as {{{{ or }}}}; {fix}"
+        ) from err
+    for name, conversion in fields:
+        if name == "" or name.isdigit():
+            raise InputError(f"{what} uses a positional placeholder {{{name}}}; name it: {fix}")
+        if name not in valid:
+            raise InputError(f"{what} uses unknown placeholder {{{name}}}; {fix}")
+        if conversion is not None:
+            raise InputError(
+                f"{what}: placeholder {{{name}!{conversion}}} has a conversion; write {{{name}}} "
+                f"(a format spec such as {{{name}:02d}} is fine)"
+            )
+    if not valid and ("{" in pattern or "}" in pattern):
+        raise InputError(f"{what}: {fix} and is used as written, so it cannot hold braces")
+    try:
+        pattern.format(**dict.fromkeys(valid, 0))
+    except KeyError as err:  # a placeholder nested in a format spec: {a:{b}}
+        raise InputError(f"{what} uses unknown placeholder {{{err.args[0]}}}; {fix}") from err
+    except (ValueError, IndexError) as err:
+        raise InputError(f"{what} cannot be formatted with integer placeholders ({err}); {fix}") from err
