@@ -51,11 +51,16 @@ def find_checkpoint(record: dict[str, str], set_dir: Path) -> Path:
     """The checkpoint a recipe names (relative to ``set_dir``), once its sha256 is the recorded one."""
     from qexport.checkpoint import file_sha256
 
+    manifest = set_dir / "manifest.json"
+    if not (isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str)):
+        raise InputError(
+            f"{manifest}: the recipe's checkpoint must be {{\"path\": …, \"sha256\": …}}, not "
+            f"{record!r:.80}; re-export the set"
+        )
     path = Path(record["path"])
     if not path.is_absolute():
         path = (set_dir.resolve() / path).resolve()
     expected = record["sha256"]
-    manifest = set_dir / "manifest.json"
     if not path.is_file():
         raise InputError(
             f"checkpoint {path} (recorded in {manifest}) does not exist; the set was made from a "

@@ -289,3 +289,14 @@ def test_systolic_overflow_names_the_tile_and_both_widths(tmp_path: Path) -> Non
     fits = parse_profile(text.replace("psum_bits = 8", f"psum_bits = {need}"), "fits.toml")
     export(SourceOptions(), [33], tmp_path / "f", profile=fits)
     assert not (tmp_path / "n").exists()
+
+
+@pytest.mark.parametrize(
+    "record", [{"path": 3, "sha256": "0"}, {"path": "c.pth"}], ids=["not-text", "no-sha"]
+)
+def test_a_malformed_checkpoint_record_is_a_message(tmp_path: Path, record: dict[str, object]) -> None:
+    from qexport.errors import InputError
+    from qexport.recipe import find_checkpoint
+
+    with pytest.raises(InputError, match=r"manifest.json: the recipe's checkpoint must be"):
+        find_checkpoint(record, tmp_path)  # type: ignore[arg-type]
