@@ -32,7 +32,7 @@ from qexport.model import (
 )
 from qexport.profile import Profile, load_profile, parse_profile
 from qexport.quant_layer import DEFAULT_ACT_CLIP, ActClip
-from qexport.recipe import build_recipe
+from qexport.recipe import build_recipe, find_checkpoint
 from qexport.reference import Psums, conv_psum
 from qexport.render import Depth, MemoryContext, render, render_memory
 from qexport.systolic import systolic_layout
@@ -248,7 +248,16 @@ def export(
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     with staged(out_dir, force=force) as folder:
         manifest, notices = _render_set(
-            folder, opts, layer_ids, fmt or prof.format, layout, prof, depth, template_dir, times=timings
+            folder,
+            opts,
+            layer_ids,
+            fmt or prof.format,
+            layout,
+            prof,
+            depth,
+            template_dir,
+            times=timings,
+            set_dir=out_dir,
         )
     return ExportResult(out_dir, manifest, notices)
 
@@ -265,8 +274,12 @@ def _render_set(
     path_prefix: str = "",
     kind: str = "dump",
     times: StageTimes | None = None,
+    set_dir: Path | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Render every file of an export into ``sink``, a layer at a time."""
+    """Render every file of an export into ``sink``, a layer at a time.
+
+    ``set_dir`` is the set's folder, which the recipe records the checkpoint's path from.
+    """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; formats are {', '.join(FORMATS)}")
     if fmt == "txt" and prof.kind == "flat":
@@ -285,11 +298,12 @@ def _render_set(
         with times.measure("integerize_reference"):
             int_layer, psums = _checked(t)
         with times.measure("pack_write"):
+            # one rule for every profile and layer count: a layer's files live in layer<index>/
+            folder = f"{path_prefix}layer{layer}/"
             if prof.kind == "flat":
-                tensors = flat_layout(int_layer, psums, layout, f"{path_prefix}layer{layer}/")
+                tensors = flat_layout(int_layer, psums, layout, folder)
             else:
-                folder = "" if len(selected) == 1 else f"layer{layer}/"
-                tensors = systolic_layout(int_layer, psums, prof, path_prefix + folder)
+                tensors = systolic_layout(int_layer, psums, prof, folder)
             context = MemoryContext(
                 loaded.arch.name,
                 loaded.demo_label,
@@ -304,7 +318,9 @@ def _render_set(
         layer_entries.append(_layer_entry(int_layer, psums, files))
         notices += [tp.notice for tp in tensors if tp.notice]
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt)
-    manifest["recipe"] = build_recipe(kind, opts, layer_ids, fmt, layout, prof, depth, template_dir)
+    manifest["recipe"] = build_recipe(
+        kind, opts, layer_ids, fmt, layout, prof, depth, template_dir, set_dir, loaded.source.get("sha256")
+    )
     with times.measure("pack_write"):
         sink.add(MANIFEST_NAME, dumps(manifest))
     return manifest, notices
@@ -329,15 +345,31 @@ def testbench(
             f"the testbench reads memories with $readmemh/$readmemb; use --format hex or bin, not {fmt}"
         )
     with staged(out_dir, force=force) as folder:
-        manifest, notices = _testbench_set(folder, opts, layer, prof, fmt, template_dir)
+        manifest, notices = _testbench_set(folder, opts, layer, prof, fmt, template_dir, out_dir)
     return ExportResult(out_dir, manifest, notices)
 
 
 def _testbench_set(
-    sink: FileSink, opts: SourceOptions, layer: int, prof: Profile, fmt: str, template_dir: Path | None
+    sink: FileSink,
+    opts: SourceOptions,
+    layer: int,
+    prof: Profile,
+    fmt: str,
+    template_dir: Path | None,
+    set_dir: Path | None,
 ) -> tuple[dict[str, Any], list[str]]:
     manifest, notices = _render_set(
-        sink, opts, [layer], fmt, None, prof, "exact", template_dir, "vectors/", kind="testbench"
+        sink,
+        opts,
+        [layer],
+        fmt,
+        None,
+        prof,
+        "exact",
+        template_dir,
+        "vectors/",
+        kind="testbench",
+        set_dir=set_dir,
     )
     (entry,) = manifest["layers"]
     context = testbench_context(manifest, entry, prof, fmt)
@@ -349,20 +381,34 @@ def _testbench_set(
     return manifest, notices
 
 
-def regenerate(recipe: dict[str, Any], base: Path) -> ExportPlan:
-    """Render again, in memory, the set a manifest's recipe describes (paths relative to ``base``)."""
+def regenerate(recipe: dict[str, Any], base: Path, set_dir: Path | None = None) -> ExportPlan:
+    """Render again, in memory, the set a manifest's recipe describes.
+
+    The checkpoint is found from ``set_dir`` (the set's folder) and its sha256 checked first;
+    other relative paths (and an older recipe's checkpoint) are relative to ``base``.
+    """
+    src = recipe["source"]
+    record = src.get("checkpoint")
+    checkpoint = None
+    if isinstance(record, dict):
+        if set_dir is None:
+            raise InputError("this recipe names its checkpoint relative to its set; give the set's folder")
+        set_dir = set_dir.absolute()
+        checkpoint = find_checkpoint(record, set_dir)
+    else:
+        set_dir = None  # an older recipe: the checkpoint as typed, from ``base``
     with contextlib.chdir(base):  # the recipe's paths are relative to where the set was made
-        return _regenerate(recipe)
+        return _regenerate(recipe, checkpoint, set_dir)
 
 
-def _regenerate(recipe: dict[str, Any]) -> ExportPlan:
+def _regenerate(recipe: dict[str, Any], checkpoint: Path | None, set_dir: Path | None) -> ExportPlan:
     src = recipe["source"]
 
     def path(key: str) -> Path | None:
         return None if src.get(key) is None else Path(src[key])
 
     opts = SourceOptions(
-        checkpoint=path("checkpoint"),
+        checkpoint=checkpoint or path("checkpoint"),
         model=src["model"],
         data_dir=path("data_dir"),
         input_file=path("input_file"),
@@ -380,10 +426,12 @@ def _regenerate(recipe: dict[str, Any]) -> ExportPlan:
     plan = ExportPlan()
     if recipe["kind"] == "testbench":
         (layer,) = layers or [0]
-        _testbench_set(plan, opts, layer, prof, recipe["format"], template_dir)
+        _testbench_set(plan, opts, layer, prof, recipe["format"], template_dir, set_dir)
     else:
         layout = LayoutOptions(**recipe["layout"])
-        _render_set(plan, opts, layers, recipe["format"], layout, prof, recipe["depth"], template_dir)
+        _render_set(
+            plan, opts, layers, recipe["format"], layout, prof, recipe["depth"], template_dir, set_dir=set_dir
+        )
     return plan
 
 

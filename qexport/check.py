@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,37 @@ def without_check_figures(text: bytes) -> Any:
     return data
 
 
+def vector_sets(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """The paths that are vector sets (a folder with a manifest.json), and a line per path skipped.
+
+    A path that does not exist, or a lone path that is not a set, is an error; so is a list with
+    no set in it: a check of nothing must never pass.
+    """
+    sets: list[Path] = []
+    skipped: list[str] = []
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"{path} does not exist; give vector set folders (e.g. vectors/*/)")
+        if (path / MANIFEST_NAME).is_file():
+            sets.append(path)
+            continue
+        if len(paths) == 1:
+            raise InputError(f"{path} is not a vector set (no {MANIFEST_NAME}){_inside_hint(path)}")
+        skipped.append(f"skipped {path}: not a vector set (no {MANIFEST_NAME})")
+    if not sets:
+        raise InputError(
+            f"no vector set among the given paths ({', '.join(map(str, paths))}): none holds a "
+            f"{MANIFEST_NAME}; give the folders qexport wrote, e.g. vectors/*/"
+        )
+    return sets, skipped
+
+
+def _inside_hint(path: Path) -> str:
+    if path.is_dir() and any((sub / MANIFEST_NAME).is_file() for sub in path.iterdir()):
+        return f"; to check the sets inside it, give {path.as_posix().rstrip('/')}/*/"
+    return "; `qexport check` takes folders that qexport wrote"
+
+
 def check_set(folder: Path, base: Path | None = None) -> CheckResult:
     """Regenerate ``folder`` from its manifest's recipe and list every difference, decoded."""
     from qexport.api import regenerate
@@ -44,7 +76,7 @@ def check_set(folder: Path, base: Path | None = None) -> CheckResult:
     if not isinstance(recipe, dict):
         raise InputError(f"{manifest_path} has no recipe (written by an older qexport); regenerate it")
     result = CheckResult(folder, recipe["command"])
-    plan = regenerate(recipe, base or Path.cwd())
+    plan = regenerate(recipe, base or Path.cwd(), folder)
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     for missing in sorted(set(plan.files) - on_disk):
         result.problems.append(f"{missing}: missing from {folder} (the recipe writes it)")

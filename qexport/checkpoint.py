@@ -32,7 +32,7 @@ class Checkpoint:
     best_prec: float | None = None
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -222,7 +222,7 @@ def _from_object(raw: object, path: Path) -> Checkpoint:
         clean[key.removeprefix("module.")] = value
     return Checkpoint(
         name=path.name,
-        sha256=_sha256(path),
+        sha256=file_sha256(path),
         state_dict=clean,
         epoch=None if (e := _number(epoch)) is None else int(e),
         best_prec=_number(best_prec),

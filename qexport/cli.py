@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import click
@@ -190,6 +190,9 @@ def dump(
 ) -> None:
     """Write weight, input, psum and output vectors plus manifest.json for conv layers.
 
+    Every set, for any profile and layer count, is OUT/manifest.json plus one folder a layer,
+    OUT/layer<L>/; the paths written are printed.
+
     \b
     Example:
       qexport dump --layer 33 --format hex
@@ -234,8 +237,10 @@ def dump(
     layers_written = ", ".join(str(entry["index"]) for entry in result.manifest["layers"])
     click.echo(
         f"wrote {files} {result.manifest['format']} files + manifest.json for layer(s) {layers_written} of "
-        f"{result.manifest['model']}{label} to {out_dir}"
+        f"{result.manifest['model']}{label} to the vector set {out_dir}:"
     )
+    for line in _set_lines(out_dir, result.manifest):
+        click.echo(f"  {line}")
     if timings:
         click.echo(f"timings: {times.describe()}", err=True)
 
@@ -254,9 +259,9 @@ def testbench_command(
 ) -> None:
     """Render a self-checking SystemVerilog testbench with its vectors and a reference core.
 
-    The folder holds vectors/ (the profile's files, read with $readmemh/$readmemb), tb.sv,
-    qexport_ref_core.v (a behavioural core; swap in your DUT, same ports and handshake) and run_iverilog.sh,
-    which compiles and runs it and exits 0 only on PASS.
+    The folder holds manifest.json, vectors/layer<L>/ (the profile's files, read with
+    $readmemh/$readmemb), tb.sv, qexport_ref_core.v (a behavioural core; swap in your DUT, same
+    ports and handshake) and run_iverilog.sh, which compiles and runs it and exits 0 only on PASS.
 
     \b
     Example:
@@ -268,9 +273,26 @@ def testbench_command(
     result = api.testbench(_source(kwargs), layer, out_dir, profile, fmt, force=force)
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
+    vectors = out_dir / PurePosixPath(result.manifest["layers"][0]["files"][0]["path"]).parent
     click.echo(
-        f"wrote testbench for layer {layer} ({profile}, {fmt}) to {out_dir}; run {out_dir}/run_iverilog.sh"
+        f"wrote testbench for layer {layer} ({profile}, {fmt}) to {out_dir} (vectors in {vectors}/); "
+        f"run {out_dir}/run_iverilog.sh"
     )
+    for line in _set_lines(out_dir, result.manifest):
+        click.echo(f"  {line}")
+    bench = ", ".join(str(out_dir / name) for name in ("tb.sv", "qexport_ref_core.v", "run_iverilog.sh"))
+    click.echo(f"  testbench {bench}")
+
+
+def _set_lines(out_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """The set's real paths: its manifest, then each layer's folder with its files."""
+    lines = [f"manifest  {out_dir / 'manifest.json'}"]
+    for entry in manifest["layers"]:
+        names = [PurePosixPath(f["path"]) for f in entry["files"]]
+        folder = out_dir / names[0].parent  # layer<index>/: every file of a layer is in it
+        listed = ": " + ", ".join(sorted(n.name for n in names)) if len(names) <= 6 else ""
+        lines.append(f"layer {entry['index']:<3} {folder}/  {len(names)} files{listed}")
+    return lines
 
 
 @main.command("compare")
@@ -302,7 +324,7 @@ def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, a
 
     \b
     Example:
-      qexport compare tb33 sim/out_dump.hex --file vectors/out.hex
+      qexport compare tb33 sim/out_dump.hex --file vectors/layer33/out.hex
     """
     import json
 
@@ -327,20 +349,25 @@ def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, a
 
 
 @main.command("check")
-@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @handles_errors
-def check_command(folders: tuple[Path, ...]) -> None:
+def check_command(paths: tuple[Path, ...]) -> None:
     """Regenerate vector sets from their manifests and compare byte for byte; exit 1 on any difference.
 
-    Each manifest records the command and inputs that made its set; relative paths in it (a
-    checkpoint, --input) are resolved from the current folder.
+    Each manifest records the command and inputs that made its set; the checkpoint is found from
+    the manifest's folder and its sha256 verified, other relative paths in it (--input,
+    --bits-config) are resolved from the current folder. Among several paths, one that is not a
+    set (no manifest.json) is skipped with a line; if none is a set, exit 2.
 
     \b
     Example:
-      qexport check vectors/*
+      qexport check vectors/*/
     """
-    from qexport.check import check_set
+    from qexport.check import check_set, vector_sets
 
+    folders, skipped = vector_sets(paths)
+    for line in skipped:
+        click.echo(line)
     failed = 0
     for folder in folders:
         result = check_set(folder)

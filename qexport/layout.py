@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from qexport.errors import BitWidthError
 from qexport.integerize import IntLayer
 from qexport.pack import LaneOrder, PackSpec, check_fits, smallest_signed_bits
 from qexport.reference import Psums, psum_bound
@@ -100,6 +101,25 @@ def psum_bits_for(layer: IntLayer, x_spec: PackSpec) -> int:
     return smallest_signed_bits(-bound, bound)
 
 
+def check_psum_width(
+    values: np.ndarray, bits: int, where: str, narrow: str, setting: str, worst: int
+) -> None:
+    """Refuse psums that signed ``bits`` cannot hold, naming the width they need and the worst case.
+
+    ``layer 33 psums span [-412, 977]: need 11 bits signed; --psum-bits 8 is too narrow; use
+    --psum-bits 11 (these values) or 14 (this layer's worst case)``
+    """
+    if values.size == 0:
+        return
+    low, high = int(values.min()), int(values.max())
+    need = smallest_signed_bits(min(low, 0), max(high, 0))
+    if need > bits:
+        raise BitWidthError(
+            f"{where} psums span [{low}, {high}]: need {need} bits signed; {narrow}; use {setting} "
+            f"{need} (these values) or {worst} (this layer's worst case)"
+        )
+
+
 def flat_layout(layer: IntLayer, psums: Psums, opts: LayoutOptions, prefix: str) -> list[TensorPlan]:
     """The four tensors of one layer in the flat layout, as ``<prefix><tensor>`` files."""
     x_spec, notice = input_spec(layer, opts)
@@ -109,11 +129,13 @@ def flat_layout(layer: IntLayer, psums: Psums, opts: LayoutOptions, prefix: str)
     out_spec = _spec(psum_bits, opts.psum_lanes or 1, False, opts)
     w_spec = _spec(layer.w_bit, opts.lanes, True, opts)
     check_fits(layer.w_int, w_spec, f"layer {layer.layer} w_int", "the weights exceed w_bit")
-    check_fits(
+    check_psum_width(
         psums.psum,
-        psum_spec,
-        f"layer {layer.layer} psum",
-        f"overflow: raise --psum-bits to at least {worst_bits} (the worst case for this layer)",
+        psum_bits,
+        f"layer {layer.layer}",
+        f"--psum-bits {psum_bits} is too narrow",
+        "--psum-bits",
+        worst_bits,
     )
     x = layer.x_int
     if opts.pad_input and layer.padding:

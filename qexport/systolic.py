@@ -23,7 +23,7 @@ import numpy as np
 
 from qexport.errors import BitWidthError, CheckFailed, InputError
 from qexport.integerize import IntLayer
-from qexport.layout import TensorPlan
+from qexport.layout import TensorPlan, check_psum_width
 from qexport.pack import PackSpec, check_fits, smallest_signed_bits
 from qexport.profile import Profile
 from qexport.reference import Psums, integer_conv, requantize
@@ -94,13 +94,18 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
     out_spec = PackSpec(out_bits, p.cols, True, p.lane_order)
     relu = "relu" in p.golden
 
+    # the worst case of one tile's psums: its input channels (rows or fewer) x 9 taps at the extremes
+    worst = min(c_in, p.rows) * 9 * (2 ** (layer.w_bit - 1) - 1) * act_spec.value_range[1]
+    worst_bits = smallest_signed_bits(-worst, worst)
+
     def fit_psum(values: np.ndarray, where: str) -> None:
-        check_fits(
+        check_psum_width(
             values,
-            psum_spec,
-            f"layer {layer.layer} {where} psum",
-            f"overflow: the {p.name} core's {p.psum_bits}-bit psums are too narrow for this layer; "
-            "use a profile with more psum_bits",
+            p.psum_bits,
+            f"layer {layer.layer} {where}",
+            f"the {p.name} core's {p.psum_bits}-bit psums are too narrow",
+            "a profile with psum_bits =",
+            worst_bits,
         )
 
     requant = "requantize" in p.golden

@@ -31,7 +31,7 @@ def _no_partial_folders(tmp_path: Path) -> None:
         (["--layer", "34"], "features[34] is a relu"),
         (["--layer", "33", "--images", "128"], "only 0..127 exist"),
         (["--layer", "33", "--images", "x:y"], "is not an index, a range or a list"),
-        (["--layer", "33", "--psum-bits", "8"], "layer 33 psum spans"),
+        (["--layer", "33", "--psum-bits", "8"], "layer 33 psums span"),
         (["--layer", "0", "--input-sign", "unsigned"], "layer 0 x_int spans [-"),
         (["--layer", "0", "--profile", "course"], "unsigned 4-bit holds [0, 15]"),
         (["--layer", "33", "--profile", "nope.toml"], "no built-in profile of that name"),

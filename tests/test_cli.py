@@ -114,7 +114,7 @@ def test_existing_output_needs_force(runner: CliRunner, tmp_path: Path) -> None:
 def test_psum_overflow_is_refused(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(main, ["dump", "--layer", "33", "--psum-bits", "4", "-o", str(tmp_path / "o")])
     assert result.exit_code == 2
-    assert "layer 33 psum spans" in result.output and "--psum-bits" in result.output
+    assert "layer 33 psums span" in result.output and "--psum-bits" in result.output
     assert not (tmp_path / "o").exists()
 
 

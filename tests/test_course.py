@@ -25,9 +25,10 @@ SPEC_NAMES = {
 
 @pytest.fixture(scope="module")
 def course33(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("course") / "layer33"
+    """The layer folder of a course set: the files the course testbench reads."""
+    out = tmp_path_factory.mktemp("course") / "set33"
     export(SourceOptions(), [33], out, profile="course")
-    return out
+    return out / "layer33"
 
 
 def _words(path: Path, width: int, header: int = 3) -> list[str]:
@@ -50,8 +51,8 @@ def _lanes(word: str, lanes: int, bits: int, signed: bool) -> list[int]:
 
 
 def test_exactly_the_spec_files(course33: Path) -> None:
-    names = {p.name for p in course33.iterdir()} - {"manifest.json"}
-    assert names == SPEC_NAMES
+    assert {p.name for p in course33.parent.iterdir()} == {"manifest.json", "layer33"}
+    assert {p.name for p in course33.iterdir()} == SPEC_NAMES
 
 
 def test_headers_are_three_single_tokens_and_text_ends_with_newline(course33: Path) -> None:
@@ -73,7 +74,7 @@ def test_acc_address_is_the_spec_table(course33: Path) -> None:
 
 
 def test_values_follow_the_spec_formula(course33: Path) -> None:
-    manifest = json.loads((course33 / "manifest.json").read_text())
+    manifest = json.loads((course33.parent / "manifest.json").read_text())
     layer = manifest["layers"][0]
     act = [_lanes(w, 8, 4, False) for w in _words(course33 / "activation_tile0.txt", 32)]
     assert len(act) == 36
@@ -113,12 +114,12 @@ def test_first_layer_is_refused_by_unsigned_lanes(tmp_path: Path) -> None:
 def test_channel_and_spatial_tiling(tmp_path: Path) -> None:
     out = tmp_path / "c30"
     export(SourceOptions(), [27], out, profile="course")  # 128 -> 32 channels, 4x4 map
-    names = {p.name for p in out.iterdir()}
+    names = {p.name for p in (out / "layer27").iterdir()}
     assert {"activation_tile15.txt", "weight_itile15_otile3_kij8.txt", "out_tile0_otile3.txt"} <= names
     assert "psum_tile0_itile15_otile3.txt" in names
     out2 = tmp_path / "c17"
     export(SourceOptions(), [17], out2, profile="course")  # 256 channels, 8x8 map -> 4 spatial tiles
-    assert (out2 / "out_tile3_otile31.txt").is_file()
+    assert (out2 / "layer17" / "out_tile3_otile31.txt").is_file()
 
 
 @pytest.mark.sim
@@ -155,7 +156,7 @@ def test_requantized_golden_is_the_next_layers_input(tmp_path: Path) -> None:
     text = load_profile("course").source.replace('name = "course"', 'name = "course-requant"')
     text = text.replace('golden = ["accumulate", "relu"]', 'golden = ["accumulate", "relu", "requantize"]')
     export(SourceOptions(), [33], tmp_path / "rq", profile=parse_profile(text, "test"))
-    out = [_lanes(w, 8, 4, False) for w in _words(tmp_path / "rq" / "out.txt", 32)]
+    out = [_lanes(w, 8, 4, False) for w in _words(tmp_path / "rq" / "layer33" / "out.txt", 32)]
     export(SourceOptions(), [35], tmp_path / "flat35")
     manifest = json.loads((tmp_path / "flat35" / "manifest.json").read_text())
     entry = next(f for f in manifest["layers"][0]["files"] if f["tensor"] == "input")

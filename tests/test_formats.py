@@ -111,8 +111,9 @@ def test_c_header_compiles_and_holds_the_values(tmp_path: Path) -> None:
         "int main(void) { long s = 0; for (int i = 0; i < 128; i++) s += layer33_out_values[i];\n"
         '  printf("%ld %u\\n", s, (unsigned)layer33_weight_itile0_otile0_kij4_words[0]); return 0; }\n'
     )
+    headers = tmp_path / "c" / "layer33"  # the set's layer folder
     subprocess.run(
-        ["gcc", "-Wall", "-Werror", "-I", str(tmp_path / "c"), str(main), "-o", str(tmp_path / "a")],
+        ["gcc", "-Wall", "-Werror", "-I", str(headers), str(main), "-o", str(tmp_path / "a")],
         check=True,
     )
     printed = subprocess.run([str(tmp_path / "a")], capture_output=True, text=True, check=True).stdout.split()

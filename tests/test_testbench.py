@@ -60,7 +60,7 @@ def test_corrupted_golden_word_fails_with_the_mismatch(tmp_path: Path) -> None:
     out = tmp_path / "tb"
     result = CliRunner().invoke(main, ["testbench", "--layer", "33", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    golden = out / "vectors" / "out.hex"
+    golden = out / "vectors" / "layer33" / "out.hex"
     lines = golden.read_text().splitlines()
     # data line 2 = output pixel 2 (y=0, x=2); flip the lowest bit of channel 0's lane
     word = int(lines[3 + 2], 16) ^ 1
@@ -75,7 +75,7 @@ def test_corrupted_golden_word_fails_with_the_mismatch(tmp_path: Path) -> None:
 def test_narrow_psum_profile_shows_psum_overflow(tmp_path: Path) -> None:
     narrow = tmp_path / "narrow.toml"
     narrow.write_text(_systolic(16, 16, 8))
-    with pytest.raises(BitWidthError, match=r"signed 8-bit holds \[-128, 127\]; overflow"):
+    with pytest.raises(BitWidthError, match=r"8-bit psums are too narrow"):
         api.testbench(SourceOptions(), 30, tmp_path / "tb", load_profile(str(narrow)))
     assert not (tmp_path / "tb").exists()
 

@@ -69,7 +69,9 @@ def test_check_survives_malformed_committed_files(
     from qexport.write import ExportPlan
 
     # regenerating is the slow, already-tested part: do it once
-    monkeypatch.setattr(api, "regenerate", lambda recipe, base: ExportPlan(dict(regenerated_flat_hex)))
+    monkeypatch.setattr(
+        api, "regenerate", lambda recipe, base, folder: ExportPlan(dict(regenerated_flat_hex))
+    )
 
     base = tmp_path_factory.mktemp("fuzz")
     source = ROOT / "vectors" / "gradual33_flat_hex"

@@ -4,7 +4,7 @@
 // acc_address.txt) and compares every output lane with out.txt.
 `timescale 1ns/1ps
 module course_tb;
-  parameter DIR = ".";
+  parameter DIR = ".";  // the layer folder of a set: <set>/layer33
   integer fd, i, k, n, o, oc, ic, a, errors, status;
   reg [8*64-1:0] token;
   reg [31:0] act [0:35];
