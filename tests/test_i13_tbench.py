@@ -284,3 +284,16 @@ def test_a_narrow_custom_profile_shows_psum_overflow(tmp_path: Path) -> None:
     assert message in result.output
     assert result.output.startswith("error: ") and "Traceback" not in result.output
     assert not out.exists()
+
+
+@pytest.mark.sim
+@needs_iverilog
+def test_a_run_leaves_the_set_as_written_so_check_still_passes(tmp_path: Path) -> None:
+    out = tmp_path / "tb"
+    assert CliRunner().invoke(main, ["testbench", "--layer", "33", "-o", str(out)]).exit_code == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    run = _run(out)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # no tb.vvp left behind
+    result = CliRunner().invoke(main, ["check", str(out)])
+    assert result.exit_code == 0, result.output
