@@ -286,7 +286,9 @@ def _render_set(
             int_layer, psums = _checked(t)
         with times.measure("pack_write"):
             if prof.kind == "flat":
-                tensors = flat_layout(int_layer, psums, layout, f"{path_prefix}layer{layer}/")
+                tensors = flat_layout(
+                    int_layer, psums, layout, f"{path_prefix}layer{layer}/", pad_channels=prof.pad_channels
+                )
             else:
                 folder = "" if len(selected) == 1 else f"layer{layer}/"
                 tensors = systolic_layout(int_layer, psums, prof, path_prefix + folder)

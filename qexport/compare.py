@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from qexport.decode import lanes_from_bits, parse_words, plain_words
+from qexport.decode import lanes_from_bits, parse_words, plain_words, stored_shape
 from qexport.errors import InputError
 from qexport.manifest import MANIFEST_NAME, loads
 
@@ -132,11 +132,13 @@ def _values(text: str, entry: dict[str, Any], where: str) -> np.ndarray:
 
 def _locate(entry: dict[str, Any], layer: int, word: int, lane: int) -> dict[str, int]:
     flat = word * int(entry["lanes"]) + lane
-    shape = [int(s) for s in entry["shape"]]
+    shape = stored_shape(entry)  # with the zero lanes that pad each pixel's channels, if any
     where: dict[str, int] = {"layer": layer}
     if flat >= int(np.prod(shape)):
         return where | {"padding_lane": flat}
     coords = dict(zip(entry["axes"], (int(c) for c in np.unravel_index(flat, shape)), strict=True))
+    if coords[entry["axes"][-1]] >= int(entry["shape"][-1]):
+        return where | {"padding_lane": flat}
     if "tile" in entry:
         where["tile"] = int(entry["tile"])
     if "otile" in entry:

@@ -17,7 +17,7 @@ import numpy as np
 from qexport import __version__, formats
 from qexport.errors import InputError
 from qexport.layout import TensorPlan
-from qexport.pack import line_blocks, to_words
+from qexport.pack import Radix, line_blocks, to_words
 from qexport.write import FileSink
 
 Depth = Literal["exact", "pow2"]
@@ -93,12 +93,13 @@ def render_memory(tp: TensorPlan, ctx: MemoryContext, plan: FileSink) -> dict[st
         entry |= {"lanes": 1, "word_bits": 8 * dtype.itemsize, "words": tp.array.size}
         entry |= {"header_lines": 0, "depth": tp.array.size, "fill": 0}
     else:
-        words = to_words(tp.array, spec)
+        values, channel_padding = tp.lane_values()
+        words = to_words(values, spec)
         # the course core's text files have fixed line counts: never padded
         depth = _depth_of(words.shape[0], "exact" if fmt == "txt" else ctx.depth)
         content, header_lines = _memory_file(tp, ctx, words, depth)
         entry |= {"lanes": spec.lanes, "word_bits": spec.word_bits, "words": int(words.shape[0])}
-        entry |= {"header_lines": header_lines, "depth": depth, "fill": 0}
+        entry |= {"header_lines": header_lines, "depth": depth, "fill": 0} | channel_padding
     digest = hashlib.sha256()
     plan.add(path, _hashed(content, digest.update))  # the sink takes every chunk before add returns
     entry["sha256"] = digest.hexdigest()
@@ -133,7 +134,8 @@ def _memory_file(
         head, found, tail = text.partition(_BODY)
         if found and _BODY not in tail:  # else a custom template shows the body twice: render it whole
             # without its last newline, as formats.body
-            lines = line_blocks(padded, spec, "hex" if fmt == "hex" else "bin", last_newline=False)
+            radix: Radix = "hex" if fmt == "hex" else "bin"
+            lines = line_blocks(padded, spec, radix, last_newline=False, check=False)  # to_words checked
             newlines = head.count("\n") + max(padded.shape[0] - 1, 0) + tail.count("\n")
             return chain([head.encode("ascii")], lines, [tail.encode("ascii")]), newlines - depth
     body = formats.body(padded, spec, fmt)  # type: ignore[arg-type]
