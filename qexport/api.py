@@ -301,7 +301,7 @@ def _render_set(
             # one rule for every profile and layer count: a layer's files live in layer<index>/
             folder = f"{path_prefix}layer{layer}/"
             if prof.kind == "flat":
-                tensors = flat_layout(int_layer, psums, layout, folder)
+                tensors = flat_layout(int_layer, psums, layout, folder, pad_channels=prof.pad_channels)
             else:
                 tensors = systolic_layout(int_layer, psums, prof, folder)
             context = MemoryContext(

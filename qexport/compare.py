@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from qexport.decode import lanes_from_bits, parse_words, plain_words
+from qexport.decode import lanes_from_bits, parse_words, plain_words, stored_shape
 from qexport.errors import InputError
 from qexport.manifest import MANIFEST_NAME, loads
 
@@ -214,11 +214,12 @@ def _coordinates(entry: dict[str, Any], words: np.ndarray, lanes: np.ndarray) ->
 
     ``valid`` is False for padding lanes and fill words, whose other coordinates are meaningless.
     """
-    shape = [int(s) for s in entry["shape"]]
+    shape = [int(s) for s in stored_shape(entry)]  # with the zero lanes padding each pixel's channels
     count = int(np.prod(shape))
     flat = words.astype(np.int64) * int(entry["lanes"]) + lanes
-    valid = (flat < count) & (words < int(entry["words"]))
     raw = dict(zip(entry["axes"], np.unravel_index(np.minimum(flat, count - 1), shape), strict=True))
+    real = raw[entry["axes"][-1]] < int(entry["shape"][-1])  # False on a channel-padding lane
+    valid = (flat < count) & (words < int(entry["words"])) & real
     coords: dict[str, np.ndarray] = {"valid": valid, "flat": flat}
     if entry["tensor"] in ("input", "psum", "output") and {"n", "h", "w", "c"} <= raw.keys():
         y0 = entry["y"][0] if "y" in entry else 0

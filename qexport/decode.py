@@ -101,10 +101,31 @@ def plain_words(text: str, entry: Mapping[str, Any]) -> str:
     return "\n".join(words) + "\n"
 
 
+def stored_shape(entry: Mapping[str, Any]) -> tuple[int, ...]:
+    """The shape of the values a file's words hold, in ``axes`` order: ``shape``, with the last
+    axis (channels) widened by the ``padded_channels`` zero lanes the layout added, if any.
+
+    shape [1, 32, 32, 3], channels 3, padded_channels 5 -> (1, 32, 32, 8).
+    """
+    shape = [int(s) for s in entry["shape"]]
+    extra = int(entry.get("padded_channels", 0))
+    if extra:
+        real = entry.get("channels")
+        if not shape or real is None or int(real) != shape[-1] or extra < 0:
+            raise InputError(
+                f"{entry.get('path', 'a file')}: manifest says channels {real}, padded_channels {extra}, "
+                f"but its shape {shape} ends in {shape[-1] if shape else 'nothing'}; the manifest is damaged"
+            )
+        shape[-1] += extra
+    return tuple(shape)
+
+
 def decode_file(path: Path, entry: Mapping[str, Any]) -> np.ndarray:
-    """Decode one file of a manifest into its integer tensor (shape and axes as the manifest says)."""
+    """Decode one file of a manifest into its integer tensor (shape and axes as the manifest says).
+
+    Zero lanes that pad the channels (``padded_channels``) are dropped: the tensor is the real one.
+    """
     shape = tuple(int(s) for s in entry["shape"])
-    count = int(np.prod(shape))
     if entry["format"] == "npy":
         array = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
         return np.asarray(array.astype(np.int64).reshape(shape))
@@ -122,4 +143,12 @@ def decode_file(path: Path, entry: Mapping[str, Any]) -> np.ndarray:
         bool(entry["signed"]),
         entry["lane_order"],
     )
-    return values.reshape(-1)[:count].reshape(shape)
+    stored = stored_shape(entry)
+    count = int(np.prod(stored))
+    if values.size < count:
+        raise InputError(
+            f"{path}: {entry['words']} words of {entry['lanes']} lanes hold {values.size} values; "
+            f"shape {list(stored)} needs {count}"
+        )
+    held = values.reshape(-1)[:count].reshape(stored)
+    return np.ascontiguousarray(held[..., : shape[-1]]) if stored != shape else held

@@ -75,7 +75,7 @@ def word_lines(words: np.ndarray, spec: PackSpec, radix: Radix, syntax: WordSynt
     if rows == 0:
         return
     if syntax.line == syntax.last == (DIGITS,):  # bare words: pack's own line blocks
-        yield from line_blocks(words, spec, radix, last_newline=False)
+        yield from line_blocks(words, spec, radix, last_newline=False, check=False)  # to_words checked
         return
     shape = _Shape.of(spec, radix, rows)
     yield from _lines(words[:-1], 0, syntax.line, shape, newline=True)

@@ -4,6 +4,10 @@ The flat layout puts channels innermost, so with 8 lanes one word holds 8 channe
 (inputs, psums, outputs) or 8 input channels of one kernel tap (weights):
 
     weight  (oc, kh, kw, ic)   input  (n, h, w, c)   psum / output  (n, h, w, c)
+
+A word never straddles two pixels or taps: channels are padded with zero lanes to a multiple of
+the lanes (3 channels, 8 lanes: one word a pixel, lanes 3..7 zero), unless the profile says
+``pad_channels = false``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,21 @@ class TensorPlan:
     padded: bool | None = None
     notice: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    pad_to: int = 1
+    """Words hold the last axis (channels) padded with zero lanes to a multiple of this."""
+
+    def lane_values(self) -> tuple[np.ndarray, dict[str, int]]:
+        """``array`` as its words hold it, and the manifest keys that say how it was padded.
+
+        (1, 32, 32, 3) with pad_to 8 -> (1, 32, 32, 8), lanes 3..7 zero, and
+        ``{"channels": 3, "padded_channels": 5}``; nothing to pad -> ``array`` itself and ``{}``.
+        """
+        channels = self.array.shape[-1] if self.array.ndim else 1
+        extra = -channels % self.pad_to
+        if not extra:
+            return self.array, {}
+        widths = [(0, 0)] * (self.array.ndim - 1) + [(0, extra)]
+        return np.pad(self.array, widths), {"channels": channels, "padded_channels": extra}
 
 
 def with_defaults(opts: LayoutOptions, lanes: int, psum_lanes: int, lane_order: LaneOrder) -> LayoutOptions:
@@ -120,8 +139,14 @@ def check_psum_width(
         )
 
 
-def flat_layout(layer: IntLayer, psums: Psums, opts: LayoutOptions, prefix: str) -> list[TensorPlan]:
-    """The four tensors of one layer in the flat layout, as ``<prefix><tensor>`` files."""
+def flat_layout(
+    layer: IntLayer, psums: Psums, opts: LayoutOptions, prefix: str, *, pad_channels: bool = True
+) -> list[TensorPlan]:
+    """The four tensors of one layer in the flat layout, as ``<prefix><tensor>`` files.
+
+    ``pad_channels`` (the profile's key): each pixel's / kernel tap's channels start a new word,
+    padded with zero lanes; False packs the channels of neighbouring pixels into one word.
+    """
     x_spec, notice = input_spec(layer, opts)
     worst_bits = psum_bits_for(layer, x_spec)
     psum_bits = opts.psum_bits or worst_bits
@@ -142,7 +167,7 @@ def flat_layout(layer: IntLayer, psums: Psums, opts: LayoutOptions, prefix: str)
         p = layer.padding
         x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
     nhwc = (0, 2, 3, 1)
-    return [
+    plans = [
         TensorPlan(
             "weight", prefix + "weight", layer.w_int.transpose(0, 2, 3, 1), ("oc", "kh", "kw", "ic"), w_spec
         ),
@@ -152,3 +177,7 @@ def flat_layout(layer: IntLayer, psums: Psums, opts: LayoutOptions, prefix: str)
         TensorPlan("psum", prefix + "psum", psums.psum.transpose(nhwc), ("n", "h", "w", "c"), psum_spec),
         TensorPlan("output", prefix + "output", psums.output.transpose(nhwc), ("n", "h", "w", "c"), out_spec),
     ]
+    if not pad_channels:
+        return plans
+    # RTL reads one pixel (or kernel tap) a word group: its channels never share a word with the next
+    return [replace(tp, pad_to=tp.spec.lanes) for tp in plans]

@@ -75,9 +75,61 @@ def check_fits(values: np.ndarray, spec: PackSpec, what: str, fix: str) -> None:
         raise BitWidthError(f"{what} spans [{low}, {high}]; {spec.describe()} holds [{lo}, {hi}]; {fix}")
 
 
-def to_words(values: np.ndarray, spec: PackSpec) -> np.ndarray:
-    """Flatten in C order and group into (words, lanes); a short last group gets zero lanes."""
+_FIX = "use a wider lane_bits (or signed lanes), or clip the values first"
+
+
+def integer_lanes(values: np.ndarray, spec: PackSpec, what: str = "the array") -> np.ndarray:
+    """``values`` as integers that ``spec``'s lanes hold exactly, or BitWidthError saying why not.
+
+    Integer dtypes pass as they are, after one min/max pass (none when the dtype itself fits,
+    e.g. int8 into signed 8-bit lanes). Float dtypes are accepted only holding whole numbers
+    (``2.0``), and come back as int64; ``1.7``, NaN and infinities are refused, never truncated.
+    bool, complex and every other dtype are refused: convert them explicitly.
+
+    signed 4-bit: [7, -8] passes; [9, -9] raises (no silent wrap to ``79``); [1.7] raises.
+    """
+    kind = values.dtype.kind
+    lo, hi = spec.value_range
+    if kind in "iu":
+        info = np.iinfo(values.dtype)
+        if not lo <= info.min <= info.max <= hi:  # else every value of the dtype fits
+            check_fits(values, spec, what, _FIX)
+        return values
+    if kind != "f":
+        raise BitWidthError(
+            f"{what} is of dtype {values.dtype}; {spec.describe()} lanes take integers: pass an integer "
+            "array (or floats holding whole numbers), e.g. values.astype(np.int64)"
+        )
+    if values.size == 0:
+        return values.astype(np.int64)
+    low, high = values.min(), values.max()  # NaN propagates into both
+    if np.isnan(low) or np.isnan(high):
+        raise BitWidthError(f"{what} holds NaN; {spec.describe()} lanes take integers in [{lo}, {hi}]")
+    if not lo <= low <= high <= hi:
+        raise BitWidthError(f"{what} spans [{low}, {high}]; {spec.describe()} holds [{lo}, {hi}]; {_FIX}")
+    ints = values.astype(np.int64)
+    fraction = ints != values
+    if fraction.any():
+        index = int(np.argmax(fraction.reshape(-1)))
+        value = float(values.reshape(-1)[index])
+        raise BitWidthError(
+            f"{what} holds {value} (value {index} in C order), not a whole number; "
+            f"{spec.describe()} lanes take integers: round the values first (e.g. np.rint), never truncate"
+        )
+    return ints
+
+
+def to_words(values: np.ndarray, spec: PackSpec, *, check: bool = True) -> np.ndarray:
+    """Flatten in C order and group into (words, lanes); a short last group gets zero lanes.
+
+    lanes=4, signed 4-bit: [1, -2, 3, 0, 5] -> [[1, -2, 3, 0], [5, 0, 0, 0]].
+    Values that the lanes cannot hold exactly raise BitWidthError (see integer_lanes: out of
+    range, not whole numbers, not numbers). ``check=False`` skips that one min/max pass, for
+    values the caller has already checked; floats are then truncated.
+    """
     flat = np.ascontiguousarray(values).reshape(-1)
+    if check:
+        flat = integer_lanes(flat, spec, "to_words: the array")
     if flat.dtype.kind not in "iu":
         flat = flat.astype(np.int64)
     words, short = divmod(flat.size, spec.lanes)
@@ -438,39 +490,63 @@ def _text_blocks(
             yield rows
 
 
-def _text(words: np.ndarray, spec: PackSpec, radix: Radix, newline: bool) -> np.ndarray:
+def _text(
+    words: np.ndarray, spec: PackSpec, radix: Radix, newline: bool, check: bool, what: str
+) -> np.ndarray:
+    words = _checked_words(words, spec, check, what)
     out = np.empty((words.shape[0], _Digits.of(spec, radix).count + newline), dtype=np.uint8)
     for _ in _text_blocks(words, spec, radix, newline, out):
         pass
     return out
 
 
-def word_chars(words: np.ndarray, spec: PackSpec, radix: Radix) -> np.ndarray:
-    """(words, lanes) -> (words, digits) ASCII codes, MSB first, zero-padded to the full width."""
-    return _text(words, spec, radix, newline=False)
+def _checked_words(words: np.ndarray, spec: PackSpec, check: bool, what: str) -> np.ndarray:
+    """(words, lanes) as integers the lanes hold, refused as to_words refuses values (if ``check``)."""
+    words = np.asarray(words)
+    if words.ndim != 2 or words.shape[1] != spec.lanes:
+        raise BitWidthError(f"{what}: words of shape {words.shape}; expected (words, {spec.lanes} lanes)")
+    if check:
+        return integer_lanes(words, spec, f"{what}: the words array")
+    return words if words.dtype.kind in "iu" else words.astype(np.int64)
 
 
-def format_words(words: np.ndarray, spec: PackSpec, radix: Radix) -> str:
+def word_chars(words: np.ndarray, spec: PackSpec, radix: Radix, *, check: bool = True) -> np.ndarray:
+    """(words, lanes) -> (words, digits) ASCII codes, MSB first, zero-padded to the full width.
+
+    Lanes that do not fit raise BitWidthError, as in to_words (``check=False`` skips the check).
+    """
+    return _text(words, spec, radix, False, check, "word_chars")
+
+
+def format_words(words: np.ndarray, spec: PackSpec, radix: Radix, *, check: bool = True) -> str:
     """(words, lanes) -> one word per line, zero-padded to the full width, newline after each.
 
     Example (lanes=2, lane_bits=4, signed): [[1, -2]] -> hex ``e1``, bin ``11100001``.
+    Lanes that do not fit raise BitWidthError, as in to_words: [[9, -9]] is refused, never
+    wrapped to ``79`` (``check=False`` skips the check, for words already checked).
     """
-    return line_matrix(words, spec, radix).tobytes().decode("ascii")
+    return _text(words, spec, radix, True, check, "format_words").tobytes().decode("ascii")
 
 
-def line_matrix(words: np.ndarray, spec: PackSpec, radix: Radix) -> np.ndarray:
+def line_matrix(words: np.ndarray, spec: PackSpec, radix: Radix, *, check: bool = True) -> np.ndarray:
     """As format_words, as a (words, digits + 1) uint8 matrix of ASCII, newline included."""
-    return _text(words, spec, radix, newline=True)
+    return _text(words, spec, radix, True, check, "line_matrix")
 
 
 def line_blocks(
-    words: np.ndarray, spec: PackSpec, radix: Radix, *, last_newline: bool = True
+    words: np.ndarray, spec: PackSpec, radix: Radix, *, last_newline: bool = True, check: bool = True
 ) -> Iterator[memoryview]:
     """format_words' bytes as consecutive blocks of whole lines, for writing a large file.
 
     Every block is a view of one reused buffer: write (or copy) it before asking for the next.
-    ``last_newline=False`` leaves out the newline after the last word.
+    ``last_newline=False`` leaves out the newline after the last word. Lanes that do not fit
+    raise BitWidthError before the first block, as in format_words.
     """
+    words = _checked_words(words, spec, check, "line_blocks")
+    return _line_blocks(words, spec, radix, last_newline)
+
+
+def _line_blocks(words: np.ndarray, spec: PackSpec, radix: Radix, last_newline: bool) -> Iterator[memoryview]:
     done = 0
     for block in _text_blocks(words, spec, radix, True, None):
         done += block.shape[0]

@@ -39,7 +39,9 @@ _GOLDEN_OPS = ("accumulate", "relu", "requantize")
 
 @dataclass(frozen=True)
 class Profile:
-    """One accelerator's layout. ``kind = "flat"`` uses lanes/psum_lanes; ``"systolic"`` the rest."""
+    """One accelerator's layout. ``kind = "flat"`` uses lanes/psum_lanes/pad_channels; ``"systolic"``
+    the rest. ``pad_channels = false`` lets a flat word straddle pixels and kernel taps.
+    """
 
     name: str
     description: str
@@ -48,6 +50,7 @@ class Profile:
     lane_order: Literal["lsb_first", "msb_first"] = "lsb_first"
     lanes: int = 8
     psum_lanes: int = 1
+    pad_channels: bool = True
     dataflow: Literal["weight_stationary", "output_stationary"] = "weight_stationary"
     rows: int = 8
     cols: int = 8
@@ -72,6 +75,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "header": ("tokens", "comment"),
     "format": ("hex", "bin", "txt", "coe", "mif", "h", "npy"),
 }
+_BOOLS = ("pad_channels",)
 _RANGES: dict[str, tuple[int, int]] = {
     "lanes": (1, 64),
     "psum_lanes": (1, 64),
@@ -131,6 +135,10 @@ def parse_profile(text: str, where: str) -> Profile:
 
 
 def _checked(where: str, key: str, value: Any) -> Any:
+    if key in _BOOLS:
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: key {key!r} = {value!r}; expected true or false")
+        return value
     if key in _CHOICES:
         if value not in _CHOICES[key]:
             raise InputError(f"{where}: key {key!r} = {value!r}; choose one of {', '.join(_CHOICES[key])}")

@@ -122,12 +122,13 @@ def render_memory(tp: TensorPlan, ctx: MemoryContext, plan: FileSink) -> dict[st
         entry |= {"lanes": 1, "word_bits": 8 * dtype.itemsize, "words": tp.array.size}
         entry |= {"header_lines": 0, "depth": tp.array.size, "fill": 0}
     else:
-        words = to_words(tp.array, spec)
+        values, channel_padding = tp.lane_values()
+        words = to_words(values, spec)
         # the course core's text files have fixed line counts: never padded
         depth = _depth_of(words.shape[0], "exact" if fmt == "txt" else ctx.depth)
         content, header_lines = _memory_file(tp, ctx, words, depth)
         entry |= {"lanes": spec.lanes, "word_bits": spec.word_bits, "words": int(words.shape[0])}
-        entry |= {"header_lines": header_lines, "depth": depth, "fill": 0}
+        entry |= {"header_lines": header_lines, "depth": depth, "fill": 0} | channel_padding
     digest = hashlib.sha256()
     plan.add(path, _hashed(content, digest.update))  # the sink takes every chunk before add returns
     entry["sha256"] = digest.hexdigest()
