@@ -92,7 +92,7 @@ def test_testbench_says_where_its_vectors_are_and_still_passes(tmp_path: Path) -
     shutil.copy(vectors / "out.hex", tmp_path / "sim.hex")
     for name in ("vectors/layer33/out.hex", "out.hex"):
         code, output = _invoke("compare", str(out), str(tmp_path / "sim.hex"), "--file", name)
-        assert code == 0 and "vectors/layer33/out.hex (layer 33): identical" in output, output
+        assert code == 0 and "vectors/layer33/out.hex (layer 33, matched by --file): identical" in output, output
 
 
 # --- item 15: check on a glob that catches files ------------------------------------------------

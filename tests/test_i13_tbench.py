@@ -171,7 +171,7 @@ def test_mismatch_prints_signed_values_where_the_file_is_signed(
     manifest = json.loads((folder / "manifest.json").read_text())
     (out,) = [f for f in manifest["layers"][0]["files"] if f["tensor"] == "output"]
     assert out["signed"] and out["lane_bits"] == 16
-    golden = folder / "vectors" / "out.hex"
+    golden = folder / "vectors" / "layer33" / "out.hex"
     lines = golden.read_text().splitlines()
     data = [i for i, line in enumerate(lines) if not line.startswith("//")]
     want = int(lines[data[2]][-4:], 16)
@@ -280,7 +280,7 @@ def test_a_narrow_custom_profile_shows_psum_overflow(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["dump", "--layer", "30", "--profile", str(narrow), "-o", str(out)])
     assert result.exit_code == 2, result.output
-    message = "signed 8-bit holds [-128, 127]; overflow: the narrow core's 8-bit psums are too narrow"
+    message = "need 10 bits signed; the narrow core's 8-bit psums are too narrow; use a profile with psum_bits"
     assert message in result.output
     assert result.output.startswith("error: ") and "Traceback" not in result.output
     assert not out.exists()
