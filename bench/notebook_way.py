@@ -3,7 +3,7 @@
 Seed 003 captures one layer's input with a hook, turns weights and activations into integers with
 torch, convolves the integers as floats and checks the result. Done for every conv layer, with the
 integers written out one value a line, that becomes this module. Its formulas are transcribed here on
-purpose (not imported from qexport.integerize), so it shares no integer code with qexport.
+purpose (not imported from qexport.ir.integerize), so it shares no integer code with qexport.
 
 Not collected by pytest (bench/ lies outside testpaths); bench/run.py times it.
 """
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qexport.demo import demo_model
-from qexport.inputs import load_demo
-from qexport.model import BUILTIN, VGGQuant
-from qexport.quant_layer import QuantConv2d
+from qexport.frontend.demo import demo_model
+from qexport.frontend.inputs import load_demo
+from qexport.frontend.models.quant import QuantConv2d
+from qexport.frontend.models.vgg import BUILTIN, VGGQuant
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from notebook_way import NotebookExport, export_notebook_way
 
 import qexport
-from qexport.decode import decode_file
-from qexport.demo import demo_model
-from qexport.inputs import load_demo
-from qexport.model import BUILTIN
-from qexport.pack import PackSpec, Radix, line_blocks, to_words
-from qexport.reference import conv_plan, integer_conv
+from qexport.frontend.demo import demo_model
+from qexport.frontend.inputs import load_demo
+from qexport.frontend.models.vgg import BUILTIN
+from qexport.ir.reference import conv_plan, integer_conv
+from qexport.verify.decode import decode_file
+from qexport.writer.pack import PackSpec, Radix, line_blocks, to_words
 
 T = TypeVar("T")
 
@@ -639,10 +639,10 @@ def section_startup(settings: Settings, report: Report) -> None:
     print(f"  console script beside the interpreter: {script if script.exists() else 'none'}")
     print(f"  qexport on PATH: {on_path}")
 
-    probe = "import sys, qexport.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
+    probe = "import sys, qexport.cli.main; sys.exit(1 if 'torch' in sys.modules else 0)"
     torch_free = run_child([sys.executable, "-c", probe], cwd).returncode == 0
-    print(f"  importing qexport.cli leaves torch unimported: {'yes' if torch_free else 'no'}")
-    report.cross_check("import qexport.cli does not import torch", torch_free)
+    print(f"  importing qexport.cli.main leaves torch unimported: {'yes' if torch_free else 'no'}")
+    report.cross_check("import qexport.cli.main does not import torch", torch_free)
     for label in help_commands:
         report.target("startup", f"{label} <= 0.3 s", seconds[label] <= 0.3, f"{seconds[label]:.3f} s")
     report.figures["startup"] = {"seconds": seconds, "cli_imports_torch": not torch_free}
@@ -793,7 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: tuple[tuple[Callable[[Settings, Report], None], str], ...] = (
         (section_packing, "naive and bitstring text == ours, byte for byte"),
         (section_export, "dump exits 0; the notebook way's integers == dump's files"),
-        (section_startup, "commands exit 0; qexport.cli imports no torch"),
+        (section_startup, "commands exit 0; qexport.cli.main imports no torch"),
         (section_conv, "integer_conv == torch float64 conv"),
     )
     for run_section, checked in sections:

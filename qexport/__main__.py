@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from qexport.cli import run
+from qexport.cli.main import run
 
 run()

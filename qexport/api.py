@@ -12,15 +12,12 @@ from typing import Any
 import torch
 
 from qexport import __version__
-from qexport.capture import LayerTensors, capture
-from qexport.checkpoint import load_checkpoint, resolve_arch
 from qexport.errors import CheckFailed, InputError
-from qexport.formats import FORMATS
-from qexport.inputs import Inputs, load_array, load_cifar10, load_demo
-from qexport.integerize import IntLayer, integerize
-from qexport.layout import LayoutOptions, flat_layout, with_defaults
-from qexport.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, dumps
-from qexport.model import (
+from qexport.frontend.capture import LayerTensors, capture
+from qexport.frontend.checkpoint import load_checkpoint, resolve_arch
+from qexport.frontend.inputs import Inputs, load_array, load_cifar10, load_demo
+from qexport.frontend.models.quant import DEFAULT_ACT_CLIP, ActClip
+from qexport.frontend.models.vgg import (
     DEFAULT_MODEL,
     Arch,
     VGGQuant,
@@ -30,14 +27,17 @@ from qexport.model import (
     load_weights,
     read_bits_config,
 )
-from qexport.profile import Profile, load_profile, parse_profile
-from qexport.quant_layer import DEFAULT_ACT_CLIP, ActClip
-from qexport.recipe import build_recipe, find_checkpoint
-from qexport.reference import Psums, conv_psum
-from qexport.render import Depth, MemoryContext, render, render_memory
-from qexport.systolic import systolic_layout
-from qexport.testbench import testbench_context
-from qexport.write import ExportPlan, FileSink, staged
+from qexport.ir.integerize import IntLayer, integerize
+from qexport.ir.reference import Psums, conv_psum
+from qexport.layout.flat import LayoutOptions, flat_layout, with_defaults
+from qexport.layout.profile import Profile, load_profile, parse_profile
+from qexport.layout.systolic import systolic_layout
+from qexport.verify.testbench import testbench_context
+from qexport.writer.formats import FORMATS
+from qexport.writer.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, dumps
+from qexport.writer.recipe import build_recipe, find_checkpoint
+from qexport.writer.render import Depth, MemoryContext, render, render_memory
+from qexport.writer.write import ExportPlan, FileSink, staged
 
 _CIFAR_FOLDER = "cifar-10-batches-py"
 
@@ -77,7 +77,7 @@ def _device(name: str | None) -> torch.device:
 
 def load(opts: SourceOptions) -> Loaded:
     """Model (checkpoint or demo) and inputs (file, CIFAR-10 or demo images)."""
-    from qexport.demo import DEMO_LABEL, demo_model
+    from qexport.frontend.demo import DEMO_LABEL, demo_model
 
     notices: list[str] = []
     if opts.checkpoint is not None:

@@ -1,4 +1,4 @@
-"""Write qexport/demo_calibration.npz: the built-in demo models' calibrated parameters.
+"""Write qexport/frontend/demo_calibration.npz: the built-in demo models' calibrated parameters.
 
 Run after changing anything the demo's calibration depends on (seed, weights, calibration images,
 the quantizer); tests/test_demo.py fails until the file matches a fresh calibration.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qexport.demo import CALIBRATED_DEMOS, CALIBRATION_FILE, calibration_arrays
-from qexport.model import builtin_arch
+from qexport.frontend.demo import CALIBRATED_DEMOS, CALIBRATION_FILE, calibration_arrays
+from qexport.frontend.models.vgg import builtin_arch
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from qexport.demo import demo_model
-from qexport.inputs import load_demo
-from qexport.model import _from_cfg
+from qexport.frontend.demo import demo_model
+from qexport.frontend.inputs import load_demo
+from qexport.frontend.models.vgg import _from_cfg
 
 TINY_CFG: list[int | str] = [8, "M", 16, "S8", 16, "M", "M", "M", "M"]
 

@@ -1,6 +1,6 @@
 """An independent reader of qexport's hex/bin memory files, built on ``bitstring``.
 
-It shares no code with ``qexport.pack`` or ``qexport.decode``: it reads the file the slow,
+It shares no code with ``qexport.writer.pack`` or ``qexport.verify.decode``: it reads the file the slow,
 obvious way (one line, one ``bitstring.Bits``, one slice a lane) straight from the manifest
 contract, so a test that gets the same integers from both has checked the packing twice.
 

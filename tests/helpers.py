@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from qexport.model import BUILTIN, Arch, VGGQuant, build_model
-from qexport.quant_layer import QuantConv2d
+from qexport.frontend.models.quant import QuantConv2d
+from qexport.frontend.models.vgg import BUILTIN, Arch, VGGQuant, build_model
 
 StateDict = dict[str, torch.Tensor]
 Mutate = Callable[[StateDict], StateDict | None]

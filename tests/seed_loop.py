@@ -1,6 +1,6 @@
 """Seed 000's loop, transcribed from the notebook: the reference our faster search must equal.
 
-Used by tests/test_study.py and bench/bench_search.py; it shares no code with qexport.study.
+Used by tests/study/test_study.py and bench/bench_search.py; it shares no code with qexport.study.engine.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from qexport.quant_layer import QuantConv2d
+from qexport.frontend.models.quant import QuantConv2d
 
 
 def seed_evaluate(model: nn.Module, loader: DataLoader[Any]) -> tuple[float, float]:

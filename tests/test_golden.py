@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from qexport import pack
 from qexport.api import SourceOptions, export
-from qexport.check import without_check_figures
-from qexport.demo import demo_images, demo_model
-from qexport.layout import LayoutOptions
-from qexport.model import BUILTIN
+from qexport.frontend.demo import demo_images, demo_model
+from qexport.frontend.models.vgg import BUILTIN
+from qexport.layout.flat import LayoutOptions
+from qexport.verify.check import without_check_figures
+from qexport.writer import pack
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -125,7 +125,7 @@ def test_nothing_written_names_a_machine_path(tmp_path: Path) -> None:
 
 
 def test_torch_threads_do_not_change_psums() -> None:
-    from qexport.reference import integer_conv
+    from qexport.ir.reference import integer_conv
 
     rng = np.random.default_rng(7)
     x = rng.integers(0, 16, size=(2, 64, 8, 8))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qexport.check import check_set
-from qexport.cli import main
+from qexport.cli.main import main
+from qexport.verify.check import check_set
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = sorted(p for p in (ROOT / "vectors").iterdir() if (p / "manifest.json").is_file())
@@ -66,7 +66,7 @@ def test_check_survives_malformed_committed_files(
     from hypothesis import strategies as st
 
     from qexport import api
-    from qexport.write import ExportPlan
+    from qexport.writer.write import ExportPlan
 
     # regenerating is the slow, already-tested part: do it once
     monkeypatch.setattr(

@@ -1,0 +1,1 @@
+"""Stage 1: checkpoints, models, inputs and the one forward pass that captures every conv."""

@@ -1,0 +1,1 @@
+"""The course's quantized layer and the model families built from it."""

@@ -1,0 +1,123 @@
+"""Turn captured float tensors into the integers an accelerator sees (the seeds' formulas)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from qexport.errors import BitWidthError
+from qexport.frontend.capture import LayerTensors
+from qexport.frontend.models.quant import quantize_act
+
+INTEGRAL_TOLERANCE = 1e-3
+"""Largest distance from an integer tolerated in value/delta (float32 noise is ~1e-6)."""
+
+
+@dataclass(frozen=True)
+class IntLayer:
+    """One conv layer in integers.
+
+    ``w_int`` (oc, ic, kh, kw) in [-(2^(w_bit-1)-1), 2^(w_bit-1)-1]; ``x_int`` (n, c, h, w), the
+    unpadded input, in [0, 2^act_bit-1] (negative only for a first layer under the course clip).
+    float value = int * delta.
+    """
+
+    layer: int
+    conv_number: int
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    w_bit: int
+    act_bit: int
+    act_clip: str
+    act_alpha: float
+    wgt_alpha: float
+    w_delta: float
+    x_delta: float
+    w_int: np.ndarray
+    x_int: np.ndarray
+    y_float: np.ndarray
+    next_x: np.ndarray | None
+    next_x_int: np.ndarray | None = None
+    """The next conv's activation integers, where only a ReLU lies between."""
+    next_act_alpha: float | None = None
+    next_act_bit: int | None = None
+
+
+def _to_int(values: torch.Tensor, delta: float, layer: int, tensor: str) -> np.ndarray:
+    scaled = values.double() / delta
+    rounded = torch.round(scaled)
+    off = float((scaled - rounded).abs().max()) if scaled.numel() else 0.0
+    if off > INTEGRAL_TOLERANCE:
+        raise BitWidthError(
+            f"layer {layer} {tensor}: value/delta is {off:.3g} away from an integer (tolerance "
+            f"{INTEGRAL_TOLERANCE}); the quantizer's alpha or bit width does not match this tensor"
+        )
+    return rounded.to(torch.int64).numpy()
+
+
+def integerize(t: LayerTensors) -> IntLayer:
+    """w_int = round(weight_q / w_delta), x_int = round(act_q(x) / x_delta), both proven integral."""
+    conv = t.module
+    w_bit, act_bit = conv.w_bit, conv.act_bit
+    wgt_alpha = float(conv.weight_quant.wgt_alpha.detach())
+    act_alpha = float(conv.act_alpha.detach())
+    w_delta = wgt_alpha / (2 ** (w_bit - 1) - 1)
+    x_delta = act_alpha / (2**act_bit - 1)
+    with torch.no_grad():
+        weight_q = t.weight_q if t.weight_q is not None else conv.quantized_weight().detach().cpu()
+        x_q = quantize_act(t.x, conv.act_alpha.detach().cpu(), act_bit, conv.act_clip)
+    w_int = _to_int(weight_q, w_delta, t.layer, "w_int")
+    x_int = _to_int(x_q, x_delta, t.layer, "x_int")
+    w_max = 2 ** (w_bit - 1) - 1
+    if w_int.size and int(np.abs(w_int).max()) > w_max:
+        raise BitWidthError(
+            f"layer {t.layer} w_int spans [{w_int.min()}, {w_int.max()}]; {w_bit}-bit symmetric "
+            f"weights hold [-{w_max}, {w_max}]"
+        )
+    if x_int.size and int(x_int.max()) > 2**act_bit - 1:
+        raise BitWidthError(
+            f"layer {t.layer} x_int reaches {x_int.max()}; {act_bit}-bit activations stop at {2**act_bit - 1}"
+        )
+    kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    return IntLayer(
+        layer=t.layer,
+        conv_number=t.conv_number,
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        kernel=int(kernel),
+        stride=int(stride),
+        padding=int(padding),
+        w_bit=w_bit,
+        act_bit=act_bit,
+        act_clip=conv.act_clip,
+        act_alpha=act_alpha,
+        wgt_alpha=wgt_alpha,
+        w_delta=w_delta,
+        x_delta=x_delta,
+        w_int=w_int,
+        x_int=x_int,
+        y_float=t.y.numpy(),
+        next_x=None if t.next_x is None else t.next_x.numpy(),
+        **_next_layer(t),
+    )
+
+
+def _next_layer(t: LayerTensors) -> dict[str, Any]:
+    nxt = t.next_module
+    if nxt is None or t.next_x is None:
+        return {}
+    alpha = float(nxt.act_alpha.detach())
+    with torch.no_grad():
+        x_q = quantize_act(t.next_x, nxt.act_alpha.detach().cpu(), nxt.act_bit, nxt.act_clip)
+    delta = alpha / (2**nxt.act_bit - 1)
+    return {
+        "next_x_int": _to_int(x_q, delta, t.layer + 2, "x_int"),
+        "next_act_alpha": alpha,
+        "next_act_bit": nxt.act_bit,
+    }

@@ -1,0 +1,1 @@
+"""Stage 3: profiles and the arrangements of a layer's integers into files (flat, tiled)."""

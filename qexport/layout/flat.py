@@ -1,0 +1,183 @@
+"""Arrange a layer's integer tensors for memory: axis order, padding, lane widths (flat layout).
+
+The flat layout puts channels innermost, so with 8 lanes one word holds 8 channels of one pixel
+(inputs, psums, outputs) or 8 input channels of one kernel tap (weights):
+
+    weight  (oc, kh, kw, ic)   input  (n, h, w, c)   psum / output  (n, h, w, c)
+
+A word never straddles two pixels or taps: channels are padded with zero lanes to a multiple of
+the lanes (3 channels, 8 lanes: one word a pixel, lanes 3..7 zero), unless the profile says
+``pad_channels = false``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from qexport.errors import BitWidthError
+from qexport.ir.integerize import IntLayer
+from qexport.ir.reference import Psums, psum_bound
+from qexport.writer.pack import LaneOrder, PackSpec, check_fits, smallest_signed_bits
+
+InputSign = Literal["auto", "unsigned", "signed"]
+Tensor = Literal["weight", "input", "psum", "output", "address"]
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutOptions:
+    """User choices for the flat layout (CLI flags of the same names).
+
+    ``lanes``, ``psum_lanes`` and ``lane_order`` left None take the profile's values.
+    """
+
+    lanes: int | None = None
+    psum_lanes: int | None = None
+    lane_order: LaneOrder | None = None
+    psum_bits: int | None = None
+    input_sign: InputSign = "auto"
+    pad_input: bool = False
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One memory file ready to pack: ``array`` already in ``axes`` order (C order flattening).
+
+    ``stem`` is the file's path inside the export without its extension; ``meta`` (tile and
+    channel ranges) goes into the file's manifest entry.
+    """
+
+    tensor: Tensor
+    stem: str
+    array: np.ndarray
+    axes: tuple[str, ...]
+    spec: PackSpec
+    padded: bool | None = None
+    notice: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    pad_to: int = 1
+    """Words hold the last axis (channels) padded with zero lanes to a multiple of this."""
+
+    def lane_values(self) -> tuple[np.ndarray, dict[str, int]]:
+        """``array`` as its words hold it, and the manifest keys that say how it was padded.
+
+        (1, 32, 32, 3) with pad_to 8 -> (1, 32, 32, 8), lanes 3..7 zero, and
+        ``{"channels": 3, "padded_channels": 5}``; nothing to pad -> ``array`` itself and ``{}``.
+        """
+        channels = self.array.shape[-1] if self.array.ndim else 1
+        extra = -channels % self.pad_to
+        if not extra:
+            return self.array, {}
+        widths = [(0, 0)] * (self.array.ndim - 1) + [(0, extra)]
+        return np.pad(self.array, widths), {"channels": channels, "padded_channels": extra}
+
+
+def with_defaults(opts: LayoutOptions, lanes: int, psum_lanes: int, lane_order: LaneOrder) -> LayoutOptions:
+    """Fill the options a user left open from a profile."""
+    return replace(
+        opts,
+        lanes=opts.lanes or lanes,
+        psum_lanes=opts.psum_lanes or psum_lanes,
+        lane_order=opts.lane_order or lane_order,
+    )
+
+
+def _spec(bits: int, lanes: int | None, signed: bool, opts: LayoutOptions) -> PackSpec:
+    # options left open fall back to the flat profile's defaults
+    return PackSpec(bits, lanes or 8, signed, opts.lane_order or "lsb_first")
+
+
+def input_spec(layer: IntLayer, opts: LayoutOptions) -> tuple[PackSpec, str | None]:
+    """Unsigned act_bit lanes when the activations fit; otherwise signed, if allowed."""
+    low = int(layer.x_int.min(initial=0))
+    high = int(layer.x_int.max(initial=0))
+    unsigned = _spec(layer.act_bit, opts.lanes, False, opts)
+    where = f"layer {layer.layer} x_int"
+    if opts.input_sign == "unsigned" or (opts.input_sign == "auto" and low >= 0):
+        check_fits(
+            layer.x_int,
+            unsigned,
+            where,
+            "use --input-sign auto (signed lanes) or --act-clip relu (clip the input at 0)",
+        )
+        return unsigned, None
+    bits = max(smallest_signed_bits(low, high), layer.act_bit + 1)
+    signed = _spec(bits, opts.lanes, True, opts)
+    notice = (
+        f"layer {layer.layer}: x_int spans [{low}, {high}] (no lower clip on the normalised image), "
+        f"so its input is written as signed {bits}-bit lanes"
+        if low < 0
+        else None
+    )
+    return signed, notice
+
+
+def psum_bits_for(layer: IntLayer, x_spec: PackSpec) -> int:
+    """Signed width that holds the worst-case psum for any input the input lanes can carry."""
+    bound = psum_bound(layer, x_spec.value_range)
+    return smallest_signed_bits(-bound, bound)
+
+
+def check_psum_width(
+    values: np.ndarray, bits: int, where: str, narrow: str, setting: str, worst: int
+) -> None:
+    """Refuse psums that signed ``bits`` cannot hold, naming the width they need and the worst case.
+
+    ``layer 33 psums span [-412, 977]: need 11 bits signed; --psum-bits 8 is too narrow; use
+    --psum-bits 11 (these values) or 14 (this layer's worst case)``
+    """
+    if values.size == 0:
+        return
+    low, high = int(values.min()), int(values.max())
+    need = smallest_signed_bits(min(low, 0), max(high, 0))
+    if need > bits:
+        raise BitWidthError(
+            f"{where} psums span [{low}, {high}]: need {need} bits signed; {narrow}; use {setting} "
+            f"{need} (these values) or {worst} (this layer's worst case)"
+        )
+
+
+def flat_layout(
+    layer: IntLayer, psums: Psums, opts: LayoutOptions, prefix: str, *, pad_channels: bool = True
+) -> list[TensorPlan]:
+    """The four tensors of one layer in the flat layout, as ``<prefix><tensor>`` files.
+
+    ``pad_channels`` (the profile's key): each pixel's / kernel tap's channels start a new word,
+    padded with zero lanes; False packs the channels of neighbouring pixels into one word.
+    """
+    x_spec, notice = input_spec(layer, opts)
+    worst_bits = psum_bits_for(layer, x_spec)
+    psum_bits = opts.psum_bits or worst_bits
+    psum_spec = _spec(psum_bits, opts.psum_lanes or 1, True, opts)
+    out_spec = _spec(psum_bits, opts.psum_lanes or 1, False, opts)
+    w_spec = _spec(layer.w_bit, opts.lanes, True, opts)
+    check_fits(layer.w_int, w_spec, f"layer {layer.layer} w_int", "the weights exceed w_bit")
+    check_psum_width(
+        psums.psum,
+        psum_bits,
+        f"layer {layer.layer}",
+        f"--psum-bits {psum_bits} is too narrow",
+        "--psum-bits",
+        worst_bits,
+    )
+    x = layer.x_int
+    if opts.pad_input and layer.padding:
+        p = layer.padding
+        x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    nhwc = (0, 2, 3, 1)
+    plans = [
+        TensorPlan(
+            "weight", prefix + "weight", layer.w_int.transpose(0, 2, 3, 1), ("oc", "kh", "kw", "ic"), w_spec
+        ),
+        TensorPlan(
+            "input", prefix + "input", x.transpose(nhwc), ("n", "h", "w", "c"), x_spec, opts.pad_input, notice
+        ),
+        TensorPlan("psum", prefix + "psum", psums.psum.transpose(nhwc), ("n", "h", "w", "c"), psum_spec),
+        TensorPlan("output", prefix + "output", psums.output.transpose(nhwc), ("n", "h", "w", "c"), out_spec),
+    ]
+    if not pad_channels:
+        return plans
+    # RTL reads one pixel (or kernel tap) a word group: its channels never share a word with the next
+    return [replace(tp, pad_to=tp.spec.lanes) for tp in plans]

@@ -1,0 +1,574 @@
+"""Compare a simulator's output with a golden vector set and say which values differ, and how.
+
+The difference is found over the whole file at once (numpy); the first ``DETAIL`` differing values
+are decoded through the golden manifest into layer / tile / position / channel / expected / got /
+xor, every differing value counts towards the channels, pixels and tiles affected, and whole-file
+patterns are named only when they hold for every differing value: a stuck lane, a swapped lane
+order, a word shift, one bit. A dump shorter or longer than the golden file is reported as such.
+
+Which golden file a single dump is compared with (``pick_rule``): the one ``--file`` names, else the
+one with the dump's word width and word count, else among several such the one with the dump's file
+name, else (no file has both) the one with the dump's file name. Anything else is an InputError
+asking for ``--file``; a dump is never compared with a file it was not matched to.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qexport.errors import InputError
+from qexport.verify.decode import lanes_from_bits, parse_words, plain_words, stored_shape
+from qexport.writer.manifest import MANIFEST_NAME, loads
+
+DETAIL = 20  # differing values listed one by one; all of them are counted and summarised
+
+_MISMATCH = re.compile(
+    r"MISMATCH tile (\d+) otile (\d+) pixel \(n=(\d+), y=(\d+), x=(\d+)\) "
+    r"channel (\d+) expected (-?\d+) got (-?\d+)"  # signed decimals where the file is signed
+)
+_PASS = re.compile(r"^PASS layer (\d+)(?:: (\d+) output values match)?", re.MULTILINE)
+_FAIL = re.compile(r"^FAIL layer (\d+)(?:: (\d+) of (\d+) output values differ)?", re.MULTILINE)
+
+Entry = tuple[int, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ValueDiff:
+    """One differing value, located in the layer. ``xor`` is the lanes' bit pattern, unsigned:
+    signed 4-bit expected -3 (0b1101), got 3 (0b0011) -> xor 0xe."""
+
+    file: str
+    word: int
+    lane: int
+    where: dict[str, int]
+    expected: int
+    got: int
+    lane_bits: int
+
+    @property
+    def xor(self) -> int:
+        return (self.expected ^ self.got) & ((1 << self.lane_bits) - 1)
+
+    def describe(self) -> str:
+        place = ", ".join(f"{k}={v}" for k, v in self.where.items())
+        return (
+            f"{self.file} word {self.word} lane {self.lane}: {place}: expected {self.expected} "
+            f"got {self.got} (xor {self.xor:#x})"
+        )
+
+
+_LABELS = {
+    "channels": "channels",
+    "pixels": "pixels (n, y, x)",
+    "out_channels": "output channels",
+    "in_channels": "input channels",
+    "taps": "kernel taps",
+    "tiles": "tiles",
+    "otiles": "output tiles",
+    "itiles": "input tiles",
+}
+
+
+@dataclass
+class FileReport:
+    """One golden file against the simulator's words.
+
+    ``compared`` counts the values compared (the words both hold, times lanes); ``diffs`` holds the
+    first ``DETAIL`` of the ``differences``; ``affected`` the channels, pixels and tiles of all of
+    them; ``problem`` a truncated or over-long dump or an unfinished log, which fails the file.
+    """
+
+    path: str
+    layer: int
+    expected_words: int
+    got_words: int
+    compared: int = 0
+    differences: int = 0
+    diffs: list[ValueDiff] = field(default_factory=list)
+    patterns: list[str] = field(default_factory=list)
+    affected: dict[str, list[Any]] = field(default_factory=dict)
+    problem: str | None = None
+    matched_by: str = ""
+
+    @property
+    def identical(self) -> bool:
+        return self.compared > 0 and self.differences == 0 and self.problem is None
+
+    @property
+    def status(self) -> str:
+        if self.identical:
+            return f"identical ({self.compared} values)"
+        parts = [self.problem] if self.problem else []
+        if self.compared or self.differences:
+            parts.append(f"{self.differences} value(s) differ of {self.compared} compared")
+        elif not parts:
+            parts.append("no value compared")
+        return "; ".join(parts)
+
+    def affected_lines(self) -> list[str]:
+        """The ``affected`` lists as printed: at most ``DETAIL`` items each, the rest counted."""
+        lines = []
+        for key, items in self.affected.items():
+            shown = ", ".join(str(tuple(i)) if isinstance(i, list) else str(i) for i in items[:DETAIL])
+            more = f", ... and {len(items) - DETAIL} more" if len(items) > DETAIL else ""
+            lines.append(f"{_LABELS.get(key, key)} affected ({len(items)}): {shown}{more}")
+        return lines
+
+
+@dataclass
+class CompareReport:
+    files: list[FileReport]
+
+    @property
+    def identical(self) -> bool:
+        """True only when at least one value was compared and every file matched."""
+        return bool(self.files) and all(f.identical for f in self.files)
+
+    @property
+    def differences(self) -> int:
+        return sum(f.differences for f in self.files)
+
+    @property
+    def compared(self) -> int:
+        return sum(f.compared for f in self.files)
+
+    def summary(self) -> str:
+        """One line for the exit-1 message: what failed in which file."""
+        failed = [f"{f.path}: {f.status}" for f in self.files if not f.identical]
+        return "; ".join(failed) if failed else f"{self.differences} value(s) differ"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identical": self.identical,
+            "differences": self.differences,
+            "compared": self.compared,
+            "files": [
+                {
+                    "path": f.path,
+                    "layer": f.layer,
+                    "matched_by": f.matched_by,
+                    "expected_words": f.expected_words,
+                    "got_words": f.got_words,
+                    "compared": f.compared,
+                    "differences": f.differences,
+                    "identical": f.identical,
+                    "problem": f.problem,
+                    "status": f.status,
+                    "patterns": f.patterns,
+                    "first": [asdict(d) | {"xor": d.xor} for d in f.diffs],
+                }
+                | f.affected
+                for f in self.files
+            ],
+        }
+
+
+def _read_manifest(golden_dir: Path) -> dict[str, Any]:
+    path = golden_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"{golden_dir} has no {MANIFEST_NAME}; give the folder `qexport dump` wrote")
+    return loads(path.read_text(encoding="utf-8"), str(path))
+
+
+def _entries(manifest: dict[str, Any]) -> list[Entry]:
+    return [(layer["index"], f) for layer in manifest["layers"] for f in layer["files"]]
+
+
+def _token_header_lines(text: str) -> int:
+    # the course files open with `#…#` tokens; `//` comments ($writememh's addresses) parse_words skips
+    count = 0
+    for line in text.split("\n"):
+        if not line.lstrip().startswith("#"):
+            break
+        count += 1
+    return count
+
+
+_MARKERS = {"coe": "memory_initialization_vector=", "mif": "CONTENT BEGIN", "h": "_words["}
+
+
+def _bits(text: str, entry: dict[str, Any], where: str) -> np.ndarray:
+    """A file's words as (words, word_bits) bits; coe / mif / C-header files written by us are read
+    past their syntax, any other text (e.g. a simulator's $writememh dump of such a memory) as bare
+    words."""
+    fmt = entry["format"]
+    radix = "bin" if fmt in ("bin", "txt") else "hex"
+    if fmt in _MARKERS and _MARKERS[fmt] in text:
+        return parse_words(plain_words(text, entry), radix, int(entry["word_bits"]), 0, where)
+    return parse_words(text, radix, int(entry["word_bits"]), _token_header_lines(text), where)
+
+
+def _lanes(bits: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
+    return lanes_from_bits(
+        bits, int(entry["lanes"]), int(entry["lane_bits"]), bool(entry["signed"]), entry["lane_order"]
+    )
+
+
+def _coordinates(entry: dict[str, Any], words: np.ndarray, lanes: np.ndarray) -> dict[str, np.ndarray]:
+    """Where each (word, lane) lies in the layer, as one array per coordinate (all the same length).
+
+    ``valid`` is False for padding lanes and fill words, whose other coordinates are meaningless.
+    """
+    shape = [int(s) for s in stored_shape(entry)]  # with the zero lanes padding each pixel's channels
+    count = int(np.prod(shape))
+    flat = words.astype(np.int64) * int(entry["lanes"]) + lanes
+    raw = dict(zip(entry["axes"], np.unravel_index(np.minimum(flat, count - 1), shape), strict=True))
+    real = raw[entry["axes"][-1]] < int(entry["shape"][-1])  # False on a channel-padding lane
+    valid = (flat < count) & (words < int(entry["words"])) & real
+    coords: dict[str, np.ndarray] = {"valid": valid, "flat": flat}
+    if entry["tensor"] in ("input", "psum", "output") and {"n", "h", "w", "c"} <= raw.keys():
+        y0 = entry["y"][0] if "y" in entry else 0
+        x0 = entry["x"][0] if "x" in entry else 0
+        halo = 1 if entry.get("padded") and "tile" in entry else 0
+        offset = entry["oc"][0] if entry["tensor"] != "input" and "oc" in entry else entry.get("ic", [0])[0]
+        coords |= {
+            "n": raw["n"] + int(entry.get("n", 0)),
+            "y": raw["h"] + int(y0) - halo,
+            "x": raw["w"] + int(x0) - halo,
+            "channel": raw["c"] + int(offset),
+        }
+    elif entry["tensor"] == "weight" and {"oc", "ic", "kh", "kw"} <= raw.keys():
+        coords["oc"] = raw["oc"] + int(entry.get("oc", [0])[0])
+        if "kij" in entry:  # one kernel tap a file: its kh, kw axes are 1 long
+            coords["kij"] = np.full_like(flat, int(entry["kij"]))
+        else:
+            coords |= {"kh": raw["kh"], "kw": raw["kw"]}
+        coords["ic"] = raw["ic"] + int(entry.get("ic", [0])[0])
+    else:
+        coords |= raw
+    return coords
+
+
+def _where(entry: dict[str, Any], layer: int, coords: dict[str, np.ndarray], i: int) -> dict[str, int]:
+    where = {"layer": layer}
+    if not coords["valid"][i]:
+        if int(coords["flat"][i]) >= int(entry["words"]) * int(entry["lanes"]):
+            return where | {"fill_word": int(coords["flat"][i]) // int(entry["lanes"])}
+        return where | {"padding_lane": int(coords["flat"][i])}
+    for key in ("tile", "otile", "itile"):
+        if key in entry:
+            where[key] = int(entry[key])
+    return where | {k: int(v[i]) for k, v in coords.items() if k not in ("valid", "flat")}
+
+
+def _unique_rows(*columns: np.ndarray) -> list[list[int]]:
+    """The distinct rows of integer columns, sorted. Coordinates span a tensor's shape, so marking
+    them in a table that size is linear in the differences (np.unique's sort is not, at 10 M)."""
+    if not columns[0].size:
+        return []
+    lows = [int(c.min()) for c in columns]
+    spans = [int(c.max()) - low + 1 for c, low in zip(columns, lows, strict=True)]
+    if int(np.prod(spans, dtype=np.float64)) > 1 << 26:
+        rows = np.unique(np.stack(columns, axis=1), axis=0)
+    else:
+        seen = np.zeros(int(np.prod(spans)), dtype=bool)
+        seen[np.ravel_multi_index([c - low for c, low in zip(columns, lows, strict=True)], spans)] = True
+        parts = np.unravel_index(np.flatnonzero(seen), spans)
+        rows = np.stack([p + low for p, low in zip(parts, lows, strict=True)], axis=1)
+    found: list[list[int]] = rows.tolist()
+    return found
+
+
+def _unique(values: np.ndarray) -> list[int]:
+    return [row[0] for row in _unique_rows(values)]
+
+
+def _affected(entry: dict[str, Any], coords: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    """The channels, pixels, taps and tiles of every differing value."""
+    valid = coords["valid"]
+    if not valid.any():
+        return {}
+    c = {k: v[valid] for k, v in coords.items()}
+    found: dict[str, list[Any]] = {}
+    if "channel" in c:
+        found["channels"] = _unique(c["channel"])
+        found["pixels"] = _unique_rows(c["n"], c["y"], c["x"])
+    elif "oc" in c:
+        found["out_channels"] = _unique(c["oc"])
+        found["in_channels"] = _unique(c["ic"])
+        found["taps"] = _unique(c["kij"]) if "kij" in c else _unique_rows(c["kh"], c["kw"])
+    for key, name in (("tile", "tiles"), ("otile", "otiles"), ("itile", "itiles")):
+        if key in entry:
+            found[name] = [int(entry[key])]
+    return found
+
+
+def _span(first: int, last: int) -> str:
+    return f"word {first}" if first == last else f"words {first}-{last}"
+
+
+def _shift_pattern(expected: np.ndarray, got: np.ndarray, diff_words: np.ndarray) -> str | None:
+    """A word shift by 1 or 2 words, named only when it explains differing values: every word
+    of the overlap equals the golden word ``shift`` places away, and the only differences it leaves
+    are in the words that shift brings in."""
+    e_len, g_len = len(expected), len(got)
+    rows = min(e_len, g_len)
+    for shift in (1, -1, 2, -2):
+        s = abs(shift)
+        if shift > 0:  # got[i + s] == expected[i]: the output lags
+            overlap = min(e_len, g_len - s)
+            if overlap < 1 or not np.array_equal(got[s : s + overlap], expected[:overlap]):
+                continue
+            explained, rest = int((diff_words >= s).sum()), int((diff_words < s).sum())
+            lead_in = _span(0, s - 1)
+            text = f"from word {s} on, every word equals the golden word {s} before it (the output lags)"
+        else:  # got[i] == expected[i + s]: the output leads
+            overlap = min(g_len, e_len - s)
+            if overlap < 1 or not np.array_equal(got[:overlap], expected[s : s + overlap]):
+                continue
+            explained, rest = int((diff_words < overlap).sum()), int((diff_words >= overlap).sum())
+            lead_in = _span(overlap, rows - 1)
+            text = (
+                f"up to word {overlap - 1}, every word equals the golden word {s} after it (the output leads)"
+            )
+        if explained:
+            tail = f"; the other {rest} differing value(s) are in {lead_in}" if rest else ""
+            return f"word shift by {shift:+d}: {text}{tail}"
+    return None
+
+
+def _patterns(
+    expected: np.ndarray, got: np.ndarray, lane_bits: int, diff_words: np.ndarray, diff_lanes: np.ndarray
+) -> list[str]:
+    """Whole-file patterns, each true of every differing value (``expected``/``got``: (words, lanes))."""
+    found: list[str] = []
+    count = len(diff_words)
+    if not count:
+        return found
+    rows = min(len(expected), len(got))
+    e, g = expected[:rows], got[:rows]
+    lanes = e.shape[1]
+    if lanes > 1 and rows == len(expected) == len(got) and np.array_equal(g, e[:, ::-1]):
+        found.append("swapped lane order: every word has its lanes reversed (lsb_first vs msb_first)")
+    shift = _shift_pattern(expected, got, diff_words)
+    if shift:
+        found.append(shift)
+    if count > 1 and np.all(g == g[0, 0]):
+        found.append(f"every value reads {int(g[0, 0])}: a stuck bus or a memory never written")
+    elif lanes > 1 and count > 1 and np.all(diff_lanes == diff_lanes[0]):
+        lane = int(diff_lanes[0])
+        stuck = bool(np.all(g[:, lane] == g[0, lane]))
+        kind = f"stuck at {int(g[0, lane])} in every word" if stuck else "wrong"
+        found.append(
+            f"lane {lane} {kind}: all {count} differing values are in lane {lane}; the other lanes match"
+        )
+    if count > 1:
+        mask = (1 << lane_bits) - 1 if lane_bits < 63 else -1
+        xors = (e[diff_words, diff_lanes] ^ g[diff_words, diff_lanes]) & mask
+        bits = int(np.bitwise_or.reduce(xors))
+        if bits > 0 and bits & (bits - 1) == 0:
+            found.append(
+                f"only bit {bits.bit_length() - 1} differs, in all {count} differing values: "
+                "a stuck or crossed wire"
+            )
+    return found
+
+
+def _length_problem(expected_words: int, depth: int, got_words: int) -> str | None:
+    if got_words in (expected_words, depth):
+        return None
+    kind = "truncated" if got_words < expected_words else "over-long"
+    deeper = f" (or {depth}, the memory's depth)" if depth > expected_words else ""
+    return f"{kind}: {got_words} word(s) read, {expected_words} expected{deeper}"
+
+
+def compare_file(golden_dir: Path, entry: dict[str, Any], layer: int, text: str, where: str) -> FileReport:
+    """Compare one file's text with the golden file described by ``entry``."""
+    golden_path = golden_dir / entry["path"]
+    golden_all = _lanes(_bits(golden_path.read_text(encoding="ascii"), entry, str(golden_path)), entry)
+    got = _lanes(_bits(text, entry, where), entry)
+    words = int(entry["words"])
+    # a dump of the whole memory (depth words) is compared with the golden fill words too
+    expected = golden_all if len(got) == len(golden_all) > words else golden_all[:words]
+    rows = min(len(expected), len(got))
+    report = FileReport(entry["path"], layer, words, len(got))
+    report.problem = _length_problem(words, len(golden_all), len(got))
+    report.compared = rows * int(entry["lanes"])
+    diff_words, diff_lanes = np.nonzero(expected[:rows] != got[:rows])
+    report.differences = len(diff_words)
+    coords = _coordinates(entry, diff_words, diff_lanes)
+    lane_bits = int(entry["lane_bits"])
+    report.diffs = [
+        ValueDiff(
+            entry["path"],
+            int(diff_words[i]),
+            int(diff_lanes[i]),
+            _where(entry, layer, coords, i),
+            int(expected[diff_words[i], diff_lanes[i]]),
+            int(got[diff_words[i], diff_lanes[i]]),
+            lane_bits,
+        )
+        for i in range(min(DETAIL, len(diff_words)))
+    ]
+    report.affected = _affected(entry, coords)
+    report.patterns = _patterns(expected, got, lane_bits, diff_words, diff_lanes)
+    return report
+
+
+def _listing(entries: list[Entry]) -> str:
+    return ", ".join(e["path"] for _, e in entries)
+
+
+def _named(golden_dir: Path, entries: list[Entry], file: str) -> Entry:
+    """The golden file ``--file`` names: its path in the manifest, its bare name (when only one file
+    has it) or its path on disk. Raises InputError listing the set's files otherwise."""
+    exact = [(layer, e) for layer, e in entries if e["path"] == file]
+    if exact:
+        return exact[0]
+    by_name = [(layer, e) for layer, e in entries if Path(e["path"]).name == file]
+    if len(by_name) > 1:
+        raise InputError(
+            f"--file {file} names {len(by_name)} files of the golden set in {golden_dir}: "
+            f"{_listing(by_name)}; give the path as the manifest lists it"
+        )
+    if by_name:
+        return by_name[0]
+    target = Path(file).resolve()
+    on_disk = [(layer, e) for layer, e in entries if (golden_dir / e["path"]).resolve() == target]
+    if on_disk:
+        return on_disk[0]
+    raise InputError(
+        f"--file {file} is not a file of the golden set in {golden_dir}; its files are: {_listing(entries)}"
+    )
+
+
+def _shape_of(text: str) -> str:
+    lengths = {len(line.strip()) for line in text.split("\n")[_token_header_lines(text) :]}
+    lengths.discard(0)
+    digits = "/".join(str(n) for n in sorted(lengths)[:4]) or "no"
+    return f"{digits}-digit words"
+
+
+def _pick(golden_dir: Path, entries: list[Entry], text: str, sim_output: Path) -> tuple[Entry, str]:
+    """The golden file a single dump is, by ``pick_rule``; InputError asking for --file otherwise."""
+    counts: dict[tuple[Any, ...], int | None] = {}
+    fits: list[Entry] = []
+    for layer, e in entries:
+        if e["format"] == "npy":
+            continue
+        syntax = e["format"] if e["format"] in _MARKERS else e["format"] in ("bin", "txt")
+        key = (syntax, int(e["word_bits"]), e.get("header_lines"), e.get("depth"))
+        if key not in counts:
+            try:
+                counts[key] = len(_bits(text, e, str(sim_output)))
+            except InputError:
+                counts[key] = None
+        n = counts[key]
+        if n and n in (int(e["words"]), int(e["depth"])):
+            fits.append((layer, e))
+    named = [(layer, e) for layer, e in entries if Path(e["path"]).name == sim_output.name]
+    ask = "name the golden file with --file"
+    if len(fits) == 1:
+        if named and fits[0] not in named:
+            raise InputError(
+                f"{sim_output} has the word width and count of {fits[0][1]['path']} but the name of "
+                f"{_listing(named)}; {ask}"
+            )
+        return fits[0], "word width and count"
+    if len(fits) > 1:
+        among = [f for f in fits if f in named]
+        if len(among) == 1:
+            return among[0], "word width and count, then file name"
+        widths = sorted({int(e["word_bits"]) for _, e in fits})
+        raise InputError(
+            f"{sim_output} could be any of {len(fits)} golden files with its word width and count "
+            f"({'/'.join(map(str, widths))}-bit words): {_listing(fits)}; {ask}"
+        )
+    if len(named) == 1:
+        return named[0], "file name"
+    if named:
+        raise InputError(f"{sim_output} has the name of {len(named)} golden files: {_listing(named)}; {ask}")
+    raise InputError(
+        f"{sim_output} ({_shape_of(text)}) matches no file of the golden set in {golden_dir} by word "
+        f"width and count, nor by name; {ask}, one of: {_listing(entries)}"
+    )
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path} is not a text file ({err})") from err
+
+
+def compare(golden_dir: Path, sim_output: Path, file: str | None = None) -> CompareReport:
+    """Compare ``sim_output`` (a memory file, a folder of them, or a testbench log) with the golden set."""
+    manifest = _read_manifest(golden_dir)
+    entries = _entries(manifest)
+    named = _named(golden_dir, entries, file) if file is not None else None
+    if not sim_output.exists():
+        raise InputError(f"{sim_output} does not exist; give the simulator's memory dump or log")
+    if sim_output.is_dir():
+        chosen = [named] if named else [(la, e) for la, e in entries if (sim_output / e["path"]).is_file()]
+        if named and not (sim_output / named[1]["path"]).is_file():
+            raise InputError(f"{sim_output} has no {named[1]['path']}; give the folder laid out like the set")
+        if not chosen:
+            raise InputError(f"{sim_output} holds none of the files named in {golden_dir / MANIFEST_NAME}")
+        reports = []
+        for layer, e in chosen:
+            path = sim_output / e["path"]
+            reports.append(compare_file(golden_dir, e, layer, _read_text(path), str(path)))
+            reports[-1].matched_by = "--file" if named else "path in the folder"
+        return CompareReport(reports)
+    text = _read_text(sim_output)
+    if _MISMATCH.search(text) or _PASS.search(text) or _FAIL.search(text):
+        return _from_log(text, manifest)
+    (layer, entry), matched_by = (named, "--file") if named else _pick(golden_dir, entries, text, sim_output)
+    report = compare_file(golden_dir, entry, layer, text, str(sim_output))
+    report.matched_by = matched_by
+    return CompareReport([report])
+
+
+def _from_log(text: str, manifest: dict[str, Any]) -> CompareReport:
+    """A `qexport testbench` log: its MISMATCH lines are already decoded, its PASS / FAIL line counts."""
+    passed, failed = _PASS.search(text), _FAIL.search(text)
+    line = passed or failed
+    layer = int(line.group(1)) if line else manifest["layers"][0]["index"]
+    outputs = [e for la, e in _entries(manifest) if la == layer and e["tensor"] == "output"]
+    lane_bits = int(outputs[0]["lane_bits"]) if outputs else 64
+    found = [tuple(int(v) for v in m.groups()) for m in _MISMATCH.finditer(text)]
+    report = FileReport("testbench log", layer, 0, 0, matched_by="testbench log")
+    report.differences = len(found)
+    report.diffs = [
+        ValueDiff(
+            "testbench log",
+            -1,
+            -1,
+            {"layer": layer, "tile": t, "otile": o, "n": n, "y": y, "x": x, "channel": c},
+            expected,
+            got,
+            lane_bits,
+        )
+        for t, o, n, y, x, c, expected, got in found[:DETAIL]
+    ]
+    if found:
+        table = np.array(found, dtype=np.int64)
+        report.affected = {
+            "channels": _unique(table[:, 5]),
+            "pixels": _unique_rows(table[:, 2], table[:, 3], table[:, 4]),
+            "tiles": _unique(table[:, 0]),
+            "otiles": _unique(table[:, 1]),
+        }
+    if passed and passed.group(2):
+        report.compared = int(passed.group(2))
+    if failed and failed.group(3):
+        report.compared = int(failed.group(3))
+        if int(failed.group(2)) != len(found):
+            report.differences = max(report.differences, int(failed.group(2)))
+            report.problem = (
+                f"the FAIL line counts {failed.group(2)} differing values, the log lists {len(found)}"
+            )
+    if failed and not failed.group(3):
+        report.problem = "the log's FAIL line gives no counts"
+    elif not line:
+        report.problem = "the log has no PASS or FAIL line: the simulation did not finish"
+    elif passed and not failed and found:
+        report.problem = f"the log says PASS but lists {len(found)} MISMATCH line(s)"
+    elif passed and not passed.group(2):
+        report.problem = "the log's PASS line gives no count of the values compared"
+    return CompareReport([report])

@@ -1,0 +1,1 @@
+"""Stage 4: packing integers into words, rendering templates, the atomic writer, the manifest."""

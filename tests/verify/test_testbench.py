@@ -1,0 +1,104 @@
+"""Rendered testbenches compile and run in Icarus Verilog, and fail loudly on a bad golden word."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qexport import api
+from qexport.api import SourceOptions
+from qexport.cli.main import main
+from qexport.errors import BitWidthError, InputError
+from qexport.layout.profile import load_profile, parse_profile
+
+pytestmark = [
+    pytest.mark.sim,
+    pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not installed"),
+]
+
+
+def _systolic(rows: int, cols: int, psum_bits: int) -> str:
+    text = load_profile("systolic").source
+    text = text.replace("rows = 16", f"rows = {rows}").replace("cols = 16", f"cols = {cols}")
+    text = re.sub(r"(?m)^psum_bits = \d+", f"psum_bits = {psum_bits}", text)
+    return text.replace('name = "systolic"', 'name = "mine"')
+
+
+def _run(folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(folder / "run_iverilog.sh")], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("layer", "profile", "fmt", "values"),
+    [
+        (33, "course", "hex", 128),
+        (33, "course", "bin", 128),
+        (27, "course-os", "hex", 512),  # 128 -> 32 channels: 16 input and 4 output channel tiles
+        (33, "2x2", "bin", 128),
+        (30, "16x16", "hex", 256),  # 32 -> 8 channels on a 16x16 array: 2 input tiles, padded columns
+    ],
+    ids=["course-33-hex", "course-33-bin", "course-os-27-tiled", "systolic-2x2", "systolic-16x16"],
+)
+def test_testbench_passes(tmp_path: Path, layer: int, profile: str, fmt: str, values: int) -> None:
+    prof = {
+        "2x2": parse_profile(_systolic(2, 2, 16), "2x2"),
+        "16x16": parse_profile(_systolic(16, 16, 16), "16x16"),
+    }.get(profile, profile)
+    out = tmp_path / "tb"
+    api.testbench(SourceOptions(), layer, out, prof, fmt)
+    result = _run(out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"PASS layer {layer}: {values} output values match" in result.stdout
+
+
+def test_corrupted_golden_word_fails_with_the_mismatch(tmp_path: Path) -> None:
+    out = tmp_path / "tb"
+    result = CliRunner().invoke(main, ["testbench", "--layer", "33", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    golden = out / "vectors" / "layer33" / "out.hex"
+    lines = golden.read_text().splitlines()
+    # data line 2 = output pixel 2 (y=0, x=2); flip the lowest bit of channel 0's lane
+    word = int(lines[3 + 2], 16) ^ 1
+    lines[3 + 2] = f"{word:032x}"
+    golden.write_text("\n".join(lines) + "\n")
+    run = _run(out)
+    assert run.returncode != 0
+    assert "MISMATCH tile 0 otile 0 pixel (n=0, y=0, x=2) channel 0" in run.stdout
+    assert "FAIL layer 33: 1 of 128 output values differ" in run.stdout
+
+
+def test_narrow_psum_profile_shows_psum_overflow(tmp_path: Path) -> None:
+    narrow = tmp_path / "narrow.toml"
+    narrow.write_text(_systolic(16, 16, 8))
+    with pytest.raises(BitWidthError, match=r"8-bit psums are too narrow"):
+        api.testbench(SourceOptions(), 30, tmp_path / "tb", load_profile(str(narrow)))
+    assert not (tmp_path / "tb").exists()
+
+
+def test_flat_profile_and_text_formats_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="systolic core profile"):
+        api.testbench(SourceOptions(), 33, tmp_path / "a", "flat")
+    with pytest.raises(InputError, match="use --format hex or bin"):
+        api.testbench(SourceOptions(), 33, tmp_path / "b", "course", "coe")
+
+
+def test_two_bit_layer_on_the_course_core(tmp_path: Path) -> None:
+    """A 2-bit layer (--bits-config) rides in the core's 4-bit lanes and passes in Icarus."""
+    import json
+
+    config = tmp_path / "bits.json"
+    config.write_text('{"act_bits": {"33": 2}}')
+    out = tmp_path / "tb"
+    api.testbench(SourceOptions(bits_config=config), 33, out, "course", "bin")
+    manifest = json.loads((out / "manifest.json").read_text())
+    (layer,) = manifest["layers"]
+    assert layer["act_bit"] == 2
+    assert abs(layer["x_delta"] - layer["act_alpha"] / 3) < 1e-12
+    result = _run(out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS layer 33: 128 output values match" in result.stdout

@@ -1,0 +1,296 @@
+"""Issue 13, items 5 and 6: [names] patterns are checked when a profile loads; a memory template
+owns its file's whole shape (header tokens, each word's line) and must show its words."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qexport import __version__
+from qexport.cli.main import main
+from qexport.errors import InputError
+from qexport.layout.flat import TensorPlan
+from qexport.layout.profile import load_profile, parse_profile
+from qexport.verify.decode import decode_file
+from qexport.writer import formats, pack
+from qexport.writer.pack import PackSpec
+from qexport.writer.render import MemoryContext, render_memory
+from qexport.writer.write import ExportPlan
+
+# --- item 5: file-name patterns -------------------------------------------------------------
+
+
+def _course_with(line: str, replacement: str) -> str:
+    source = load_profile("course").source
+    assert line in source
+    return source.replace(line, replacement)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("act_{b}", r"uses unknown placeholder \{b\}; valid placeholders for activation are \{a\}"),
+        ("act_{", r"is not a valid pattern \(Single '\{' encountered"),
+        ("act_}", r"is not a valid pattern \(Single '\}' encountered"),
+        ("act_{a!x}", r"placeholder \{a!x\} has a conversion; write \{a\}"),
+        ("act_{}", r"uses a positional placeholder \{\}; name it: valid placeholders for activation"),
+        ("act_{0}", r"uses a positional placeholder \{0\}"),
+        ("act_{a.real}", r"uses unknown placeholder \{a.real\}"),
+        ("act_{a:{b}}", r"uses unknown placeholder \{b\}"),
+        ("act_{a:s}", r"cannot be formatted with integer placeholders \(Unknown format code 's'"),
+    ],
+    ids=[
+        "unknown",
+        "open-brace",
+        "close-brace",
+        "conversion",
+        "positional",
+        "index",
+        "attribute",
+        "nested",
+        "spec",
+    ],
+)
+def test_a_bad_activation_pattern_is_refused_naming_key_and_placeholders(pattern: str, message: str) -> None:
+    text = _course_with('activation = "activation_tile{a}"', f'activation = "{pattern}"')
+    with pytest.raises(InputError, match=r"^profile mine\.toml: \[names\] activation = .*" + message):
+        parse_profile(text, "profile mine.toml")
+
+
+@pytest.mark.parametrize(
+    ("key", "line", "pattern", "message"),
+    [
+        ("weight", 'weight = "weight_itile{i}_otile{o}_kij{k}"', "w{i}{o}{a}", r"\{i\} .*, \{o\} .*, \{k\} "),
+        ("psum", 'psum = "psum_tile{s}_itile{i}_otile{o}"', "p{s}{k}", r"\{s\} .*, \{i\} .*, \{o\} "),
+        ("output_tiled", 'output_tiled = "out_tile{s}_otile{o}"', "o{i}", r"\{s\} .*, \{o\} "),
+        ("output", 'output = "out"', "out{s}", r"output names a single file and takes no placeholders"),
+        ("address", 'address = "acc_address"', "acc{{x}}", r"used as written, so it cannot hold braces"),
+    ],
+    ids=["weight", "psum", "output_tiled", "output", "address"],
+)
+def test_each_key_lists_its_own_placeholders(key: str, line: str, pattern: str, message: str) -> None:
+    text = _course_with(line, f'{key} = "{pattern}"')
+    with pytest.raises(InputError, match=rf"\[names\] {key} = .*{message}"):
+        parse_profile(text, "profile mine.toml")
+
+
+def test_placeholders_with_a_format_spec_are_fine() -> None:
+    text = _course_with('weight = "weight_itile{i}_otile{o}_kij{k}"', 'weight = "w{i:02d}_{o:02d}_{k}"')
+    assert parse_profile(text, "test").names["weight"] == "w{i:02d}_{o:02d}_{k}"
+
+
+def test_cli_unknown_placeholder_is_exit_2_naming_the_profile_file(tmp_path: Path) -> None:
+    profile = tmp_path / "mine.toml"
+    profile.write_text(_course_with('activation = "activation_tile{a}"', 'activation = "act_{b}"'))
+    result = CliRunner().invoke(main, ["dump", "--layer", "33", "--profile", str(profile), "-o", "out"])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"profile {profile}: [names] activation = 'act_{{b}}' uses unknown placeholder {{b}}" in result.output
+    )
+    assert "valid placeholders for activation are {a}" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+# --- item 6: templates own their words' syntax ----------------------------------------------
+
+
+def _plan(words: int = 5, lanes: int = 2, bits: int = 8, tensor: str = "weight") -> TensorPlan:
+    spec = PackSpec(bits, lanes, True)
+    low, high = spec.value_range
+    values = np.random.default_rng(words).integers(low, high + 1, size=(1, words * lanes))
+    values[0, :2] = [low, high]
+    return TensorPlan(tensor, f"layer33/{tensor}", values, ("n", "c"), spec)  # type: ignore[arg-type]
+
+
+def _rendered(
+    fmt: str, template_dir: Path | None = None, tp: TensorPlan | None = None
+) -> tuple[str, dict[str, object]]:
+    tp = tp or _plan()
+    ctx = MemoryContext("VGG16_quant_gradual", "demo, untrained", "flat", 33, 10, fmt, "exact", template_dir)
+    sink = ExportPlan()
+    entry = render_memory(tp, ctx, sink)
+    return sink.files[str(entry["path"])].decode("ascii"), entry
+
+
+def _template(root: Path, name: str, text: str) -> Path:
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(text)
+    return root
+
+
+def _data_lines(text: str, entry: dict[str, object]) -> list[str]:
+    return text.split("\n")[int(entry["header_lines"]) :][: int(entry["depth"])]  # type: ignore[call-overload]
+
+
+def test_coe_word_separator_comes_from_the_template(tmp_path: Path) -> None:
+    # COE also takes words separated by white space: no commas, `;` after the last
+    tpl = _template(
+        tmp_path,
+        "coe/memory.coe.j2",
+        '{% macro word(digits, last) %}{{ digits }}{{ ";" if last else "" }}{% endmacro %}\n'
+        "memory_initialization_radix=16;\nmemory_initialization_vector=\n{{ body }}\n",
+    )
+    default, entry = _rendered("coe")
+    text, mine = _rendered("coe", tpl)
+    words = [line.rstrip(",;") for line in _data_lines(default, entry)]
+    assert mine["header_lines"] == 2
+    assert _data_lines(text, mine) == [*words[:-1], words[-1] + ";"]
+    assert text == "memory_initialization_radix=16;\nmemory_initialization_vector=\n" + (
+        "\n".join(words) + ";\n"
+    )
+
+
+def test_mif_word_line_comes_from_the_template(tmp_path: Path) -> None:
+    tpl = _template(
+        tmp_path,
+        "mif/memory.mif.j2",
+        "{% macro word(address, digits) %}[{{ address }}] : {{ digits }} ;{% endmacro %}\n"
+        "CONTENT BEGIN\n{{ body }}\nEND;\n",
+    )
+    default, entry = _rendered("mif", tp=_plan(words=20))
+    text, mine = _rendered("mif", tpl, _plan(words=20))
+    words = [line.split(":")[1].strip(" ;") for line in _data_lines(default, entry)]
+    assert _data_lines(text, mine) == [f"[{k:02x}] : {w} ;" for k, w in enumerate(words)]
+    assert text.endswith(" ;\nEND;\n")
+
+
+def test_c_array_element_syntax_comes_from_the_template(tmp_path: Path) -> None:
+    tpl = _template(
+        tmp_path,
+        "h/memory.h.j2",
+        '{% macro word(limbs, last) %}    UINT32_C(0x{{ limbs[0] }}){{ "" if last else "," }}{% endmacro %}\n'
+        "{{ body }}\n",
+    )
+    text, entry = _rendered("h", tpl)
+    default, default_entry = _rendered("h")
+    words = [line.strip(" ,").removeprefix("0x") for line in _data_lines(default, default_entry)]
+    assert text == ",\n".join(f"    UINT32_C(0x{w})" for w in words) + "\n"
+
+
+def test_wide_c_words_are_limbs_least_significant_first() -> None:
+    tp = TensorPlan("weight", "layer33/weight", np.array([[1, -1, 2]]), ("n", "c"), PackSpec(30, 3, True))
+    text, entry = _rendered("h", tp=tp)
+    # 90 bits: lane 0 = 1 in bits 29:0, lane 1 = -1 in 59:30, lane 2 = 2 in 89:60
+    word = 1 | ((1 << 30) - 1) << 30 | 2 << 60
+    limbs = ", ".join(f"0x{(word >> (32 * k)) & 0xFFFFFFFF:08x}" for k in range(3))
+    assert _data_lines(text, entry) == [f"    {{{limbs}}}"]
+
+
+def test_txt_header_tokens_come_from_the_template(tmp_path: Path) -> None:
+    default, _ = _rendered("txt")
+    assert default.split("\n")[:3] == [
+        f"#qexport_{__version__}_do_not_edit#",
+        "#VGG16_quant_gradual_demo_untrained#",
+        "#layer33_weight#",
+    ]
+    tpl = _template(
+        tmp_path,
+        "txt/memory.txt.j2",
+        "#{{ 'my core, rev b' | token }}#\n#{{ model | token }}_L{{ layer }}#\n{{ body }}\n",
+    )
+    text, entry = _rendered("txt", tpl)
+    assert text.split("\n")[:2] == ["#my_core_rev_b#", "#VGG16_quant_gradual_L33#"]
+    assert entry["header_lines"] == 2
+    assert text.split("\n")[2:] == default.split("\n")[3:]
+
+
+def test_header_lines_count_the_lines_before_the_words_whatever_follows_them(tmp_path: Path) -> None:
+    tpl = _template(tmp_path, "hex/memory.hex.j2", "// mine\n{{ body }}\n// end of words\n// really\n")
+    text, entry = _rendered("hex", tpl)
+    assert entry["header_lines"] == 1
+    path = tmp_path / "weight.hex"
+    path.write_text(text)
+    assert np.array_equal(decode_file(path, entry), _plan().array)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "tensor"),
+    [
+        ("hex", "weight"),
+        ("bin", "weight"),
+        ("txt", "weight"),
+        ("txt", "address"),
+        ("coe", "weight"),
+        ("mif", "weight"),
+        ("h", "weight"),
+    ],
+    ids=["hex", "bin", "txt", "txt-address", "coe", "mif", "h"],
+)
+def test_a_memory_template_without_the_body_is_refused(tmp_path: Path, fmt: str, tensor: str) -> None:
+    name = "txt/address.txt.j2" if tensor == "address" else f"{fmt}/memory.{fmt}.j2"
+    tpl = _template(tmp_path, name, "// {{ words }} words, no data\n")
+    with pytest.raises(InputError, match=r"^template " + name + r" \(.*" + name + r"\) does not show"):
+        _rendered(fmt, tpl, _plan(tensor=tensor))
+
+
+def test_cli_template_without_the_body_is_exit_2_naming_it(tmp_path: Path) -> None:
+    tpl = _template(tmp_path / "tpl", "coe/memory.coe.j2", "memory_initialization_radix=16;\n")
+    result = CliRunner().invoke(
+        main, ["dump", "--layer", "33", "--format", "coe", "--template-dir", str(tpl), "-o", "out"]
+    )
+    assert result.exit_code == 2, result.output
+    path = tpl / "coe" / "memory.coe.j2"
+    assert f"template coe/memory.coe.j2 ({path}) does not show the words" in result.output
+    assert "must contain {{ body }}" in result.output
+    assert "Traceback" not in result.output and "StopIteration" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("macro", "message"),
+    [
+        ("{{ digits | upper }}", "changes a field"),
+        ("{{ digits[1:] }}", "changes a field"),
+        ("{{ digits }},\n", "must give one line"),
+        ("{{ digits }}\u00b5", "must give one line of ASCII"),
+    ],
+    ids=["filter", "slice", "newline", "not-ascii"],
+)
+def test_a_word_macro_that_is_not_one_line_of_its_fields_is_refused(
+    tmp_path: Path, macro: str, message: str
+) -> None:
+    tpl = _template(
+        tmp_path, "coe/memory.coe.j2", f"{{% macro word(digits) %}}{macro}{{% endmacro %}}\n{{{{ body }}}}\n"
+    )
+    with pytest.raises(InputError, match=r"^template coe/memory.coe.j2 \(.*\): macro word " + message):
+        _rendered("coe", tpl)
+
+
+def test_a_word_macro_with_an_unknown_argument_is_refused(tmp_path: Path) -> None:
+    tpl = _template(
+        tmp_path, "mif/memory.mif.j2", "{% macro word(data) %}{{ data }}{% endmacro %}{{ body }}\n"
+    )
+    with pytest.raises(
+        InputError, match="macro word takes data; it may take only digits, address, limbs, last"
+    ):
+        _rendered("mif", tpl)
+
+
+def test_a_template_with_a_syntax_error_is_named_with_its_line(tmp_path: Path) -> None:
+    tpl = _template(tmp_path, "hex/memory.hex.j2", "// ok\n{{ body }\n")
+    result = CliRunner().invoke(main, ["dump", "--layer", "33", "--template-dir", str(tpl), "-o", "out"])
+    assert result.exit_code == 2, result.output
+    assert f"template hex/memory.hex.j2 ({tpl / 'hex' / 'memory.hex.j2'}, line 2) is not valid Jinja" in (
+        result.output
+    )
+
+
+@pytest.mark.parametrize("fmt", ["hex", "txt", "coe", "mif", "h"])
+def test_bodies_made_a_few_lines_at_a_time_are_the_same(monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    tp = _plan(words=300, lanes=3, bits=30)  # 90-bit words: limbs in C
+    whole, entry = _rendered(fmt, tp=tp)
+    monkeypatch.setattr(formats, "_BLOCK_BYTES", 64)
+    monkeypatch.setattr(pack, "_BLOCK_BYTES", 64)
+    blocks, block_entry = _rendered(fmt, tp=tp)
+    assert blocks == whole
+    assert block_entry == entry
+    assert len(_data_lines(whole, entry)) == 300
+
+
+def test_a_word_that_is_not_a_macro_is_refused(tmp_path: Path) -> None:
+    tpl = _template(tmp_path, "coe/memory.coe.j2", '{% set word = "x" %}\n{{ body }}\n')
+    with pytest.raises(InputError, match=r"`word` must be a macro: \{% macro word\(digits, last\) %\}"):
+        _rendered("coe", tpl)
