@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from qexport import __version__
 from qexport.errors import CheckFailed, InputError
 from qexport.frontend.capture import LayerTensors, capture
 from qexport.frontend.checkpoint import load_checkpoint, resolve_arch
-from qexport.frontend.inputs import Inputs, load_array, load_cifar10, load_demo
+from qexport.frontend.device import pick_device
+from qexport.frontend.inputs import CIFAR_FOLDER, Inputs, load_array, load_cifar10, load_demo
 from qexport.frontend.models.quant import DEFAULT_ACT_CLIP, ActClip
 from qexport.frontend.models.vgg import (
     DEFAULT_MODEL,
@@ -38,8 +37,6 @@ from qexport.writer.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, dumps
 from qexport.writer.recipe import build_recipe, find_checkpoint
 from qexport.writer.render import Depth, MemoryContext, render, render_memory
 from qexport.writer.write import ExportPlan, FileSink, staged
-
-_CIFAR_FOLDER = "cifar-10-batches-py"
 
 
 @dataclass(frozen=True)
@@ -69,12 +66,6 @@ class Loaded:
     notices: list[str] = field(default_factory=list)
 
 
-def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load(opts: SourceOptions) -> Loaded:
     """Model (checkpoint or demo) and inputs (file, CIFAR-10 or demo images)."""
     from qexport.frontend.demo import DEMO_LABEL, demo_model
@@ -96,7 +87,7 @@ def load(opts: SourceOptions) -> Loaded:
         apply_act_bits(model, read_bits_config(opts.bits_config, arch))
     inputs = _inputs(opts, notices)
     model.eval()
-    model.to(_device(opts.device))
+    model.to(pick_device(opts.device))
     return Loaded(model, arch, inputs, source, demo_label, notices)
 
 
@@ -106,7 +97,7 @@ def _inputs(opts: SourceOptions, notices: list[str]) -> Inputs:
     spec = opts.images or "0"
     if opts.data_dir is not None or opts.download:
         return load_cifar10(opts.data_dir or Path("data"), spec, download=opts.download)
-    if (Path("data") / _CIFAR_FOLDER).is_dir():
+    if (Path("data") / CIFAR_FOLDER).is_dir():
         return load_cifar10(Path("data"), spec)
     if opts.checkpoint is not None:
         notices.append("no CIFAR-10 under ./data and no --input: using the demo images")

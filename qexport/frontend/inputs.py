@@ -11,6 +11,7 @@ import torch
 from qexport.errors import InputError
 
 # the seeds' normalisation (seed 000; seed 003's std list is cut short)
+CIFAR_FOLDER = "cifar-10-batches-py"  # what torchvision unpacks under its root
 CIFAR_MEAN = (0.491, 0.482, 0.447)
 CIFAR_STD = (0.247, 0.243, 0.262)
 CIFAR_TEST_SIZE = 10000

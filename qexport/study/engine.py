@@ -40,6 +40,7 @@ from qexport import __version__
 from qexport.api import Loaded, SourceOptions, load
 from qexport.errors import InputError
 from qexport.frontend.capture import capture
+from qexport.frontend.device import device_of
 from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.vgg import CONFIG_ACT_BITS, VGGQuant
 from qexport.precision import exact_math
@@ -323,10 +324,6 @@ def _qconvs(model: VGGQuant) -> dict[int, QuantConv2d]:
     return {i: m for i, m in enumerate(model.features) if isinstance(m, QuantConv2d)}
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _batches(
     images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -398,7 +395,7 @@ def _act_bits(model: VGGQuant, bits: dict[int, int]) -> Iterator[None]:
 def pseudo_labels(model: VGGQuant, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """The model's own top-1 predictions (N,) with every conv at ``PSEUDO_LABEL_BITS``."""
     model.eval()
-    device = _device(model)
+    device = device_of(model)
     preds = []
     with _act_bits(model, dict.fromkeys(_qconvs(model), PSEUDO_LABEL_BITS)), _frozen_weights(model):
         for i in range(0, images.shape[0], batch_size):
@@ -414,7 +411,7 @@ def evaluate(study: Study, batch_size: int = 128, progress: Progress | None = No
     _check_batch_size(batch_size)
     model = study.model
     model.eval()
-    batches = _batches(study.images, study.labels, batch_size, _device(model))
+    batches = _batches(study.images, study.labels, batch_size, device_of(model))
     tally = _Tally()
     with _frozen_weights(model):
         for done, (x, y) in enumerate(batches, 1):
@@ -456,7 +453,7 @@ class _Engine:
         self.convs = list(self.qconvs)
         self.from_bits = from_bits
         self.to_bits = to_bits
-        self.batches = _batches(study.images, study.labels, batch_size, _device(self.model))
+        self.batches = _batches(study.images, study.labels, batch_size, device_of(self.model))
         self.cache_bytes = cache_bytes
         self.progress = progress
         self.infos = conv_infos(study)

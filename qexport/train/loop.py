@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from qexport.errors import InputError
 from qexport.frontend.checkpoint import load_checkpoint, resolve_arch
-from qexport.frontend.inputs import CIFAR_MEAN, CIFAR_STD
+from qexport.frontend.device import pick_device
+from qexport.frontend.inputs import CIFAR_FOLDER, CIFAR_MEAN, CIFAR_STD
 from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.vgg import (
     DEFAULT_MODEL,
@@ -50,7 +51,6 @@ CHECKPOINT_NAME = "checkpoint.pth"
 BEST_NAME = "model_best.pth.tar"
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "training_curves.png"
-_CIFAR_FOLDER = "cifar-10-batches-py"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +204,8 @@ def train(opts: TrainOptions) -> Iterator[TrainEvent]:
     _check_options(opts)
     _check_run_dir(opts)  # in every process, before any of them can create the folder
     where = _dist_from_env()
-    device = _device(where)  # before the process group, so nccl knows each process's GPU
+    # before the process group, so nccl knows each process's GPU
+    device = pick_device(local_rank=where.local_rank)
     owns_group = where.enabled and not dist.is_initialized()
     try:
         if owns_group:
@@ -278,13 +279,6 @@ def _dist_from_env() -> _Dist:
     return _Dist(world_size, rank, local_rank)
 
 
-def _device(where: _Dist) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(where.local_rank)
-        return torch.device("cuda", where.local_rank)
-    return torch.device("cpu")
-
-
 def _init_group(where: _Dist) -> None:
     # nccl for GPUs; gloo is torch's CPU backend (and what the CPU tests run on)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -336,11 +330,11 @@ def _datasets(opts: TrainOptions, where: _Dist) -> tuple[Dataset[Any], Dataset[A
     import torchvision
     from torchvision import transforms
 
-    folder = opts.data_dir / _CIFAR_FOLDER
+    folder = opts.data_dir / CIFAR_FOLDER
     if not opts.download and not folder.is_dir():
         raise InputError(
             f"no CIFAR-10 under --data-dir {opts.data_dir}: {folder} does not exist. Point --data-dir "
-            f"at the folder that holds {_CIFAR_FOLDER}, or add --download to fetch it (170 MB) there"
+            f"at the folder that holds {CIFAR_FOLDER}, or add --download to fetch it (170 MB) there"
         )
     normalize = transforms.Normalize(mean=CIFAR_MEAN, std=CIFAR_STD)
     train_tf = transforms.Compose(
