@@ -24,7 +24,7 @@ import secrets
 import shutil
 import signal
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,16 @@ class FileSink(Protocol):
     def add(self, relpath: str, content: Content, *, executable: bool = False) -> None: ...
 
 
+def refuse_twice(relpath: str, written: Container[str]) -> None:
+    """A second file of one name would silently replace the first: refuse it instead."""
+    if relpath in written:
+        raise InputError(
+            f"two files of this set are both named {relpath}: the profile's [names] patterns must give "
+            "every file its own name (use every placeholder of the key, separated, e.g. "
+            "'weight_itile{i}_otile{o}_kij{k}')"
+        )
+
+
 def _chunks(content: Content) -> Iterable[bytes | memoryview]:
     if isinstance(content, str):
         return [content.encode("ascii")]
@@ -62,6 +72,7 @@ class ExportPlan:
     executable: set[str] = field(default_factory=set)
 
     def add(self, relpath: str, content: Content, *, executable: bool = False) -> None:
+        refuse_twice(relpath, self.files)
         self.files[relpath] = b"".join([bytes(chunk) for chunk in _chunks(content)])
         if executable:
             self.executable.add(relpath)
@@ -72,8 +83,11 @@ class StagedFolder:
     """Files written straight into a hidden staging folder next to the output folder."""
 
     root: Path
+    written: set[str] = field(default_factory=set)
 
     def add(self, relpath: str, content: Content, *, executable: bool = False) -> None:
+        refuse_twice(relpath, self.written)
+        self.written.add(relpath)
         target = self.root / relpath
         folder = self.root
         for part in Path(relpath).parent.parts:  # never parents=True: a vanished root stays gone

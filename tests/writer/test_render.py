@@ -294,3 +294,19 @@ def test_a_word_that_is_not_a_macro_is_refused(tmp_path: Path) -> None:
     tpl = _template(tmp_path, "coe/memory.coe.j2", '{% set word = "x" %}\n{{ body }}\n')
     with pytest.raises(InputError, match=r"`word` must be a macro: \{% macro word\(digits, last\) %\}"):
         _rendered("coe", tpl)
+
+
+def test_a_name_pattern_that_gives_two_files_one_name_is_refused(tmp_path: Path) -> None:
+    # "w{i}{o}" leaves out {k}: all nine kernel taps would be written to one file, the last one winning
+    text = load_profile("course").source.replace(
+        'weight = "weight_itile{i}_otile{o}_kij{k}"', 'weight = "w{i}{o}"'
+    )
+    assert 'weight = "w{i}{o}"' in text
+    mine = tmp_path / "mine.toml"
+    mine.write_text(text)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["dump", "--layer", "33", "--profile", str(mine), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "two files of this set are both named layer33/w00.txt" in result.output
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.toml"]  # no staging folder left either
