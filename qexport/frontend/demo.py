@@ -2,15 +2,19 @@
 
 Random numbers come from numpy's PCG64 raw 64-bit stream (fixed by its algorithm, unlike
 distribution samplers or torch's generators), turned into floats by our own arithmetic. Every
-parameter is snapped to a dyadic grid, so it is exact in float32 and tiny float differences in
-calibration cannot move it.
+parameter is snapped to a dyadic grid, so it is exact in float32. Calibration is exact integer and
+rational arithmetic plus single IEEE operations (see ``_calibrate``), so a value that lies exactly on
+a tie of its grid, as some BatchNorm means do, rounds the same way on every machine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 
@@ -87,8 +91,8 @@ def _demo_state(arch: Arch, act_clip: ActClip) -> dict[str, torch.Tensor]:
 
     Each act_alpha sits near the 98th percentile of its layer's input, so the 4-bit activation
     integers spread over 0..15; each BatchNorm normalises its conv's output, so about half the
-    ReLU outputs are non-zero. Calibration takes a float64 forward pass (about a second), so the
-    results for the built-in models are shipped in demo_calibration.npz and used when the seeded
+    ReLU outputs are non-zero. Calibration takes an exact integer forward pass (about a second), so
+    the results for the built-in models are shipped in demo_calibration.npz and used when the seeded
     weights they were made from match (tests recompute them).
     """
     model = _seeded_model(arch, act_clip)
@@ -153,7 +157,7 @@ def _zero_init() -> Iterator[None]:
 
 
 def calibrate_demo(model: VGGQuant) -> None:
-    """Set every act_alpha and BatchNorm statistic from the calibration images (slow: float64)."""
+    """Set every act_alpha and BatchNorm statistic from the calibration images (about a second)."""
     from qexport.frontend.inputs import normalise_uint8
 
     _calibrate(model, normalise_uint8(demo_images(_CALIBRATION_IMAGES)))
@@ -207,19 +211,161 @@ def calibration_arrays(arch: Arch, act_clip: ActClip) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def _calibrate(model: VGGQuant, images: torch.Tensor) -> None:
-    """Walk ``features`` in float64, setting each alpha and BatchNorm from the data it sees."""
+    """Walk ``features``, setting each alpha and BatchNorm from the data it sees: the same bits anywhere.
+
+    Each step is exact, or one correctly rounded IEEE operation per element, so no BLAS kernel,
+    SIMD width, thread count or summation order can move a bit (a torch float64 conv did: MKL's
+    dgemm sums in a CPU-dependent order, and a BatchNorm mean on an exact tie of the 2^-10 grid
+    went either way):
+
+    - the images are float32 (elementwise ops in ``normalise_uint8``), widened exactly to float64;
+    - act_alpha is an order statistic (exact selection) interpolated and snapped in rationals;
+    - ``x_int`` and ``w_int`` are the course's quantizers as single IEEE ops per element, with the
+      weights' mean and std from exact integer sums (the seeded weights lie on a 2^-14 grid);
+    - the conv is of the integers, exact (``integer_conv``), then ``psum * (alphas' numerators)``
+      exactly in int64 and divided by the levels and grid denominators: one rounding;
+    - BatchNorm statistics are the exact mean and (population) variance of that exact conv
+      output, from integer sums of psums, rounded half-even to the 2^-10 grid in rationals;
+    - BatchNorm (eval) is four numpy ufuncs in a fixed order, each one IEEE op per element, with
+      per-channel constants from Python's correctly rounded float ops; ReLU and max-pool only pick.
+    """
     model.eval()
-    model.double()
-    x = images.double()
-    for module in model.features:
+    x = images.detach().double().numpy()
+    calibrated = [i for i, m in enumerate(model.features) if isinstance(m, (QuantConv2d, nn.BatchNorm2d))]
+    conv: _ExactConv | None = None
+    for module in list(model.features)[: max(calibrated) + 1]:
         if isinstance(module, QuantConv2d):
-            magnitude = np.percentile(np.abs(x.numpy()), 98.0)
-            module.act_alpha.fill_(max(float(_snap(magnitude, 2**-4)), 2**-4))
-        if isinstance(module, nn.BatchNorm2d):
-            per_channel = x.transpose(0, 1).reshape(x.shape[1], -1).numpy()
-            mean = _snap(per_channel.mean(axis=1), 2**-10)
-            var = np.maximum(_snap(per_channel.var(axis=1), 2**-10), 2**-10)
+            alpha = _act_alpha(x)
+            module.act_alpha.fill_(float(alpha))
+            conv = _exact_conv(module, x, alpha)
+            x = conv.value
+        elif isinstance(module, nn.BatchNorm2d):
+            if conv is None:
+                raise TypeError("demo calibration: a BatchNorm2d must follow a QuantConv2d")
+            mean, var = conv.moments()
             module.running_mean.copy_(torch.from_numpy(mean))  # type: ignore[union-attr]
             module.running_var.copy_(torch.from_numpy(var))  # type: ignore[union-attr]
-        x = module(x)
-    model.float()
+            x = _batch_norm(module, x, mean, var)
+        elif isinstance(module, nn.ReLU):
+            x = np.maximum(x, 0.0)
+        elif isinstance(module, nn.MaxPool2d):
+            x = _max_pool(module, x)
+        else:
+            raise TypeError(f"demo calibration has no exact form of {module}")
+        if not isinstance(module, QuantConv2d):
+            conv = None  # a BatchNorm's statistics are those of the conv right before it
+
+
+_ALPHA_STEP = Fraction(1, 16)  # act_alpha grid
+_STAT_STEP = Fraction(1, 1024)  # running_mean / running_var grid
+_WEIGHT_STEP = 2**-14  # the seeded weights' grid (_seeded_model)
+
+
+def _snap_exact(value: Fraction, step: Fraction) -> Fraction:
+    return round(value / step) * step  # Fraction's round is half-even, as np.round
+
+
+def _act_alpha(x: np.ndarray) -> Fraction:
+    """The 98th percentile of |x| (numpy's "linear" method, in rationals), on the 2^-4 grid, >= 2^-4."""
+    magnitude = np.abs(x).reshape(-1)
+    position = Fraction(98, 100) * (magnitude.size - 1)
+    lo = int(position)
+    hi = min(lo + 1, magnitude.size - 1)
+    picked = np.partition(magnitude, [lo, hi])
+    low, high = Fraction(float(picked[lo])), Fraction(float(picked[hi]))
+    percentile = low + (high - low) * (position - lo)
+    return max(_snap_exact(percentile, _ALPHA_STEP), _ALPHA_STEP)
+
+
+@dataclass(frozen=True, slots=True)
+class _ExactConv:
+    """A conv output as exact integers: value = psum * numerator / denominator, (N, C, H, W)."""
+
+    psum: np.ndarray
+    numerator: int
+    denominator: int
+    value: np.ndarray  # float64, each the correctly rounded psum * numerator / denominator
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and population variance of the exact values, snapped to 2^-10."""
+        per_channel = self.psum.transpose(1, 0, 2, 3).reshape(self.psum.shape[1], -1)
+        count = per_channel.shape[1]
+        peak = int(np.abs(per_channel).max(initial=0))
+        if peak * peak * count >= 2**63:  # int64 sums of squares would overflow: Python ints
+            per_channel = per_channel.astype(object)
+        sums = per_channel.sum(axis=1)
+        squares = (per_channel * per_channel).sum(axis=1)
+        scale = Fraction(self.numerator, self.denominator)
+        means, variances = [], []
+        for total, square in zip(sums.tolist(), squares.tolist(), strict=True):
+            mean = scale * Fraction(int(total), count)
+            var = scale * scale * Fraction(int(square) * count - int(total) ** 2, count * count)
+            means.append(float(_snap_exact(mean, _STAT_STEP)))
+            variances.append(float(max(_snap_exact(var, _STAT_STEP), _STAT_STEP)))
+        return np.array(means), np.array(variances)
+
+
+def _exact_conv(module: QuantConv2d, x: np.ndarray, act_alpha: Fraction) -> _ExactConv:
+    """The layer's conv as ``psum = conv(x_int, w_int)`` exactly, scaled by the deltas in one rounding."""
+    from qexport.ir.reference import integer_conv
+
+    if module.bias is not None:
+        raise TypeError("demo calibration: a QuantConv2d with a bias has no exact form here")
+    act_levels = 2**module.act_bit - 1
+    w_levels = 2 ** (module.w_bit - 1) - 1
+    # the course's act_alq: round(clip(x / alpha) * levels); np.rint is half-even, as torch.round
+    scaled = np.divide(x, float(act_alpha))
+    clipped = np.clip(scaled, 0.0, 1.0) if module.act_clip == "relu" else np.minimum(scaled, 1.0)
+    x_int = np.rint(np.multiply(clipped, float(act_levels))).astype(np.int64)
+    wgt_alpha = Fraction(float(module.weight_quant.wgt_alpha.detach()))
+    w_int = _weight_int(module.weight.detach().double().numpy(), wgt_alpha, w_levels)
+    stride, padding = module.stride[0], module.padding[0]
+    if not isinstance(padding, int) or module.stride != (stride, stride) or module.padding != (padding,) * 2:
+        raise TypeError(f"demo calibration needs square int stride and padding, not {module}")
+    psum = integer_conv(x_int, w_int, stride, padding)
+    scale = act_alpha * wgt_alpha / (act_levels * w_levels)
+    products = psum * scale.numerator  # exact: checked below to stay within float64's integers
+    if int(np.abs(psum).max(initial=0)) * scale.numerator >= 2**53 or scale.denominator >= 2**53:
+        raise TypeError("demo calibration: psum * scale is beyond float64's exact integers")
+    value = np.divide(products.astype(np.float64), float(scale.denominator))
+    return _ExactConv(psum, scale.numerator, scale.denominator, value)
+
+
+def _weight_int(weight: np.ndarray, wgt_alpha: Fraction, levels: int) -> np.ndarray:
+    """The course's quantize_weight as integers, its mean and (unbiased) std from exact sums.
+
+    (w - mean) / std / alpha, clip [-1, 1], * levels, round: one IEEE op per element each, with
+    mean and std correctly rounded (float(Fraction) and math.sqrt) from integer sums of w / 2^-14.
+    """
+    grid = np.divide(weight, _WEIGHT_STEP)
+    ints = grid.astype(np.int64)
+    if not np.array_equal(ints, grid) or int(np.abs(ints).max(initial=0)) >= 2**14:
+        raise TypeError("demo calibration: the weights are not on the 2^-14 grid _seeded_model uses")
+    count = ints.size
+    total, square = int(ints.sum()), int((ints * ints).sum())  # exact: |ints| < 2^14, count < 2^34
+    step = Fraction(_WEIGHT_STEP)
+    mean = float(Fraction(total, count) * step)
+    std = math.sqrt(float(Fraction(square * count - total * total, count * (count - 1)) * step * step))
+    normalised = np.divide(np.subtract(weight, mean), std)
+    clipped = np.clip(np.divide(normalised, float(wgt_alpha)), -1.0, 1.0)
+    return np.asarray(np.rint(np.multiply(clipped, float(levels))).astype(np.int64))  # rint(-a) == -rint(a)
+
+
+def _max_pool(module: nn.MaxPool2d, x: np.ndarray) -> np.ndarray:
+    """The 2x2, stride-2 max-pool of (N, C, H, W): picks, so exact."""
+    if (module.kernel_size, module.stride, module.padding) != (2, 2, 0):
+        raise TypeError(f"demo calibration has no exact form of {module}")
+    n, c, h, w = x.shape
+    return np.asarray(x[:, :, : h - h % 2, : w - w % 2].reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5)))
+
+
+def _batch_norm(module: nn.BatchNorm2d, x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Eval BatchNorm as (x - mean) / sqrt(var + eps) * weight + bias, one IEEE op at a time."""
+    std = np.array([math.sqrt(v + module.eps) for v in var.tolist()])  # Python floats: correctly rounded
+    weight = module.weight.detach().double().numpy()  # float32 -> float64: exact
+    bias = module.bias.detach().double().numpy()
+    per_channel = (slice(None), None, None)
+    out = np.subtract(x, mean[per_channel])
+    out = np.divide(out, std[per_channel])
+    out = np.multiply(out, weight[per_channel])
+    return np.asarray(np.add(out, bias[per_channel]))
