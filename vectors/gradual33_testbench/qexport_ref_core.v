@@ -1,14 +1,29 @@
 // qexport behavioural reference core: a tile of a 3x3, stride-1 conv on a ROWS x COLS array.
 // Not synthesizable; it computes in one clock what the real array computes over many, so a
-// testbench rendered by `qexport testbench` runs out of the box. Replace it with your DUT.
+// testbench rendered by `qexport testbench` runs out of the box. Replace it with your DUT: the
+// testbench drives these ports and this handshake, and nothing else.
 //
-// Interface (all writes on the rising edge of clk):
+// Interface (all inputs are sampled on the rising edge of clk; the testbench changes them just
+// after a falling edge):
 //   act_we,  act_addr  (grid position r*GRID+c), act_data  (ROWS lanes, channel 0 in the low bits)
 //   w_we,    w_kij (kernel position ki*3+kj), w_col (output channel), w_data (ROWS lanes)
 //   addr_we, addr_index, addr_data   weight-stationary only: acc_address table (pixel*9 + k)
-//   clear    zero the accumulators;  start   add the loaded input-channel tile's conv to them;
-//   done     high for one cycle after start
+//   clear    high for one rising edge: zero the accumulators
+//   start    high for one rising edge: add the loaded input-channel tile's conv to the accumulators
+//   done     high for at least one clock once that sum is in the accumulators
 //   out_addr (output pixel orow*TILE+ocol) -> out_data (COLS lanes of OUT_BITS, channel 0 lowest)
+//
+// Handshake, per input-channel tile:
+//   1. load act/w (and the address table once), then pulse start for one clock;
+//   2. the testbench then looks at done at every falling edge, starting half a clock after the
+//      rising edge that took start, and fails naming the tile if done is not high within
+//      TIMEOUT_CYCLES clocks (a tb parameter, default 100000). Any latency is fine; done must stay
+//      low from that start until the sum is complete, and the inputs hold still meanwhile.
+//   3. after the last input-channel tile's done, out_data may be read; before that it may be
+//      anything (X included).
+// Read latency: one clock. The testbench sets out_addr after a falling edge and samples out_data
+// at the next falling edge, so out_data may be registered on the rising edge in between (as here,
+// like a block RAM's synchronous read) or be combinational.
 `timescale 1ns/1ps
 module qexport_ref_core #(
     parameter ROWS = 8,
@@ -102,11 +117,16 @@ module qexport_ref_core #(
         end
     end
 
+    // the read is registered: out_data shows out_addr's pixel one rising edge after out_addr
+    wire [COLS*OUT_BITS-1:0] out_next;
+    reg [COLS*OUT_BITS-1:0] out_q;
     genvar lane;
     generate
         for (lane = 0; lane < COLS; lane = lane + 1) begin : out_lanes
             wire signed [63:0] value = acc[out_addr*COLS + lane];
-            assign out_data[lane*OUT_BITS +: OUT_BITS] = (RELU && value < 0) ? {OUT_BITS{1'b0}} : value[OUT_BITS-1:0];
+            assign out_next[lane*OUT_BITS +: OUT_BITS] = (RELU && value < 0) ? {OUT_BITS{1'b0}} : value[OUT_BITS-1:0];
         end
     endgenerate
+    always @(posedge clk) out_q <= out_next;
+    assign out_data = out_q;
 endmodule
