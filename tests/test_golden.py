@@ -20,7 +20,7 @@ from qexport.frontend.demo import demo_images, demo_model
 from qexport.frontend.models.vgg import BUILTIN
 from qexport.layout.flat import LayoutOptions
 from qexport.verify.check import without_check_figures
-from qexport.writer import pack
+from qexport.writer.pack import text as pack_text
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -69,7 +69,7 @@ def test_files_streamed_in_many_blocks_match_golden(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A body written and hashed a few lines at a time gives the same files and manifest hashes."""
-    monkeypatch.setattr(pack, "_BLOCK_BYTES", 100)
+    monkeypatch.setattr(pack_text, "_BLOCK_BYTES", 100)
     layer, fmt, layout = CASES[name]
     export(SourceOptions(), [layer], tmp_path / name, fmt, layout)  # type: ignore[arg-type]
     _check_or_update(name, _files(tmp_path / name), update=False)

@@ -1,6 +1,10 @@
-"""The ``qexport`` command: a thin click shell over :mod:`qexport.api`.
+"""The ``qexport`` command: the click group, the console script and every command registered on it.
 
-torch is imported inside command bodies only, so ``qexport --help`` stays instant.
+The commands live in one module a command group: :mod:`qexport.cli.export` (layers, dump,
+testbench, verify), :mod:`qexport.cli.sets` (compare, check), :mod:`qexport.cli.profiles`,
+:mod:`qexport.cli.study` (eval, sensitivity, search) and :mod:`qexport.cli.train`; their shared
+options and the error-to-exit-code mapping are in :mod:`qexport.cli.common`. torch is imported
+inside command bodies only, so ``qexport --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -9,25 +13,16 @@ import multiprocessing
 import os
 import signal
 import sys
-from pathlib import Path, PurePosixPath
-from typing import Any
 
 import click
 
 from qexport import __version__
-from qexport.cli.common import (
-    MODELS,
-    _describe_source,
-    _fail,
-    _parse_layers,
-    _source,
-    bits_config_option,
-    handles_errors,
-    source_options,
-)
+from qexport.cli.common import MODELS, handles_errors, source_options
+from qexport.cli.export import dump, layers, testbench_command, verify
+from qexport.cli.profiles import profiles
+from qexport.cli.sets import check_command, compare_command
 from qexport.cli.study import eval_command, search_command, sensitivity_command
 from qexport.cli.train import train_command
-from qexport.errors import CheckFailed
 
 __all__ = ["MODELS", "handles_errors", "main", "run", "source_options"]
 
@@ -72,397 +67,17 @@ def run() -> None:
     os._exit(code or 0)
 
 
-@main.command()
-@source_options
-@bits_config_option
-@handles_errors
-def layers(**kwargs: Any) -> None:
-    """List the model's quantized conv layers (features index, channels, bits, alphas, shapes).
-
-    \b
-    Example:
-      qexport layers --checkpoint result/VGG16_quant_gradual/model_best.pth.tar
-    """
-    from qexport import api
-
-    loaded, infos = api.layers(_source(kwargs))
-    click.echo(f"# {_describe_source(loaded)}")
-    header = (
-        f"{'layer':>5} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} "
-        f"{'act_alpha':>9} {'wgt_alpha':>9}  input -> output"
-    )
-    click.echo(header)
-    for info in infos:
-        ksp = f"{info.kernel}/{info.stride}/{info.padding}"
-        shapes = f"{'x'.join(map(str, info.input_shape))} -> {'x'.join(map(str, info.output_shape))}"
-        click.echo(
-            f"{info.layer:>5} {info.conv_number:>4} {info.in_channels:>4} {info.out_channels:>4} "
-            f"{ksp:>7} {info.w_bit:>5} {info.act_bit:>7} {info.act_alpha:>9.4f} "
-            f"{info.wgt_alpha:>9.4f}  {shapes}"
-        )
-
-
-@main.command()
-@source_options
-@bits_config_option
-@click.option("--layer", "layer_text", help="features index (e.g. 33), or a comma list.")
-@click.option("--all", "all_layers", is_flag=True, help="Every quantized conv layer.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["hex", "bin", "txt", "coe", "mif", "h", "npy"]),
-    help="hex/bin ($readmemh/$readmemb), txt (course core), coe (Xilinx), mif (Intel), h (C header), "
-    "npy [default: the profile's format: hex for flat]",
-)
-@click.option(
-    "-o",
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    help="Output folder [default: qexport-out/layer<L> or qexport-out/all].",
-)
-@click.option("--force", is_flag=True, help="Replace an existing qexport output folder.")
-@click.option(
-    "--profile",
-    default="flat",
-    show_default=True,
-    help="Layout profile: a built-in name (see `qexport profiles`) or a TOML file of your own.",
-)
-@click.option(
-    "--depth",
-    type=click.Choice(["exact", "pow2"]),
-    default="exact",
-    show_default=True,
-    help="Memory depth: the words used, or the next power of two (padded with fill 0).",
-)
-@click.option(
-    "--lanes",
-    type=click.IntRange(1, 64),
-    help="flat: values a word for weights and inputs [default: the profile's, 8].",
-)
-@click.option(
-    "--psum-lanes",
-    type=click.IntRange(1, 64),
-    help="flat: values a word for psums and outputs [default: the profile's, 1].",
-)
-@click.option(
-    "--lane-order",
-    type=click.Choice(["lsb_first", "msb_first"]),
-    help="flat: where a word's first value sits [default: the profile's, lsb_first].",
-)
-@click.option(
-    "--psum-bits",
-    type=click.IntRange(2, 62),
-    help="Psum width [default: the layer's worst case]; smaller widths are checked for overflow.",
-)
-@click.option(
-    "--input-sign",
-    type=click.Choice(["auto", "unsigned", "signed"]),
-    default="auto",
-    show_default=True,
-    help="Input lanes: auto = unsigned act_bit unless values are negative.",
-)
-@click.option("--pad-input", is_flag=True, help="Store the input with the conv's zero border.")
-@click.option(
-    "--template-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Templates here override the built-in ones by name.",
-)
-@click.option("--timings", is_flag=True, help="Print the time each stage took, to stderr.")
-@handles_errors
-def dump(
-    layer_text: str | None,
-    all_layers: bool,
-    fmt: str | None,
-    out_dir: Path | None,
-    force: bool,
-    profile: str,
-    depth: str,
-    lanes: int | None,
-    psum_lanes: int | None,
-    lane_order: str | None,
-    psum_bits: int | None,
-    input_sign: str,
-    pad_input: bool,
-    template_dir: Path | None,
-    timings: bool,
-    **kwargs: Any,
-) -> None:
-    """Write weight, input, psum and output vectors plus manifest.json for conv layers.
-
-    Every set, for any profile and layer count, is OUT/manifest.json plus one folder a layer,
-    OUT/layer<L>/; the paths written are printed.
-
-    \b
-    Example:
-      qexport dump --layer 33 --format hex
-      qexport dump --all --format bin -o out/
-      qexport dump --layer 33 --profile course -o tb/vectors
-    """
-    from qexport import api
-    from qexport.layout.flat import LayoutOptions
-
-    if all_layers == (layer_text is not None):
-        raise click.UsageError("give exactly one of --layer L or --all")
-    layer_ids = None if all_layers else _parse_layers(layer_text or "")
-    if out_dir is None:
-        out_dir = Path("qexport-out") / (
-            "all" if layer_ids is None else "layer" + "_".join(map(str, layer_ids))
-        )
-    layout = LayoutOptions(
-        lanes=lanes,
-        psum_lanes=psum_lanes,
-        lane_order=lane_order,  # type: ignore[arg-type]
-        psum_bits=psum_bits,
-        input_sign=input_sign,  # type: ignore[arg-type]
-        pad_input=pad_input,
-    )
-    times = api.StageTimes()
-    result = api.export(
-        _source(kwargs),
-        layer_ids,
-        out_dir,
-        fmt,
-        layout,
-        force=force,
-        template_dir=template_dir,
-        profile=profile,
-        depth=depth,  # type: ignore[arg-type]
-        timings=times,
-    )
-    for notice in result.notices:
-        click.echo(f"notice: {notice}", err=True)
-    label = f" ({result.manifest['label']})" if "label" in result.manifest else ""
-    files = sum(len(entry["files"]) for entry in result.manifest["layers"])
-    layers_written = ", ".join(str(entry["index"]) for entry in result.manifest["layers"])
-    click.echo(
-        f"wrote {files} {result.manifest['format']} files + manifest.json for layer(s) {layers_written} of "
-        f"{result.manifest['model']}{label} to the vector set {out_dir}:"
-    )
-    for line in _set_lines(out_dir, result.manifest):
-        click.echo(f"  {line}")
-    if timings:
-        click.echo(f"timings: {times.describe()}", err=True)
-
-
-@main.command("testbench")
-@source_options
-@bits_config_option
-@click.option("--layer", "layer_text", required=True, help="features index of the conv layer.")
-@click.option("--profile", default="course", show_default=True, help="A systolic profile name or TOML file.")
-@click.option("--format", "fmt", type=click.Choice(["hex", "bin"]), default="hex", show_default=True)
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--force", is_flag=True, help="Replace an existing qexport output folder.")
-@handles_errors
-def testbench_command(
-    layer_text: str, profile: str, fmt: str, out_dir: Path, force: bool, **kwargs: Any
-) -> None:
-    """Render a self-checking SystemVerilog testbench with its vectors and a reference core.
-
-    The folder holds manifest.json, vectors/layer<L>/ (the profile's files, read with
-    $readmemh/$readmemb), tb.sv, qexport_ref_core.v (a behavioural core; swap in your DUT, same
-    ports and handshake) and run_iverilog.sh, which compiles and runs it and exits 0 only on PASS.
-
-    \b
-    Example:
-      qexport testbench --layer 33 --profile course -o tb33 && tb33/run_iverilog.sh
-    """
-    from qexport import api
-
-    (layer,) = _parse_layers(layer_text)
-    result = api.testbench(_source(kwargs), layer, out_dir, profile, fmt, force=force)
-    for notice in result.notices:
-        click.echo(f"notice: {notice}", err=True)
-    vectors = out_dir / PurePosixPath(result.manifest["layers"][0]["files"][0]["path"]).parent
-    click.echo(
-        f"wrote testbench for layer {layer} ({profile}, {fmt}) to {out_dir} (vectors in {vectors}/); "
-        f"run {out_dir}/run_iverilog.sh"
-    )
-    for line in _set_lines(out_dir, result.manifest):
-        click.echo(f"  {line}")
-    bench = ", ".join(str(out_dir / name) for name in ("tb.sv", "qexport_ref_core.v", "run_iverilog.sh"))
-    click.echo(f"  testbench {bench}")
-
-
-def _set_lines(out_dir: Path, manifest: dict[str, Any]) -> list[str]:
-    """The set's real paths: its manifest, then each layer's folder with its files."""
-    lines = [f"manifest  {out_dir / 'manifest.json'}"]
-    for entry in manifest["layers"]:
-        names = [PurePosixPath(f["path"]) for f in entry["files"]]
-        folder = out_dir / names[0].parent  # layer<index>/: every file of a layer is in it
-        listed = ": " + ", ".join(sorted(n.name for n in names)) if len(names) <= 6 else ""
-        lines.append(f"layer {entry['index']:<3} {folder}/  {len(names)} files{listed}")
-    return lines
-
-
-@main.command("compare")
-@click.argument("golden_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("sim_output", type=click.Path(path_type=Path))
-@click.option(
-    "--file",
-    "file_name",
-    help="Which golden file SIM_OUTPUT is: its path in the manifest, its name, or its path on disk.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
-@handles_errors
-def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, as_json: bool) -> None:
-    """Compare a simulator's output with a golden set; exit 0 identical, 1 different, 2 unreadable.
-
-    SIM_OUTPUT is a memory dump in any of our text formats ($writememh output included), a folder
-    of them laid out like the golden set, or a `qexport testbench` log. Each differing value is
-    decoded to layer / tile / pixel / channel / expected / got / xor (the lane's bits, unsigned),
-    the channels, pixels and tiles affected are listed, and patterns are named only when they hold
-    for every differing value (a stuck lane, swapped lane order, a word shift, one bit). A dump
-    shorter or longer than the golden file fails, saying how many words were read and expected.
-    Exit 0 needs at least one value compared and every value equal.
-
-    Which golden file a single dump is: the one --file names (a name not in the set is exit 2,
-    listing the set's files); without --file, the one with the dump's word width and word count;
-    if several have them, the one among them with the dump's file name; if none has them, the one
-    with the dump's file name. Anything else (no match, several, or a name and a shape that point
-    at different files) is exit 2 asking for --file.
-
-    \b
-    Example:
-      qexport compare tb33 sim/out_dump.hex --file vectors/layer33/out.hex
-    """
-    import json
-
-    from qexport.verify.compare import DETAIL, compare
-
-    report = compare(golden_dir, sim_output, file_name)
-    if as_json:
-        click.echo(json.dumps(report.to_json(), sort_keys=True, indent=2))
-    else:
-        for f in report.files:
-            click.echo(f"{f.path} (layer {f.layer}, matched by {f.matched_by}): {f.status}")
-            for pattern in f.patterns:
-                click.echo(f"  pattern: {pattern}")
-            for d in f.diffs:
-                click.echo(f"  {d.describe()}")
-            if f.differences > DETAIL:
-                click.echo(f"  ... and {f.differences - DETAIL} more")
-            for line in f.affected_lines():
-                click.echo(f"  {line}")
-    if not report.identical:
-        _fail(CheckFailed(f"{report.summary()} (golden set {golden_dir})"))
-
-
-@main.command("check")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@handles_errors
-def check_command(paths: tuple[Path, ...]) -> None:
-    """Regenerate vector sets from their manifests and compare byte for byte; exit 1 on any difference.
-
-    Each manifest records the command and inputs that made its set; the checkpoint is found from
-    the manifest's folder and its sha256 verified, other relative paths in it (--input,
-    --bits-config) are resolved from the current folder. Among several paths, one that is not a
-    set (no manifest.json) is skipped with a line; if none is a set, exit 2.
-
-    \b
-    Example:
-      qexport check vectors/*/
-    """
-    from qexport.verify.check import check_set, vector_sets
-
-    folders, skipped = vector_sets(paths)
-    for line in skipped:
-        click.echo(line)
-    failed = 0
-    for folder in folders:
-        result = check_set(folder)
-        if result.identical:
-            click.echo(f"{folder}: identical ({result.command})")
-            continue
-        failed += 1
-        click.echo(f"{folder}: DIFFERS from `{result.command}`")
-        for problem in result.problems:
-            click.echo(f"  {problem}")
-    if failed:
-        _fail(CheckFailed(f"{failed} of {len(folders)} vector set(s) differ from their recipe"))
-
-
-@main.group(invoke_without_command=True)
-@click.pass_context
-def profiles(ctx: click.Context) -> None:
-    """List the layout profiles, or print one with `profiles show NAME`.
-
-    A profile (TOML) describes how one accelerator wants its vectors: array rows x cols, lane
-    widths, dataflow, lane order, header style, file names, golden ops. Copy one, edit it and pass
-    the file with `dump --profile mine.toml`.
-
-    \b
-    Example:
-      qexport profiles
-      qexport profiles show course > mine.toml
-    """
-    if ctx.invoked_subcommand is not None:
-        return
-    from qexport.layout.profile import builtin_names, load_profile
-
-    for name in builtin_names():
-        profile = load_profile(name)
-        click.echo(f"{name:<10} {profile.description}")
-
-
-@profiles.command("show")
-@click.argument("name")
-@handles_errors
-def profiles_show(name: str) -> None:
-    """Print profile NAME (a built-in name or a TOML file) as TOML.
-
-    \b
-    Example:
-      qexport profiles show course
-    """
-    from qexport.layout.profile import load_profile
-
-    click.echo(load_profile(name).source, nl=False)
-
-
-@main.command()
-@source_options
-@bits_config_option
-@click.option("--layer", "layer_text", help="Only these features indices (comma list).")
-@handles_errors
-def verify(layer_text: str | None, **kwargs: Any) -> None:
-    """Check every conv layer as seed 003 does; exit 1 if any layer fails.
-
-    recovered = psum · x_delta · w_delta is compared with the float conv output, and ReLU(recovered)
-    with the next conv's input where only a ReLU lies between. A layer passes when the mean
-    absolute error is below 1e-3.
-
-    \b
-    Example:
-      qexport verify --checkpoint result/VGG16_quant_gradual/model_best.pth.tar --data-dir ./data
-    """
-    from qexport import api
-
-    layer_ids = _parse_layers(layer_text) if layer_text else None
-    loaded, results = api.verify(_source(kwargs), layer_ids)
-    click.echo(f"# {_describe_source(loaded)}, {len(loaded.inputs.indices)} image(s)")
-    click.echo(
-        f"{'layer':>5} {'conv':>4} {'mean_err':>10} {'max_err':>10} "
-        f"{'next_mean':>10} {'next_max':>10}  result"
-    )
-
-    def fmt(value: object) -> str:
-        return f"{value:10.2e}" if isinstance(value, float) else f"{'-':>10}"
-
-    failed = []
-    for r in results:
-        c = r.checks
-        verdict = "PASS" if c["passed"] else "FAIL"
-        if not c["passed"]:
-            failed.append(r.layer)
-        click.echo(
-            f"{r.layer:>5} {r.conv_number:>4} {fmt(c['output_mean_error'])} {fmt(c['output_max_error'])} "
-            f"{fmt(c['next_input_mean_error'])} {fmt(c['next_input_max_error'])}  {verdict}"
-        )
-    if failed:
-        _fail(CheckFailed(f"{len(failed)} layer(s) failed the 1e-3 mean-error check: {failed}"))
-    click.echo(f"all {len(results)} layers pass (mean error < 1e-3)")
-
-
-for _command in (eval_command, sensitivity_command, search_command, train_command):
+for _command in (
+    layers,
+    dump,
+    testbench_command,
+    compare_command,
+    check_command,
+    profiles,
+    verify,
+    eval_command,
+    sensitivity_command,
+    search_command,
+    train_command,
+):
     main.add_command(_command)

@@ -111,7 +111,7 @@ _BITS = [
     click.option(
         "--from",
         "from_bits",
-        type=click.IntRange(1, 8),  # a bits config's widths (model.CONFIG_ACT_BITS)
+        type=click.IntRange(1, 8),  # a bits config's widths (frontend.bits.CONFIG_ACT_BITS)
         default=4,
         show_default=True,
         help="Activation bits of every conv in the baseline.",
@@ -119,7 +119,7 @@ _BITS = [
     click.option(
         "--to",
         "to_bits",
-        type=click.IntRange(1, 8),  # a bits config's widths (model.CONFIG_ACT_BITS)
+        type=click.IntRange(1, 8),  # a bits config's widths (frontend.bits.CONFIG_ACT_BITS)
         default=2,
         show_default=True,
         help="Activation bits a lowered conv gets.",

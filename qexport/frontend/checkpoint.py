@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 
 from qexport.errors import InputError
-from qexport.frontend.models.vgg import BUILTIN, Arch, builtin_arch, infer_arch, same_arch
+from qexport.frontend.models.infer import infer_arch, same_arch
+from qexport.frontend.models.vgg import BUILTIN, Arch, builtin_arch
 
 _OPTIONAL_KEYS = ("weight_q",)  # recomputed from weight when absent
 

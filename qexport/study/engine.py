@@ -39,10 +39,11 @@ from torch import nn
 from qexport import __version__
 from qexport.api import Loaded, SourceOptions, load
 from qexport.errors import InputError
+from qexport.frontend.bits import CONFIG_ACT_BITS
 from qexport.frontend.capture import capture
 from qexport.frontend.device import device_of
 from qexport.frontend.models.quant import QuantConv2d
-from qexport.frontend.models.vgg import CONFIG_ACT_BITS, VGGQuant
+from qexport.frontend.models.vgg import VGGQuant
 from qexport.precision import exact_math
 from qexport.writer.manifest import MANIFEST_NAME, dumps
 from qexport.writer.write import StagedFolder, staged

@@ -20,8 +20,9 @@ from qexport.cli import study as cli_study
 from qexport.cli.main import main
 from qexport.cli.train import train_command
 from qexport.errors import InputError
+from qexport.frontend.bits import read_bits_config
 from qexport.frontend.checkpoint import load_checkpoint
-from qexport.frontend.models.vgg import BUILTIN, _from_cfg, read_bits_config
+from qexport.frontend.models.vgg import BUILTIN, _from_cfg
 from qexport.study import engine as study
 from qexport.train import loop as train
 

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from qexport.frontend.models.infer import infer_arch, same_arch
 from qexport.frontend.models.quant import ActClip, QuantConv2d, quantize_act, quantize_weight
-from qexport.frontend.models.vgg import BUILTIN, VGGQuant, build_model, infer_arch, same_arch
+from qexport.frontend.models.vgg import BUILTIN, VGGQuant, build_model
 
 
 def _meta_model(name: str) -> VGGQuant:

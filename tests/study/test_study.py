@@ -33,9 +33,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from qexport.api import Loaded
 from qexport.cli import study as cli_study
+from qexport.frontend.bits import read_bits_config
 from qexport.frontend.inputs import Inputs
 from qexport.frontend.models.quant import QuantConv2d
-from qexport.frontend.models.vgg import VGGQuant, _from_cfg, build_model, read_bits_config
+from qexport.frontend.models.vgg import VGGQuant, _from_cfg, build_model
 from qexport.study import engine as study
 
 BATCH = 64

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from qexport.errors import BitWidthError, InputError
 from qexport.verify.decode import lanes_from_bits, parse_words
-from qexport.writer import pack
 from qexport.writer.pack import (
     PackSpec,
     check_fits,
@@ -30,6 +29,8 @@ from qexport.writer.pack import (
     pack_path,
     to_words,
 )
+from qexport.writer.pack import bytes as pack_bytes
+from qexport.writer.pack import text as pack_text
 
 # On a failure Hypothesis imports libcst (to print an @example patch), and importing libcst warns
 # (mypy_extensions.TypedDict is deprecated); with warnings as errors that warning becomes an
@@ -393,7 +394,7 @@ def test_blocks_join_into_the_whole_text(
     values = np.random.default_rng(block_bytes).integers(low, high, 333 * spec.lanes, endpoint=True)
     words = to_words(values, spec)
     whole = _text(values, spec, radix)  # before the patch: the default block size
-    monkeypatch.setattr(pack, "_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(pack_text, "_BLOCK_BYTES", block_bytes)
     blocks = [bytes(block) for block in line_blocks(words, spec, radix)]  # copied: the buffer is reused
     assert b"".join(blocks).decode("ascii") == whole
     assert all(block.endswith(b"\n") for block in blocks)  # whole lines only
@@ -407,14 +408,14 @@ def test_blocks_join_into_the_whole_text(
 
 def test_blocks_reuse_one_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Why a consumer must copy or write a block at once: the next block overwrites it."""
-    monkeypatch.setattr(pack, "_BLOCK_BYTES", 3)  # a line a block
+    monkeypatch.setattr(pack_text, "_BLOCK_BYTES", 3)  # a line a block
     spec = PackSpec(4, 2, False)
     views = list(line_blocks(to_words(np.arange(6), spec), spec, "hex"))
     assert [bytes(view) for view in views] == [b"54\n"] * 3  # every view shows the last block
 
 
 def test_files_made_interleaved_do_not_share_a_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pack, "_BLOCK_BYTES", 64)
+    monkeypatch.setattr(pack_text, "_BLOCK_BYTES", 64)
     spec = PackSpec(4, 8, True)
     first, second = (np.random.default_rng(seed).integers(-8, 8, 800) for seed in (1, 2))
     texts: tuple[list[bytes], list[bytes]] = ([], [])
@@ -433,7 +434,7 @@ def test_files_made_interleaved_do_not_share_a_workspace(monkeypatch: pytest.Mon
 def test_threads_pack_with_workspaces_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(pack, "_BLOCK_BYTES", 256)  # many blocks each, so the threads interleave
+    monkeypatch.setattr(pack_text, "_BLOCK_BYTES", 256)  # many blocks each, so the threads interleave
     spec = PackSpec(4, 8, True)
     inputs = [np.random.default_rng(seed).integers(-8, 8, 8 * 2000) for seed in range(8)]
     expected = [_text(values, spec, "bin") for values in inputs]
@@ -454,10 +455,10 @@ def test_the_workspace_is_kept_for_the_next_file() -> None:
     spec = PackSpec(4, 8, True)
     words = to_words(np.zeros(80_000, dtype=np.int64), spec)
     line_matrix(words, spec, "hex")
-    kept = pack._IDLE.buffer
+    kept = pack_bytes._IDLE.buffer
     assert kept.size > 0
     line_matrix(words, spec, "hex")
-    assert pack._IDLE.buffer is kept  # no new memory for a file of the same size
+    assert pack_bytes._IDLE.buffer is kept  # no new memory for a file of the same size
 
 
 def test_a_reused_workspace_starts_clean() -> None:
