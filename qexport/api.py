@@ -13,11 +13,12 @@ from qexport import __version__
 from qexport.errors import CheckFailed, InputError
 from qexport.frontend.bits import apply_act_bits, read_bits_config
 from qexport.frontend.capture import LayerTensors, capture
-from qexport.frontend.checkpoint import load_checkpoint, resolve_arch
+from qexport.frontend.checkpoint import load_checkpoint
 from qexport.frontend.device import pick_device
 from qexport.frontend.inputs import CIFAR_FOLDER, Inputs, load_array, load_cifar10, load_demo
 from qexport.frontend.models.load import load_weights
 from qexport.frontend.models.quant import DEFAULT_ACT_CLIP, ActClip
+from qexport.frontend.models.resolve import resolve_arch
 from qexport.frontend.models.vgg import DEFAULT_MODEL, Arch, VGGQuant, build_model, builtin_arch
 from qexport.ir.integerize import IntLayer, integerize
 from qexport.ir.reference import Psums, conv_psum

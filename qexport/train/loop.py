@@ -33,11 +33,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from qexport.errors import InputError
 from qexport.frontend.bits import apply_act_bits, read_bits_config
-from qexport.frontend.checkpoint import load_checkpoint, resolve_arch
+from qexport.frontend.checkpoint import load_checkpoint
 from qexport.frontend.device import pick_device
 from qexport.frontend.inputs import CIFAR_FOLDER, CIFAR_MEAN, CIFAR_STD
 from qexport.frontend.models.load import load_weights
 from qexport.frontend.models.quant import QuantConv2d
+from qexport.frontend.models.resolve import resolve_arch
 from qexport.frontend.models.vgg import DEFAULT_MODEL, VGGQuant, build_model, builtin_arch
 from qexport.train.curves import render_curves
 

@@ -16,9 +16,10 @@ from helpers import StateDict, course_checkpoint, course_state_dict, randomised_
 
 from qexport.api import Loaded, SourceOptions, load
 from qexport.errors import InputError
-from qexport.frontend.checkpoint import load_checkpoint, resolve_arch
+from qexport.frontend.checkpoint import load_checkpoint
 from qexport.frontend.models.infer import same_arch
 from qexport.frontend.models.load import load_weights
+from qexport.frontend.models.resolve import resolve_arch
 from qexport.frontend.models.vgg import BUILTIN, Arch, ModuleSpec, _from_cfg, build_model
 
 GRADUAL = "VGG16_quant_gradual"

@@ -1,0 +1,125 @@
+"""Which architecture a checkpoint's state dict is: the named model, a built-in that fits, or one
+inferred from its keys; a checkpoint that almost fits is named with its missing, unexpected and
+mis-shaped keys."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from qexport.errors import InputError
+from qexport.frontend.models.infer import infer_arch, same_arch
+from qexport.frontend.models.vgg import BUILTIN, Arch, builtin_arch
+
+if TYPE_CHECKING:  # a value handed over by the checkpoint loader; no import at run time
+    from qexport.frontend.checkpoint import Checkpoint
+
+_OPTIONAL_KEYS = ("weight_q",)  # recomputed from weight when absent
+
+
+@dataclass(frozen=True, slots=True)
+class KeyReport:
+    missing: list[str]
+    unexpected: list[str]
+    wrong_shape: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong_shape)
+
+
+def compare_keys(arch: Arch, state: Mapping[str, torch.Tensor]) -> KeyReport:
+    expected = arch.expected_shapes()
+    missing = [
+        k for k in expected if k not in state and not k.endswith(tuple("." + o for o in _OPTIONAL_KEYS))
+    ]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: checkpoint {list(state[k].shape)}, model {list(shape)}"
+        for k, shape in expected.items()
+        if k in state and tuple(state[k].shape) != shape
+    ]
+    return KeyReport(missing, unexpected, wrong)
+
+
+def _short(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def resolve_arch(ckpt: Checkpoint, model_name: str | None) -> Arch:
+    """The architecture for a checkpoint: the named model, a built-in that fits, or an inferred one."""
+    state = ckpt.state_dict
+    _check_quant_keys(ckpt)
+    if model_name is not None:
+        arch = builtin_arch(model_name)
+        report = compare_keys(arch, state)
+        if report.ok:
+            return arch
+        raise InputError(_mismatch_message(ckpt, arch, report))
+    for arch in BUILTIN.values():
+        if compare_keys(arch, state).ok:
+            return arch
+    inferred = infer_arch(state, name="inferred")
+    report = compare_keys(inferred, state)
+    if not report.ok:
+        raise InputError(_mismatch_message(ckpt, inferred, report))
+    if not inferred.qconv_indices():
+        raise InputError(
+            f"checkpoint {ckpt.name} has convs but no quantized ones (no features.<i>.act_alpha "
+            "keys): it is a float model, or its alphas were stripped; qexport exports the "
+            "course's QuantConv2d layers only"
+        )
+    return inferred
+
+
+_QUANT_KEYS = ("act_alpha", "weight_quant.wgt_alpha", "weight_q")
+
+
+def _check_quant_keys(ckpt: Checkpoint) -> None:
+    """A layer with any QuantConv2d key needs both alphas: without one it cannot be quantized."""
+    layers: dict[str, set[str]] = {}
+    for key in ckpt.state_dict:
+        for suffix in _QUANT_KEYS:
+            if key.endswith("." + suffix):
+                layers.setdefault(key.removesuffix(suffix), set()).add(suffix)
+    for prefix, present in layers.items():
+        absent = [f"{prefix}{k}" for k in _QUANT_KEYS[:2] if k not in present]
+        if absent:
+            raise InputError(
+                f"checkpoint {ckpt.name}: {prefix.rstrip('.')} is a quantized conv (it has "
+                f"{', '.join(sorted(present))}) but {' and '.join(absent)} "
+                f"{'is' if len(absent) == 1 else 'are'} missing; without both alphas its "
+                "quantization is undefined. Re-save the checkpoint from the training script"
+            )
+
+
+def _mismatch_message(ckpt: Checkpoint, arch: Arch, report: KeyReport) -> str:
+    parts = [f"checkpoint {ckpt.name} does not fit model {arch.name}:"]
+    if report.missing:
+        parts.append(f"missing keys {_short(report.missing)};")
+    if report.unexpected:
+        parts.append(f"unexpected keys {_short(report.unexpected)};")
+    if report.wrong_shape:
+        parts.append(f"wrongly shaped {_short(report.wrong_shape, 3)};")
+    fits = [a.name for a in BUILTIN.values() if compare_keys(a, ckpt.state_dict).ok]
+    if fits:
+        parts.append(f"it fits the built-in model {fits[0]}: pass --model {fits[0]}")
+    else:
+        try:
+            inferred = infer_arch(ckpt.state_dict)
+        except InputError as err:
+            parts.append(f"no built-in model fits and {err}")
+        else:
+            if compare_keys(inferred, ckpt.state_dict).ok and not same_arch(inferred, arch):
+                convs = len(inferred.conv_indices())
+                parts.append(
+                    f"no built-in model fits, but an inferred VGG-style architecture with {convs} "
+                    "convs does: leave out --model to use it"
+                )
+            else:
+                parts.append("no built-in or inferred architecture fits it")
+    return " ".join(parts)
