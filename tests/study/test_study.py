@@ -31,12 +31,12 @@ from seed_loop import seed_greedy, seed_sensitivity  # type: ignore[import-not-f
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from qexport import study
 from qexport.api import Loaded
 from qexport.cli import study as cli_study
 from qexport.frontend.inputs import Inputs
 from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.vgg import VGGQuant, _from_cfg, build_model, read_bits_config
-from qexport.study import engine as study
 
 BATCH = 64
 
