@@ -432,3 +432,10 @@ def test_progress_bar_is_quiet_under_ci(monkeypatch: pytest.MonkeyPatch) -> None
         assert not bars.enabled
         bars("evaluate", 1, 2)
         assert bars.bar is None
+
+
+def test_the_study_never_imports_the_api() -> None:
+    # the dependency runs cli -> api -> study: the CLI hands the study api.load
+    code = "import sys; import qexport.study; print('qexport.api' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -25,6 +25,7 @@ from PIL import Image
 from qexport import api
 from qexport.api import SourceOptions
 from qexport.cli.train import train_command
+from qexport.errors import InputError
 from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.vgg import BUILTIN, build_model
 from qexport.train import EpochResult, TrainEvent, TrainOptions, build_training_model, lr_at, train
@@ -110,6 +111,17 @@ def test_help_ends_with_an_example() -> None:
     example = result.output.split("Example:")[1]
     assert "qexport train --model VGG16_quant_gradual --data-dir ./data" in example
     assert "torchrun --nproc_per_node" in example
+
+
+def test_training_takes_the_shared_source_options(tmp_path: Path) -> None:
+    # one SourceOptions for export, study and train: train reads its model, data and bits fields
+    opts = TrainOptions(SourceOptions(model="VGG16_quant", data_dir=tmp_path))
+    assert (opts.model, opts.data_dir, opts.source.download) == ("VGG16_quant", tmp_path, False)
+    assert TrainOptions().source == SourceOptions(model=MODEL, data_dir=Path("data"))
+    with pytest.raises(
+        InputError, match=r"takes no source checkpoint \(c\.pth\); continue a run with resume"
+    ):
+        list(train(TrainOptions(SourceOptions(checkpoint=Path("c.pth")), out_dir=tmp_path)))
 
 
 def test_the_defaults_are_the_seed_recipe() -> None:
