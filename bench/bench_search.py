@@ -1,4 +1,4 @@
-"""Seed 000's sensitivity + greedy loop against ``qexport.study.engine.search`` on the demo model.
+"""Seed 000's sensitivity + greedy loop against ``qexport.study.search`` on the demo model.
 
 Both run on the same demo images (labelled with the 4-bit model's own predictions) and must make
 the same decisions with the same accuracies; the script checks that, then prints both times.
@@ -20,12 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from qexport import study
 from qexport.api import Loaded
 from qexport.frontend.demo import DEMO_LABEL, demo_images, demo_model
 from qexport.frontend.inputs import Inputs, normalise_uint8
 from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.vgg import DEFAULT_MODEL, builtin_arch
-from qexport.study import engine as study
 
 # the notebook's loop, transcribed once for the tests and this benchmark
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

@@ -1,6 +1,6 @@
 """Seed 000's loop, transcribed from the notebook: the reference our faster search must equal.
 
-Used by tests/study/test_study.py and bench/bench_search.py; it shares no code with qexport.study.engine.
+Used by tests/study/test_study.py and bench/bench_search.py; it shares no code with qexport.study.
 """
 
 from __future__ import annotations

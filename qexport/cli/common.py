@@ -13,7 +13,7 @@ import click
 from qexport.errors import QExportError
 
 if TYPE_CHECKING:
-    from qexport.api import Loaded, SourceOptions
+    from qexport.frontend.source import Loaded, SourceOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,20 +98,14 @@ bits_config_option = click.option(
 
 
 def _source(kwargs: dict[str, Any]) -> SourceOptions:
-    from qexport.api import SourceOptions
+    """The shared source options, taken out of a command's ``kwargs`` (a command without one of
+    the options, as ``train`` without ``--checkpoint``, gets that field's default)."""
+    from dataclasses import fields
 
-    return SourceOptions(
-        checkpoint=kwargs.pop("checkpoint"),
-        model=kwargs.pop("model"),
-        data_dir=kwargs.pop("data_dir"),
-        input_file=kwargs.pop("input_file"),
-        images=kwargs.pop("images"),
-        download=kwargs.pop("download"),
-        act_clip=kwargs.pop("act_clip"),
-        trust_recomputed=kwargs.pop("trust_recomputed"),
-        device=kwargs.pop("device"),
-        bits_config=kwargs.pop("bits_config", None),
-    )
+    from qexport.frontend.source import SourceOptions
+
+    names = [f.name for f in fields(SourceOptions)]  # each field has the CLI option of its name
+    return SourceOptions(**{name: kwargs.pop(name) for name in names if name in kwargs})
 
 
 def _describe_source(loaded: Loaded) -> str:

@@ -1,6 +1,7 @@
-"""``qexport eval``, ``sensitivity`` and ``search``: click shells over :mod:`qexport.study.engine`.
+"""``qexport eval``, ``sensitivity`` and ``search``: click shells over :mod:`qexport.study`.
 
-Each command parses options, calls one ``study.run_*`` function and prints the seed's lines.
+Each command parses options, calls one ``study.run_*`` function (handing it ``api.load``, so the
+study never loads a model itself) and prints the seed's lines.
 torch is imported inside command bodies only, so ``--help`` stays instant. The commands are
 registered on the main group in ``cli.py``.
 """
@@ -19,7 +20,7 @@ import click
 from qexport.cli.common import _source, bits_config_option, handles_errors, source_options
 
 if TYPE_CHECKING:
-    from qexport.study.engine import SearchResult, SearchStep, Sensitivity, Study, Written
+    from qexport.study import SearchResult, SearchStep, Sensitivity, Study, Written
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -170,13 +171,14 @@ def eval_command(
       qexport eval --bits-config qexport-out/search/bits_config.json --limit 1000
       qexport eval --input images.npy --labels labels.npy
     """
-    from qexport.study import engine as study
+    from qexport import api, study
 
     opts = _source(kwargs)
     with _Bars() as bars:
         s, result, written = study.run_eval(
             opts,
             out_dir,
+            load=api.load,
             labels_file=labels_file,
             limit=limit,
             batch_size=batch_size,
@@ -219,12 +221,13 @@ def sensitivity_command(
       qexport sensitivity --from 4 --to 2 --checkpoint result/VGG16_quant/model_best.pth.tar
       qexport sensitivity --limit 512 -o out/sens
     """
-    from qexport.study import engine as study
+    from qexport import api, study
 
     with _Bars() as bars:
         s, sens, written = study.run_sensitivity(
             _source(kwargs),
             out_dir,
+            load=api.load,
             from_bits=from_bits,
             to_bits=to_bits,
             labels_file=labels_file,
@@ -339,7 +342,7 @@ def search_command(
       qexport search --epsilon 0.5 --strategy budget --limit 1000
       qexport eval --bits-config qexport-out/search/bits_config.json
     """
-    from qexport.study import engine as study
+    from qexport import api, study
 
     def on_start(s: Study, sens: Sensitivity) -> None:
         bars.close()
@@ -359,6 +362,7 @@ def search_command(
         _, result, written = study.run_search(
             _source(kwargs),
             out_dir,
+            load=api.load,
             epsilon=epsilon,
             from_bits=from_bits,
             to_bits=to_bits,

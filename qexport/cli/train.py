@@ -1,4 +1,4 @@
-"""``qexport train``: a thin click shell over :func:`qexport.train.loop.train`.
+"""``qexport train``: a thin click shell over :func:`qexport.train.train`.
 
 Runnable as ``python -m qexport.cli.train`` so that ``torchrun -m qexport.cli.train`` starts it in
 every process. torch is imported inside the command body, so ``--help`` stays instant.
@@ -7,10 +7,11 @@ every process. torch is imported inside the command body, so ``--help`` stays in
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from qexport.cli.common import MODELS, handles_errors
+from qexport.cli.common import MODELS, _source, handles_errors
 
 
 def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -102,9 +103,6 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 )
 @handles_errors
 def train_command(
-    model: str,
-    data_dir: Path,
-    download: bool,
     out_dir: Path,
     force: bool,
     epochs: int,
@@ -115,7 +113,6 @@ def train_command(
     milestones: tuple[int, ...],
     gamma: float,
     resume: Path | None,
-    bits_config: Path | None,
     w_bit: int | None,
     a_bit: int | None,
     limit_train: int | None,
@@ -125,6 +122,7 @@ def train_command(
     seed: int,
     no_amp: bool,
     print_freq: int,
+    **kwargs: Any,
 ) -> None:
     """Train a quantized course model on CIFAR-10 with seed 003's recipe.
 
@@ -141,11 +139,10 @@ def train_command(
       qexport train --epochs 1 --limit-train 512 --limit-test 256 --workers 0
       torchrun --nproc_per_node=4 -m qexport.cli.train --data-dir ./data
     """
-    from qexport.train.loop import BatchProgress, EpochResult, RunFinished, RunStarted, TrainOptions, train
+    from qexport.train import BatchProgress, EpochResult, RunFinished, RunStarted, TrainOptions, train
 
     opts = TrainOptions(
-        model=model,
-        data_dir=data_dir,
+        source=_source(kwargs),  # --model, --data-dir, --download, --bits-config
         out_dir=out_dir,
         epochs=epochs,
         batch_size=batch_size,
@@ -155,9 +152,7 @@ def train_command(
         milestones=milestones,
         gamma=gamma,
         workers=workers,
-        download=download,
         resume=resume,
-        bits_config=bits_config,
         w_bit=w_bit,
         a_bit=a_bit,
         limit_train=limit_train,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,3 +135,39 @@ def load_demo(spec: str) -> Inputs:
     indices = parse_images(spec, DEMO_IMAGES)
     images = normalise_uint8(demo_images(max(indices) + 1)[indices])
     return Inputs(images, None, {"demo": DEMO_LABEL, "images": spec}, tuple(indices))
+
+
+def read_labels(path: Path, indices: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Class indices from ``.npy`` / ``.pt`` (one per input row), picked at ``indices``."""
+    if not path.is_file():
+        raise InputError(f"--labels {path} is not a file; give a .npy or .pt array of class indices")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif path.suffix == ".pt":
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(loaded, torch.Tensor):
+                raise InputError(f"--labels {path} holds a {type(loaded).__name__}, not one tensor")
+            array = loaded.numpy()
+        else:
+            raise InputError(f"--labels {path}: unknown suffix {path.suffix!r}; use .npy or .pt")
+    except (ValueError, OSError, RuntimeError) as err:
+        raise InputError(f"--labels {path} could not be read as an array: {err}") from err
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise InputError(
+            f"--labels {path} has shape {list(array.shape)} and dtype {array.dtype}; expected a 1-D "
+            "integer array with one class index per input row"
+        )
+    needed = max(indices) + 1
+    if array.shape[0] < needed:
+        raise InputError(
+            f"--labels {path} holds {array.shape[0]} labels but image {needed - 1} is used; give one "
+            "label per input row"
+        )
+    picked = array[list(indices)]
+    bad = picked[(picked < 0) | (picked >= num_classes)]
+    if bad.size:
+        raise InputError(
+            f"--labels {path} holds class {int(bad[0])}; the model has classes 0..{num_classes - 1}"
+        )
+    return torch.from_numpy(picked.astype(np.int64))

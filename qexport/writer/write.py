@@ -366,3 +366,29 @@ def write_plan(plan: ExportPlan, out_dir: Path, *, force: bool = False) -> None:
     with staged(out_dir, force=force) as folder:
         for relpath, content in sorted(plan.files.items()):
             folder.add(relpath, content, executable=relpath in plan.executable)
+
+
+def write_file_atomic(target: Path, data: bytes) -> None:
+    """Replace one file whole or not at all: write ``.NAME.<pid>.tmp`` beside it, fsync, rename.
+
+    For a file rewritten in place while its folder stays (a training run's checkpoint, every
+    epoch): a reader, or a run killed at any moment, sees the old file or the new one. A killed
+    writer's temporary file is found by :func:`temp_leftovers`.
+    """
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        tmp.replace(target)  # os.replace: atomic within one folder
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {target} ({err}); free some space or pick another --out") from err
+    with contextlib.suppress(OSError):  # the file is in place; this only makes the rename durable
+        _fsync_dir(target.parent)
+
+
+def temp_leftovers(target: Path) -> list[Path]:
+    """The temporary files :func:`write_file_atomic` left beside ``target`` when killed mid-write."""
+    return sorted(target.parent.glob(f".{target.name}.*.tmp"))

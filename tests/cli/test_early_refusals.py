@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner, Result
 from helpers import course_checkpoint
 
+from qexport import api, study
 from qexport.api import SourceOptions
 from qexport.cli import study as cli_study
 from qexport.cli.main import main
@@ -23,8 +24,7 @@ from qexport.errors import InputError
 from qexport.frontend.bits import read_bits_config
 from qexport.frontend.checkpoint import load_checkpoint
 from qexport.frontend.models.vgg import BUILTIN, _from_cfg
-from qexport.study import engine as study
-from qexport.train import loop as train
+from qexport.train import checkpoints, loop
 
 SMALL = _from_cfg("small_course", [16, "M", 32, "M", 8, "S8", 32, "M", 32, "M", 32, "M"])
 GRADUAL = BUILTIN["VGG16_quant_gradual"]
@@ -181,14 +181,14 @@ STUDY_COMMANDS = {
 
 @pytest.fixture
 def no_model(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record any attempt to load the model or images (study.prepare is where each command starts)."""
+    """Record any attempt to load the model or images (``api.load``, which each command hands the study)."""
     calls: list[str] = []
 
-    def prepare(*args: Any, **kwargs: Any) -> None:
-        calls.append("prepare")
+    def load(*args: Any, **kwargs: Any) -> None:
+        calls.append("load")
         raise InputError("the model was loaded")
 
-    monkeypatch.setattr(study, "prepare", prepare)
+    monkeypatch.setattr(api, "load", load)
     return calls
 
 
@@ -239,14 +239,14 @@ def test_force_lets_the_work_start_and_a_failure_keeps_the_old_export(
     result = CliRunner().invoke(command, ["-o", str(out), "--force"])
     assert result.exit_code == 2, result.output
     assert result.output == "error: the model was loaded\n"
-    assert no_model == ["prepare"]
+    assert no_model == ["load"]
     assert (out / "manifest.json").read_text() == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_a_search_bits_config_reads_back_so_from_stops_at_8() -> None:
     with pytest.raises(InputError, match=r"^--from 9: activation bits must be 1\.\.8$"):
-        study.run_search(SourceOptions(), Path("never"), from_bits=9, to_bits=2)
+        study.run_search(SourceOptions(), Path("never"), load=api.load, from_bits=9, to_bits=2)
     result = CliRunner().invoke(cli_study.search_command, ["--from", "9"])
     assert result.exit_code == 2 and "9 is not in the range 1<=x<=8" in result.output
 
@@ -260,7 +260,7 @@ def no_data(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append("loaders")
         raise InputError("the data was loaded")
 
-    monkeypatch.setattr(train, "_loaders", loaders)
+    monkeypatch.setattr(loop, "loaders", loaders)
     return calls
 
 
@@ -314,10 +314,10 @@ def test_train_run_folder_that_is_a_file_is_refused_before_loading_data(
 def test_train_from_scratch_clears_the_earlier_runs_files(tmp_path: Path) -> None:
     # a fresh run whose first epoch scores 0 % writes no model_best: the old one must not survive
     run = _earlier_run(tmp_path / "result")
-    train._prepare_run_dir(run, fresh=True)
+    checkpoints.prepare_run_dir(run, fresh=True)
     assert list(run.iterdir()) == []
     resumed = _earlier_run(tmp_path / "other")
-    train._prepare_run_dir(resumed, fresh=False)
+    checkpoints.prepare_run_dir(resumed, fresh=False)
     assert sorted(p.name for p in resumed.iterdir()) == [
         "checkpoint.pth",
         "metrics.jsonl",

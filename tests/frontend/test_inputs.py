@@ -12,9 +12,9 @@ import pytest
 import torch
 from helpers import CIFAR_FOLDER, write_fake_cifar10
 
-from qexport.api import SourceOptions, _inputs
 from qexport.errors import InputError
 from qexport.frontend.inputs import load_array, load_cifar10, load_demo, parse_images
+from qexport.frontend.source import SourceOptions, _inputs
 
 # the seeds' normalisation, written out rather than imported
 MEAN = np.array([0.491, 0.482, 0.447])
@@ -314,3 +314,15 @@ def test_demo_images_are_deterministic_and_indexable() -> None:
 def test_demo_out_of_range() -> None:
     with pytest.raises(InputError, match=r"asks for image 128, but only 0\.\.127 exist"):
         load_demo("120:130")
+
+
+def test_read_labels_picks_the_used_rows_and_refuses_unknown_classes(tmp_path: Path) -> None:
+    from qexport.frontend.inputs import read_labels
+
+    path = tmp_path / "labels.npy"
+    np.save(path, np.array([3, 1, 4, 1, 5]))
+    assert read_labels(path, [4, 0], 10).tolist() == [5, 3]
+    with pytest.raises(
+        InputError, match=r"^--labels .*labels\.npy holds class 5; the model has classes 0\.\.4$"
+    ):
+        read_labels(path, [4], 5)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qexport import study
 from qexport.api import Loaded
 from qexport.frontend.capture import capture
 from qexport.frontend.inputs import Inputs
@@ -25,7 +26,6 @@ from qexport.frontend.models.vgg import VGGQuant, _from_cfg, build_model
 from qexport.ir import reference
 from qexport.ir.reference import conv_plan, integer_conv
 from qexport.precision import exact_math
-from qexport.study import engine as study
 
 
 def _read(get: Callable[[], Any]) -> Any:

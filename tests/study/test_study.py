@@ -31,13 +31,13 @@ from seed_loop import seed_greedy, seed_sensitivity  # type: ignore[import-not-f
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from qexport import study
 from qexport.api import Loaded
 from qexport.cli import study as cli_study
 from qexport.frontend.bits import read_bits_config
 from qexport.frontend.inputs import Inputs
 from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.vgg import VGGQuant, _from_cfg, build_model
-from qexport.study import engine as study
 
 BATCH = 64
 
@@ -433,3 +433,10 @@ def test_progress_bar_is_quiet_under_ci(monkeypatch: pytest.MonkeyPatch) -> None
         assert not bars.enabled
         bars("evaluate", 1, 2)
         assert bars.bar is None
+
+
+def test_the_study_never_imports_the_api() -> None:
+    # the dependency runs cli -> api -> study: the CLI hands the study api.load
+    code = "import sys; import qexport.study; print('qexport.api' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -25,10 +25,11 @@ from PIL import Image
 from qexport import api
 from qexport.api import SourceOptions
 from qexport.cli.train import train_command
+from qexport.errors import InputError
 from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.vgg import BUILTIN, build_model
+from qexport.train import EpochResult, TrainEvent, TrainOptions, build_training_model, lr_at, train
 from qexport.train.curves import SIZE, render_curves
-from qexport.train.loop import EpochResult, TrainEvent, TrainOptions, build_training_model, lr_at, train
 
 MODEL = "VGG16_quant_gradual"
 TINY = ["--limit-train", "16", "--limit-test", "16", "--batch-size", "16", "--workers", "0"]
@@ -90,7 +91,9 @@ def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(fake_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference:
     """Two epochs through the library, the single-process reference of the other tests."""
     base = tmp_path_factory.mktemp("reference")
-    opts = TrainOptions(data_dir=fake_data, out_dir=base / "result", epochs=2, **TINY_OPTIONS)
+    opts = TrainOptions(
+        source=SourceOptions(data_dir=fake_data), out_dir=base / "result", epochs=2, **TINY_OPTIONS
+    )
     folder, epoch1 = base / "result" / MODEL, base / "epoch1" / MODEL
     events: list[TrainEvent] = []
     with pytest.MonkeyPatch.context() as mp:
@@ -108,6 +111,17 @@ def test_help_ends_with_an_example() -> None:
     example = result.output.split("Example:")[1]
     assert "qexport train --model VGG16_quant_gradual --data-dir ./data" in example
     assert "torchrun --nproc_per_node" in example
+
+
+def test_training_takes_the_shared_source_options(tmp_path: Path) -> None:
+    # one SourceOptions for export, study and train: train reads its model, data and bits fields
+    opts = TrainOptions(SourceOptions(model="VGG16_quant", data_dir=tmp_path))
+    assert (opts.model, opts.data_dir, opts.source.download) == ("VGG16_quant", tmp_path, False)
+    assert TrainOptions().source == SourceOptions(model=MODEL, data_dir=Path("data"))
+    with pytest.raises(
+        InputError, match=r"takes no source checkpoint \(c\.pth\); continue a run with resume"
+    ):
+        list(train(TrainOptions(SourceOptions(checkpoint=Path("c.pth")), out_dir=tmp_path)))
 
 
 def test_the_defaults_are_the_seed_recipe() -> None:
@@ -244,7 +258,7 @@ def test_download_asks_torchvision_and_reports_a_failure(
 def test_bits_options_reach_every_conv(tmp_path: Path) -> None:
     config = tmp_path / "bits.json"
     config.write_text(json.dumps({"act_bits": {"33": 4, "conv 0": 8}}))
-    model = build_training_model(TrainOptions(w_bit=3, a_bit=2, bits_config=config))
+    model = build_training_model(TrainOptions(SourceOptions(bits_config=config), w_bit=3, a_bit=2))
     convs = {i: m for i, m in enumerate(model.features) if isinstance(m, QuantConv2d)}
     assert {m.w_bit for m in convs.values()} == {3}
     assert {i: m.act_bit for i, m in convs.items() if m.act_bit != 2} == {0: 8, 33: 4}

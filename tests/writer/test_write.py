@@ -305,3 +305,39 @@ def test_o_without_permission_says_permission_denied(tmp_path: Path, monkeypatch
         "error: -o ro/sub/out: permission denied: you may not create files in ro; choose a writable path\n"
     )
     assert list((tmp_path / "ro").iterdir()) == []
+
+
+# --- the one atomic file writer (training checkpoints, metrics, curves) ------------------------
+
+
+def test_write_file_atomic_replaces_the_file_whole(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint.pth"
+    target.write_bytes(b"epoch 1")
+    write.write_file_atomic(target, b"epoch 2")
+    assert target.read_bytes() == b"epoch 2"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # no temporary file left
+
+
+def test_write_file_atomic_failure_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "metrics.jsonl"
+    target.write_bytes(b"old\n")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(
+        InputError, match=r"^cannot write .*metrics\.jsonl .*No space left.*; free some space"
+    ):
+        write.write_file_atomic(target, b"new\n")
+    assert target.read_bytes() == b"old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+def test_temp_leftovers_finds_a_killed_writers_file_only(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint.pth"
+    (tmp_path / ".checkpoint.pth.4242.tmp").write_bytes(b"half")
+    (tmp_path / ".model_best.pth.tar.4242.tmp").write_bytes(b"other target's")
+    assert write.temp_leftovers(target) == [tmp_path / ".checkpoint.pth.4242.tmp"]
