@@ -16,9 +16,10 @@ from qexport.layout.flat import TensorPlan
 from qexport.layout.profile import load_profile, parse_profile
 from qexport.verify.decode import decode_file
 from qexport.writer import formats, pack
+from qexport.writer.manifest import file_entry
 from qexport.writer.pack import PackSpec
 from qexport.writer.render import MemoryContext, render_memory
-from qexport.writer.write import ExportPlan
+from qexport.writer.write import ExportPlan, write_hashed
 
 # --- item 5: file-name patterns -------------------------------------------------------------
 
@@ -112,8 +113,9 @@ def _rendered(
     tp = tp or _plan()
     ctx = MemoryContext("VGG16_quant_gradual", "demo, untrained", "flat", 33, 10, fmt, "exact", template_dir)
     sink = ExportPlan()
-    entry = render_memory(tp, ctx, sink)
-    return sink.files[str(entry["path"])].decode("ascii"), entry
+    rendered = render_memory(tp, ctx)
+    entry = file_entry(tp, rendered.facts, write_hashed(sink, rendered.facts.path, rendered.content))
+    return sink.files[entry.path].decode("ascii"), entry.to_json()
 
 
 def _template(root: Path, name: str, text: str) -> Path:
