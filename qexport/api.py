@@ -422,7 +422,7 @@ def _regenerate(recipe: Recipe, checkpoint: Path | None, set_dir: Path | None) -
     if recipe.profile_toml is not None:
         prof = parse_profile(recipe.profile_toml, "the manifest's recipe profile")
     else:
-        prof = load_profile(recipe.profile or "flat")
+        prof = load_profile(recipe.profile or "")  # loads refuses a recipe with neither
     template_dir = path(recipe.template_dir)
     layers = None if recipe.layers is None else list(recipe.layers)
     plan = ExportPlan()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +20,4 @@ class LayerChecks:
     passed: bool
 
     def to_json(self) -> dict[str, float | bool | None]:
-        return {
-            "output_mean_error": self.output_mean_error,
-            "output_max_error": self.output_max_error,
-            "next_input_mean_error": self.next_input_mean_error,
-            "next_input_max_error": self.next_input_max_error,
-            "passed": self.passed,
-        }
+        return asdict(self)

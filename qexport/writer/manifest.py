@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from qexport.errors import InputError
@@ -169,6 +169,23 @@ class _Reader:
             raise self.error(f"unknown key {unknown[0]!r}")
 
 
+def _json_value(value: object) -> object:
+    """A field's value as JSON holds it: tuples as lists, records as their objects."""
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    to_json = getattr(value, "to_json", None)
+    if to_json is not None:
+        return to_json()
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(value)
+    return value
+
+
+def _plain(record: Any, skip: str = "") -> Json:
+    """A record's fields as a JSON object, each under its own name (the manifest's key)."""
+    return {f.name: _json_value(getattr(record, f.name)) for f in fields(record) if f.name != skip}
+
+
 def _drop_none(data: Json, *keys: str) -> Json:
     """``data`` without the optional ``keys`` that are None (absent from the manifest, not null)."""
     return {k: v for k, v in data.items() if not (k in keys and v is None)}
@@ -207,27 +224,7 @@ class FileEntry:
     where: Placement = Placement()
 
     def to_json(self) -> Json:
-        data: Json = {
-            "path": self.path,
-            "tensor": self.tensor,
-            "format": self.format,
-            "shape": list(self.shape),
-            "axes": list(self.axes),
-            "lanes": self.lanes,
-            "lane_bits": self.lane_bits,
-            "signed": self.signed,
-            "lane_order": self.lane_order,
-            "word_bits": self.word_bits,
-            "words": self.words,
-            "header_lines": self.header_lines,
-            "depth": self.depth,
-            "fill": self.fill,
-            "sha256": self.sha256,
-            "padded": self.padded,
-            "channels": self.channels,
-            "padded_channels": self.padded_channels,
-            **dict(self.where.items()),
-        }
+        data = _plain(self, skip="where") | dict(self.where.items())
         return _drop_none(data, "padded", "channels", "padded_channels")
 
     @classmethod
@@ -347,26 +344,7 @@ class LayerEntry:
     files: tuple[FileEntry, ...]
 
     def to_json(self) -> Json:
-        return {
-            "index": self.index,
-            "conv_number": self.conv_number,
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel": self.kernel,
-            "stride": self.stride,
-            "padding": self.padding,
-            "w_bit": self.w_bit,
-            "act_bit": self.act_bit,
-            "act_clip": self.act_clip,
-            "act_alpha": self.act_alpha,
-            "wgt_alpha": self.wgt_alpha,
-            "w_delta": self.w_delta,
-            "x_delta": self.x_delta,
-            "input_shape": list(self.input_shape),
-            "output_shape": list(self.output_shape),
-            "checks": self.checks.to_json(),
-            "files": [f.to_json() for f in self.files],
-        }
+        return _plain(self)
 
     @classmethod
     def read(cls, r: _Reader) -> LayerEntry:
@@ -403,8 +381,7 @@ class Source:
     demo: bool | None = None
 
     def to_json(self) -> Json:
-        data = {"checkpoint": self.checkpoint, "sha256": self.sha256, "demo": self.demo}
-        return _drop_none(data, *data)
+        return _drop_none(_plain(self), "checkpoint", "sha256", "demo")
 
     @classmethod
     def from_json(cls, data: Mapping[str, object], where: str, place: str = "source") -> Source:
@@ -432,14 +409,7 @@ class InputsRecord:
     demo: str | None = None
 
     def to_json(self) -> Json:
-        data = {
-            "images": self.images,
-            "count": self.count,
-            "cifar10": self.cifar10,
-            "input": self.input,
-            "demo": self.demo,
-        }
-        return _drop_none(data, "cifar10", "input", "demo")
+        return _drop_none(_plain(self), "cifar10", "input", "demo")
 
     @classmethod
     def from_json(cls, data: Mapping[str, object], where: str, place: str = "inputs") -> InputsRecord:
@@ -466,7 +436,7 @@ class CheckpointRecord:
     sha256: str
 
     def to_json(self) -> Json:
-        return {"path": self.path, "sha256": self.sha256}
+        return _plain(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,17 +456,7 @@ class RecipeSource:
     bits_config: str | None
 
     def to_json(self) -> Json:
-        checkpoint = self.checkpoint
-        return {
-            "checkpoint": checkpoint.to_json() if isinstance(checkpoint, CheckpointRecord) else checkpoint,
-            "model": self.model,
-            "data_dir": self.data_dir,
-            "input_file": self.input_file,
-            "images": self.images,
-            "act_clip": self.act_clip,
-            "trust_recomputed": self.trust_recomputed,
-            "bits_config": self.bits_config,
-        }
+        return _plain(self)
 
     @classmethod
     def read(cls, r: _Reader) -> RecipeSource:
@@ -523,17 +483,6 @@ def _checkpoint_record(r: _Reader) -> CheckpointRecord:
     record = CheckpointRecord(r.text("path"), r.text("sha256"))
     r.done()
     return record
-
-
-def _layout_to_json(layout: LayoutOptions) -> Json:
-    return {
-        "lanes": layout.lanes,
-        "psum_lanes": layout.psum_lanes,
-        "lane_order": layout.lane_order,
-        "psum_bits": layout.psum_bits,
-        "input_sign": layout.input_sign,
-        "pad_input": layout.pad_input,
-    }
 
 
 def _layout(r: _Reader) -> LayoutOptions:
@@ -575,18 +524,7 @@ class Recipe:
     command: str
 
     def to_json(self) -> Json:
-        return {
-            "kind": self.kind,
-            "source": self.source.to_json(),
-            "layers": "all" if self.layers is None else list(self.layers),
-            "format": self.format,
-            "profile": self.profile,
-            "profile_toml": self.profile_toml,
-            "depth": self.depth,
-            "layout": _layout_to_json(self.layout),
-            "template_dir": self.template_dir,
-            "command": self.command,
-        }
+        return _plain(self) | {"layers": "all" if self.layers is None else list(self.layers)}
 
     @classmethod
     def read(cls, r: _Reader) -> Recipe:
@@ -608,6 +546,8 @@ class Recipe:
             command=r.text("command"),
         )
         r.done()
+        if recipe.profile is None and recipe.profile_toml is None:
+            raise r.error("'profile' and 'profile_toml' are both null; one names the profile")
         return recipe
 
 
@@ -633,20 +573,7 @@ class Manifest:
         return [(layer.index, f) for layer in self.layers for f in layer.files]
 
     def to_json(self) -> Json:
-        data: Json = {
-            "qexport_version": self.qexport_version,
-            "schema": self.schema,
-            "model": self.model,
-            "source": self.source.to_json(),
-            "inputs": self.inputs.to_json(),
-            "act_clip": self.act_clip,
-            "profile": self.profile,
-            "format": self.format,
-            "layers": [layer.to_json() for layer in self.layers],
-            "label": self.label,
-            "recipe": None if self.recipe is None else self.recipe.to_json(),
-        }
-        return _drop_none(data, "label", "recipe")
+        return _drop_none(_plain(self), "label", "recipe")
 
     @classmethod
     def read(cls, r: _Reader) -> Manifest:

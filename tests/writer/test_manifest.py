@@ -135,6 +135,10 @@ DAMAGE = {
         lambda d: d["recipe"].update(layers="some"),
         "recipe: 'layers' is a string (\"some\"), expected a list of integers",
     ),
+    "recipe-no-profile": (
+        lambda d: d["recipe"].update(profile=None, profile_toml=None),
+        "recipe: 'profile' and 'profile_toml' are both null",
+    ),
     "recipe-layout-unknown": (
         lambda d: d["recipe"]["layout"].update(tiles=2),
         "recipe.layout: unknown key 'tiles'",
