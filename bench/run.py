@@ -43,6 +43,7 @@ from qexport.frontend.inputs import load_demo
 from qexport.frontend.models.vgg import BUILTIN
 from qexport.ir.reference import conv_plan, integer_conv
 from qexport.verify.decode import decode_file
+from qexport.writer.manifest import loads as manifest_loads
 from qexport.writer.pack import PackSpec, Radix, line_blocks, to_words
 
 T = TypeVar("T")
@@ -588,15 +589,15 @@ def _dump(images_spec: str, out_dir: Path) -> dict[str, Any]:
 
 def _check_notebook_against_dump(notebook: NotebookExport, out_dir: Path, report: Report) -> None:
     """The notebook way's integers must be the ones dump wrote: same export, two ways."""
-    manifest = json.loads((out_dir / "manifest.json").read_text())
-    entries = {layer["index"]: layer for layer in manifest["layers"]}
+    manifest = manifest_loads((out_dir / "manifest.json").read_text(), str(out_dir / "manifest.json"))
+    entries = {layer.index: layer for layer in manifest.layers}
     # dump stores channels innermost: weight (oc, kh, kw, ic), input and psum (n, h, w, c)
     to_torch_order = {"weight": (0, 3, 1, 2), "input": (0, 3, 1, 2), "psum": (0, 3, 1, 2)}
     differing = []
     for ints in notebook.layers:
-        files = {f["tensor"]: f for f in entries[ints.layer]["files"]}
+        files = {f.tensor: f for f in entries[ints.layer].files}
         for tensor, ours in (("weight", ints.w_int), ("input", ints.x_int), ("psum", ints.psum)):
-            decoded = decode_file(out_dir / files[tensor]["path"], files[tensor]).transpose(
+            decoded = decode_file(out_dir / files[tensor].path, files[tensor]).transpose(
                 to_torch_order[tensor]
             )
             if not np.array_equal(decoded, ours):

@@ -7,26 +7,40 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from qexport import __version__
 from qexport.errors import CheckFailed, InputError
 from qexport.frontend.capture import LayerTensors, capture
+from qexport.frontend.models.quant import ActClip
 from qexport.frontend.models.vgg import Arch
 from qexport.frontend.source import Loaded as Loaded  # re-exported, as SourceOptions and load
 from qexport.frontend.source import SourceOptions as SourceOptions
 from qexport.frontend.source import load as load
+from qexport.ir.checks import LayerChecks
 from qexport.ir.integerize import IntLayer, integerize
 from qexport.ir.reference import Psums, conv_psum
-from qexport.layout.flat import LayoutOptions, flat_layout, with_defaults
+from qexport.layout.flat import LayoutOptions, TensorPlan, flat_layout, with_defaults
 from qexport.layout.profile import Profile, load_profile, parse_profile
 from qexport.layout.systolic import systolic_layout
 from qexport.verify.testbench import testbench_context
 from qexport.writer.formats import FORMATS
-from qexport.writer.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, dumps
+from qexport.writer.manifest import (
+    MANIFEST_NAME,
+    CheckpointRecord,
+    FileEntry,
+    InputsRecord,
+    LayerEntry,
+    Manifest,
+    Recipe,
+    RecipeKind,
+    Source,
+    dumps,
+    file_entry,
+)
 from qexport.writer.recipe import build_recipe, find_checkpoint
 from qexport.writer.render import Depth, MemoryContext, render, render_memory
-from qexport.writer.write import ExportPlan, FileSink, staged
+from qexport.writer.write import ExportPlan, FileSink, staged, write_hashed
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,7 @@ def _select(arch: Arch, layer_ids: Sequence[int] | None) -> list[int]:
 class LayerCheck:
     layer: int
     conv_number: int
-    checks: dict[str, float | bool | None]
+    checks: LayerChecks
 
 
 def verify(opts: SourceOptions, layer_ids: Sequence[int] | None = None) -> tuple[Loaded, list[LayerCheck]]:
@@ -139,7 +153,7 @@ class StageTimes:
 @dataclass(frozen=True)
 class ExportResult:
     out_dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     notices: list[str]
 
 
@@ -188,10 +202,10 @@ def _render_set(
     depth: Depth,
     template_dir: Path | None,
     path_prefix: str = "",
-    kind: str = "dump",
+    kind: RecipeKind = "dump",
     times: StageTimes | None = None,
     set_dir: Path | None = None,
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[Manifest, list[str]]:
     """Render every file of an export into ``sink``, a layer at a time.
 
     ``set_dir`` is the set's folder, which the recipe records the checkpoint's path from.
@@ -230,13 +244,13 @@ def _render_set(
                 depth,
                 template_dir,
             )
-            files = [render_memory(tp, context, sink) for tp in tensors]
+            files = [_write_memory(tp, context, sink) for tp in tensors]
         layer_entries.append(_layer_entry(int_layer, psums, files))
         notices += [tp.notice for tp in tensors if tp.notice]
-    manifest = _manifest(loaded, opts, layer_entries, prof, fmt)
-    manifest["recipe"] = build_recipe(
+    recipe = build_recipe(
         kind, opts, layer_ids, fmt, layout, prof, depth, template_dir, set_dir, loaded.source.get("sha256")
     )
+    manifest = _manifest(loaded, opts, layer_entries, prof, fmt, recipe)
     with times.measure("pack_write"):
         sink.add(MANIFEST_NAME, dumps(manifest))
     return manifest, notices
@@ -273,7 +287,7 @@ def _testbench_set(
     fmt: str,
     template_dir: Path | None,
     set_dir: Path | None,
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[Manifest, list[str]]:
     manifest, notices = _render_set(
         sink,
         opts,
@@ -287,7 +301,7 @@ def _testbench_set(
         kind="testbench",
         set_dir=set_dir,
     )
-    (entry,) = manifest["layers"]
+    (entry,) = manifest.layers
     context = testbench_context(manifest, entry, prof, fmt)
     sink.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
     sink.add(
@@ -297,56 +311,54 @@ def _testbench_set(
     return manifest, notices
 
 
-def regenerate(recipe: dict[str, Any], base: Path, set_dir: Path | None = None) -> ExportPlan:
+def regenerate(recipe: Recipe, base: Path, set_dir: Path | None = None) -> ExportPlan:
     """Render again, in memory, the set a manifest's recipe describes.
 
     The checkpoint is found from ``set_dir`` (the set's folder) and its sha256 checked first;
     other relative paths (and an older recipe's checkpoint) are relative to ``base``.
     """
-    src = recipe["source"]
-    record = src.get("checkpoint")
     checkpoint = None
-    if isinstance(record, dict):
+    if isinstance(recipe.source.checkpoint, CheckpointRecord):
         if set_dir is None:
             raise InputError("this recipe names its checkpoint relative to its set; give the set's folder")
         set_dir = set_dir.absolute()
-        checkpoint = find_checkpoint(record, set_dir)
+        checkpoint = find_checkpoint(recipe.source.checkpoint, set_dir)
     else:
         set_dir = None  # an older recipe: the checkpoint as typed, from ``base``
     with contextlib.chdir(base):  # the recipe's paths are relative to where the set was made
         return _regenerate(recipe, checkpoint, set_dir)
 
 
-def _regenerate(recipe: dict[str, Any], checkpoint: Path | None, set_dir: Path | None) -> ExportPlan:
-    src = recipe["source"]
+def _regenerate(recipe: Recipe, checkpoint: Path | None, set_dir: Path | None) -> ExportPlan:
+    src = recipe.source
 
-    def path(key: str) -> Path | None:
-        return None if src.get(key) is None else Path(src[key])
+    def path(text: str | None) -> Path | None:
+        return None if text is None else Path(text)
 
     opts = SourceOptions(
-        checkpoint=checkpoint or path("checkpoint"),
-        model=src["model"],
-        data_dir=path("data_dir"),
-        input_file=path("input_file"),
-        images=src["images"],
-        act_clip=src["act_clip"],
-        trust_recomputed=src["trust_recomputed"],
-        bits_config=path("bits_config"),
+        checkpoint=checkpoint or path(src.checkpoint if isinstance(src.checkpoint, str) else None),
+        model=src.model,
+        data_dir=path(src.data_dir),
+        input_file=path(src.input_file),
+        images=src.images,
+        act_clip=cast(ActClip, src.act_clip),
+        trust_recomputed=src.trust_recomputed,
+        bits_config=path(src.bits_config),
     )
-    if recipe["profile_toml"] is not None:
-        prof = parse_profile(recipe["profile_toml"], "the manifest's recipe profile")
+    if recipe.profile_toml is not None:
+        prof = parse_profile(recipe.profile_toml, "the manifest's recipe profile")
     else:
-        prof = load_profile(recipe["profile"])
-    template_dir = None if recipe["template_dir"] is None else Path(recipe["template_dir"])
-    layers = None if recipe["layers"] == "all" else [int(i) for i in recipe["layers"]]
+        prof = load_profile(recipe.profile or "")  # loads refuses a recipe with neither
+    template_dir = path(recipe.template_dir)
+    layers = None if recipe.layers is None else list(recipe.layers)
     plan = ExportPlan()
-    if recipe["kind"] == "testbench":
+    if recipe.kind == "testbench":
         (layer,) = layers or [0]
-        _testbench_set(plan, opts, layer, prof, recipe["format"], template_dir, set_dir)
+        _testbench_set(plan, opts, layer, prof, recipe.format, template_dir, set_dir)
     else:
-        layout = LayoutOptions(**recipe["layout"])
+        depth = cast(Depth, recipe.depth)
         _render_set(
-            plan, opts, layers, recipe["format"], layout, prof, recipe["depth"], template_dir, set_dir=set_dir
+            plan, opts, layers, recipe.format, recipe.layout, prof, depth, template_dir, set_dir=set_dir
         )
     return plan
 
@@ -354,52 +366,63 @@ def _regenerate(recipe: dict[str, Any], checkpoint: Path | None, set_dir: Path |
 def _checked(t: LayerTensors) -> tuple[IntLayer, Psums]:
     int_layer = integerize(t)
     psums = conv_psum(int_layer)
-    if not psums.checks["passed"]:
+    if not psums.checks.passed:
         raise CheckFailed(
             f"layer {t.layer}: recovered output differs from the float model (mean error "
-            f"{psums.checks['output_mean_error']:.3g}); the integers would be wrong, so nothing "
+            f"{psums.checks.output_mean_error:.3g}); the integers would be wrong, so nothing "
             "was written. Run `qexport verify` for the table"
         )
     return int_layer, psums
 
 
-def _layer_entry(int_layer: IntLayer, psums: Psums, files: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "index": int_layer.layer,
-        "conv_number": int_layer.conv_number,
-        "in_channels": int_layer.in_channels,
-        "out_channels": int_layer.out_channels,
-        "kernel": int_layer.kernel,
-        "stride": int_layer.stride,
-        "padding": int_layer.padding,
-        "w_bit": int_layer.w_bit,
-        "act_bit": int_layer.act_bit,
-        "act_clip": int_layer.act_clip,
-        "act_alpha": int_layer.act_alpha,
-        "wgt_alpha": int_layer.wgt_alpha,
-        "w_delta": int_layer.w_delta,
-        "x_delta": int_layer.x_delta,
-        "input_shape": list(int_layer.x_int.shape),
-        "output_shape": list(psums.psum.shape),
-        "checks": psums.checks,
-        "files": files,
-    }
+def _write_memory(tp: TensorPlan, context: MemoryContext, sink: FileSink) -> FileEntry:
+    """Render one file, write it (hashing it on the way) and say what the manifest records of it."""
+    rendered = render_memory(tp, context)
+    sha256 = write_hashed(sink, rendered.facts.path, rendered.content)
+    return file_entry(tp, rendered.facts, sha256)
+
+
+def _layer_entry(int_layer: IntLayer, psums: Psums, files: list[FileEntry]) -> LayerEntry:
+    return LayerEntry(
+        index=int_layer.layer,
+        conv_number=int_layer.conv_number,
+        in_channels=int_layer.in_channels,
+        out_channels=int_layer.out_channels,
+        kernel=int_layer.kernel,
+        stride=int_layer.stride,
+        padding=int_layer.padding,
+        w_bit=int_layer.w_bit,
+        act_bit=int_layer.act_bit,
+        act_clip=int_layer.act_clip,
+        act_alpha=int_layer.act_alpha,
+        wgt_alpha=int_layer.wgt_alpha,
+        w_delta=int_layer.w_delta,
+        x_delta=int_layer.x_delta,
+        input_shape=tuple(int(s) for s in int_layer.x_int.shape),
+        output_shape=tuple(int(s) for s in psums.psum.shape),
+        checks=psums.checks,
+        files=tuple(files),
+    )
 
 
 def _manifest(
-    loaded: Loaded, opts: SourceOptions, layer_entries: list[dict[str, Any]], profile: Profile, fmt: str
-) -> dict[str, Any]:
-    manifest: dict[str, Any] = {
-        "qexport_version": __version__,
-        "schema": MANIFEST_SCHEMA,
-        "model": loaded.arch.name,
-        "source": loaded.source,
-        "inputs": {**loaded.inputs.source, "count": len(loaded.inputs.indices)},
-        "act_clip": opts.act_clip,
-        "profile": profile.name,
-        "format": fmt,
-        "layers": layer_entries,
-    }
-    if loaded.demo_label:
-        manifest["label"] = loaded.demo_label
-    return manifest
+    loaded: Loaded,
+    opts: SourceOptions,
+    layer_entries: list[LayerEntry],
+    profile: Profile,
+    fmt: str,
+    recipe: Recipe,
+) -> Manifest:
+    inputs = {**loaded.inputs.source, "count": len(loaded.inputs.indices)}
+    return Manifest(
+        qexport_version=__version__,
+        model=loaded.arch.name,
+        source=Source.from_json(loaded.source, "the loaded model's source"),
+        inputs=InputsRecord.from_json(inputs, "the loaded inputs"),
+        act_clip=opts.act_clip,
+        profile=profile.name,
+        format=fmt,
+        layers=tuple(layer_entries),
+        label=loaded.demo_label or None,
+        recipe=recipe,
+    )

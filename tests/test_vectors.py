@@ -46,12 +46,12 @@ def test_check_names_the_first_differing_value(tmp_path: Path, monkeypatch: pyte
 
 @pytest.fixture(scope="module")
 def regenerated_flat_hex() -> dict[str, bytes]:
-    import json
-
     from qexport.api import regenerate
+    from qexport.writer.manifest import loads
 
-    manifest = json.loads((ROOT / "vectors" / "gradual33_flat_hex" / "manifest.json").read_text())
-    return regenerate(manifest["recipe"], ROOT).files
+    manifest = loads((ROOT / "vectors" / "gradual33_flat_hex" / "manifest.json").read_text())
+    assert manifest.recipe is not None
+    return regenerate(manifest.recipe, ROOT).files
 
 
 def test_check_survives_malformed_committed_files(

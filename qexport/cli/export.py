@@ -7,7 +7,7 @@ torch is imported inside command bodies only, so ``--help`` stays instant.
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,9 @@ from qexport.cli.common import (
     source_options,
 )
 from qexport.errors import CheckFailed
+
+if TYPE_CHECKING:
+    from qexport.writer.manifest import Manifest
 
 __all__ = ["dump", "layers", "testbench_command", "verify"]
 
@@ -185,12 +188,13 @@ def dump(
     )
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
-    label = f" ({result.manifest['label']})" if "label" in result.manifest else ""
-    files = sum(len(entry["files"]) for entry in result.manifest["layers"])
-    layers_written = ", ".join(str(entry["index"]) for entry in result.manifest["layers"])
+    manifest = result.manifest
+    label = f" ({manifest.label})" if manifest.label is not None else ""
+    files = sum(len(entry.files) for entry in manifest.layers)
+    layers_written = ", ".join(str(entry.index) for entry in manifest.layers)
     click.echo(
-        f"wrote {files} {result.manifest['format']} files + manifest.json for layer(s) {layers_written} of "
-        f"{result.manifest['model']}{label} to the vector set {out_dir}:"
+        f"wrote {files} {manifest.format} files + manifest.json for layer(s) {layers_written} of "
+        f"{manifest.model}{label} to the vector set {out_dir}:"
     )
     for line in _set_lines(out_dir, result.manifest):
         click.echo(f"  {line}")
@@ -226,7 +230,7 @@ def testbench_command(
     result = api.testbench(_source(kwargs), layer, out_dir, profile, fmt, force=force)
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
-    vectors = out_dir / PurePosixPath(result.manifest["layers"][0]["files"][0]["path"]).parent
+    vectors = out_dir / PurePosixPath(result.manifest.layers[0].files[0].path).parent
     click.echo(
         f"wrote testbench for layer {layer} ({profile}, {fmt}) to {out_dir} (vectors in {vectors}/); "
         f"run {out_dir}/run_iverilog.sh"
@@ -237,14 +241,14 @@ def testbench_command(
     click.echo(f"  testbench {bench}")
 
 
-def _set_lines(out_dir: Path, manifest: dict[str, Any]) -> list[str]:
+def _set_lines(out_dir: Path, manifest: Manifest) -> list[str]:
     """The set's real paths: its manifest, then each layer's folder with its files."""
     lines = [f"manifest  {out_dir / 'manifest.json'}"]
-    for entry in manifest["layers"]:
-        names = [PurePosixPath(f["path"]) for f in entry["files"]]
+    for entry in manifest.layers:
+        names = [PurePosixPath(f.path) for f in entry.files]
         folder = out_dir / names[0].parent  # layer<index>/: every file of a layer is in it
         listed = ": " + ", ".join(sorted(n.name for n in names)) if len(names) <= 6 else ""
-        lines.append(f"layer {entry['index']:<3} {folder}/  {len(names)} files{listed}")
+        lines.append(f"layer {entry.index:<3} {folder}/  {len(names)} files{listed}")
     return lines
 
 
@@ -280,12 +284,12 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
     failed = []
     for r in results:
         c = r.checks
-        verdict = "PASS" if c["passed"] else "FAIL"
-        if not c["passed"]:
+        verdict = "PASS" if c.passed else "FAIL"
+        if not c.passed:
             failed.append(r.layer)
         click.echo(
-            f"{r.layer:>5} {r.conv_number:>4} {fmt(c['output_mean_error'])} {fmt(c['output_max_error'])} "
-            f"{fmt(c['next_input_mean_error'])} {fmt(c['next_input_max_error'])}  {verdict}"
+            f"{r.layer:>5} {r.conv_number:>4} {fmt(c.output_mean_error)} {fmt(c.output_max_error)} "
+            f"{fmt(c.next_input_mean_error)} {fmt(c.next_input_max_error)}  {verdict}"
         )
     if failed:
         _fail(CheckFailed(f"{len(failed)} layer(s) failed the 1e-3 mean-error check: {failed}"))

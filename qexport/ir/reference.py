@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qexport.ir.checks import LayerChecks
 from qexport.ir.integerize import IntLayer
 from qexport.precision import exact_math
 
@@ -37,7 +38,7 @@ class Psums:
     """Exact conv sums (n, oc, h', w') int64 before ReLU, and the checks against the float model."""
 
     psum: np.ndarray
-    checks: dict[str, float | bool | None]
+    checks: LayerChecks
 
     @property
     def output(self) -> np.ndarray:
@@ -185,17 +186,9 @@ def conv_psum(layer: IntLayer) -> Psums:
     psum = integer_conv(layer.x_int, layer.w_int, layer.stride, layer.padding)
     recovered = psum.astype(np.float64) * (layer.x_delta * layer.w_delta)
     error = np.abs(recovered - layer.y_float.astype(np.float64))
-    checks: dict[str, float | bool | None] = {
-        "output_mean_error": float(error.mean()),
-        "output_max_error": float(error.max()),
-        "next_input_mean_error": None,
-        "next_input_max_error": None,
-    }
-    passed = checks["output_mean_error"] < MEAN_ERROR_LIMIT  # type: ignore[operator]
+    mean, next_mean, next_max = float(error.mean()), None, None
     if layer.next_x is not None:
         next_error = np.abs(np.maximum(recovered, 0.0) - layer.next_x.astype(np.float64))
-        checks["next_input_mean_error"] = float(next_error.mean())
-        checks["next_input_max_error"] = float(next_error.max())
-        passed = passed and float(next_error.mean()) < MEAN_ERROR_LIMIT
-    checks["passed"] = bool(passed)
-    return Psums(psum, checks)
+        next_mean, next_max = float(next_error.mean()), float(next_error.max())
+    passed = mean < MEAN_ERROR_LIMIT and (next_mean is None or next_mean < MEAN_ERROR_LIMIT)
+    return Psums(psum, LayerChecks(mean, float(error.max()), next_mean, next_max, passed))

@@ -12,41 +12,28 @@ the lanes (3 channels, 8 lanes: one word a pixel, lanes 3..7 zero), unless the p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 
 from qexport.errors import BitWidthError
 from qexport.ir.integerize import IntLayer
 from qexport.ir.reference import Psums, psum_bound
+from qexport.layout.options import InputSign as InputSign  # re-exported: the public path
+from qexport.layout.options import LayoutOptions as LayoutOptions
+from qexport.layout.placement import Placement
 from qexport.writer.pack import LaneOrder, PackSpec, check_fits, smallest_signed_bits
 
-InputSign = Literal["auto", "unsigned", "signed"]
 Tensor = Literal["weight", "input", "psum", "output", "address"]
-
-
-@dataclass(frozen=True, slots=True)
-class LayoutOptions:
-    """User choices for the flat layout (CLI flags of the same names).
-
-    ``lanes``, ``psum_lanes`` and ``lane_order`` left None take the profile's values.
-    """
-
-    lanes: int | None = None
-    psum_lanes: int | None = None
-    lane_order: LaneOrder | None = None
-    psum_bits: int | None = None
-    input_sign: InputSign = "auto"
-    pad_input: bool = False
 
 
 @dataclass(frozen=True)
 class TensorPlan:
     """One memory file ready to pack: ``array`` already in ``axes`` order (C order flattening).
 
-    ``stem`` is the file's path inside the export without its extension; ``meta`` (tile and
-    channel ranges) goes into the file's manifest entry.
+    ``stem`` is the file's path inside the export without its extension; ``where`` (a tiled
+    file's tile and channel ranges) goes into the file's manifest entry.
     """
 
     tensor: Tensor
@@ -56,22 +43,36 @@ class TensorPlan:
     spec: PackSpec
     padded: bool | None = None
     notice: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    where: Placement = Placement()
     pad_to: int = 1
     """Words hold the last axis (channels) padded with zero lanes to a multiple of this."""
 
-    def lane_values(self) -> tuple[np.ndarray, dict[str, int]]:
-        """``array`` as its words hold it, and the manifest keys that say how it was padded.
+    @property
+    def channel_padding(self) -> ChannelPadding | None:
+        """How many channels are real and how many zero lanes pad them; None if none do.
 
-        (1, 32, 32, 3) with pad_to 8 -> (1, 32, 32, 8), lanes 3..7 zero, and
-        ``{"channels": 3, "padded_channels": 5}``; nothing to pad -> ``array`` itself and ``{}``.
+        (1, 32, 32, 3) with pad_to 8 -> ``ChannelPadding(channels=3, padded_channels=5)``.
         """
         channels = self.array.shape[-1] if self.array.ndim else 1
         extra = -channels % self.pad_to
-        if not extra:
-            return self.array, {}
-        widths = [(0, 0)] * (self.array.ndim - 1) + [(0, extra)]
-        return np.pad(self.array, widths), {"channels": channels, "padded_channels": extra}
+        return ChannelPadding(channels, extra) if extra else None
+
+    def lane_values(self) -> np.ndarray:
+        """``array`` as its words hold it: (1, 32, 32, 3) with pad_to 8 -> (1, 32, 32, 8), lanes
+        3..7 zero; nothing to pad -> ``array`` itself."""
+        padding = self.channel_padding
+        if padding is None:
+            return self.array
+        widths = [(0, 0)] * (self.array.ndim - 1) + [(0, padding.padded_channels)]
+        return np.pad(self.array, widths)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPadding:
+    """The last axis holds ``channels`` real values, then ``padded_channels`` zero lanes."""
+
+    channels: int
+    padded_channels: int
 
 
 def with_defaults(opts: LayoutOptions, lanes: int, psum_lanes: int, lane_order: LaneOrder) -> LayoutOptions:

@@ -17,7 +17,7 @@ Tiles ``s`` are numbered image-major, then tile row, then tile column; activatio
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from qexport.errors import BitWidthError, CheckFailed, InputError
 from qexport.ir.integerize import IntLayer
 from qexport.ir.reference import Psums, integer_conv, requantize
 from qexport.layout.flat import TensorPlan, check_psum_width
+from qexport.layout.placement import Placement, Span
 from qexport.layout.profile import Profile
 from qexport.writer.pack import PackSpec, check_fits, smallest_signed_bits
 
@@ -66,11 +67,11 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
     plans: list[TensorPlan] = []
     single = itiles == otiles == 1 and n * ty_count * tx_count == 1
 
-    def ic_range(i: int) -> list[int]:
-        return [i * p.rows, min((i + 1) * p.rows, c_in)]
+    def ic_range(i: int) -> Span:
+        return (i * p.rows, min((i + 1) * p.rows, c_in))
 
-    def oc_range(o: int) -> list[int]:
-        return [o * p.cols, min((o + 1) * p.cols, c_out)]
+    def oc_range(o: int) -> Span:
+        return (o * p.cols, min((o + 1) * p.cols, c_out))
 
     for i in range(itiles):
         for o in range(otiles):
@@ -84,7 +85,7 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
                         taps,
                         ("oc", "kh", "kw", "ic"),
                         w_spec,
-                        meta={"itile": i, "otile": o, "kij": k, "ic": ic_range(i), "oc": oc_range(o)},
+                        where=Placement(itile=i, otile=o, kij=k, ic=ic_range(i), oc=oc_range(o)),
                     )
                 )
     out_bits = max(
@@ -116,12 +117,12 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
     for image in range(n):
         for ty in range(ty_count):
             for tx in range(tx_count):
-                pixels: dict[str, Any] = {
-                    "tile": s,
-                    "n": image,
-                    "y": [ty * p.tile, min((ty + 1) * p.tile, h)],
-                    "x": [tx * p.tile, min((tx + 1) * p.tile, w)],
-                }
+                pixels = Placement(
+                    tile=s,
+                    n=image,
+                    y=(ty * p.tile, min((ty + 1) * p.tile, h)),
+                    x=(tx * p.tile, min((tx + 1) * p.tile, w)),
+                )
                 rows = slice(ty * p.tile, ty * p.tile + grid)
                 cols = slice(tx * p.tile, tx * p.tile + grid)
                 total = np.zeros((1, otiles * p.cols, p.tile, p.tile), dtype=np.int64)
@@ -136,7 +137,7 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
                             ("n", "h", "w", "c"),
                             act_spec,
                             padded=True,
-                            meta={**pixels, "itile": i, "ic": ic_range(i)},
+                            where=replace(pixels, itile=i, ic=ic_range(i)),
                         )
                     )
                     partial = integer_conv(tile_x, weights[:, chans], 1, 0)
@@ -152,13 +153,7 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
                                     values,
                                     ("n", "h", "w", "c"),
                                     psum_spec,
-                                    meta={
-                                        **pixels,
-                                        "itile": i,
-                                        "otile": o,
-                                        "ic": ic_range(i),
-                                        "oc": oc_range(o),
-                                    },
+                                    where=replace(pixels, itile=i, otile=o, ic=ic_range(i), oc=oc_range(o)),
                                 )
                             )
                 _check_tile(total, psums.psum, pixels, c_out, layer.layer)
@@ -174,7 +169,7 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
                             _golden(layer, values, relu, requant),
                             ("n", "h", "w", "c"),
                             out_spec,
-                            meta={**pixels, "otile": o, "oc": oc_range(o)},
+                            where=replace(pixels, otile=o, oc=oc_range(o)),
                         )
                     )
                 s += 1
@@ -194,9 +189,11 @@ def _by_pixel(total: np.ndarray, otile: int, p: Profile) -> np.ndarray:
     return total[:, otile * p.cols : (otile + 1) * p.cols].transpose(0, 2, 3, 1)
 
 
-def _check_tile(total: np.ndarray, psum: np.ndarray, pixels: dict[str, Any], c_out: int, layer: int) -> None:
+def _check_tile(total: np.ndarray, psum: np.ndarray, pixels: Placement, c_out: int, layer: int) -> None:
     """The tiled sum must equal the layer's reference psums wherever the tile covers the map."""
-    (y0, y1), (x0, x1), image = pixels["y"], pixels["x"], pixels["n"]
+    if pixels.y is None or pixels.x is None or pixels.n is None:
+        raise ValueError("a tile's placement names its image and pixels")
+    (y0, y1), (x0, x1), image = pixels.y, pixels.x, pixels.n
     inside = total[0, :c_out, : y1 - y0, : x1 - x0]
     if not np.array_equal(inside, psum[image, :, y0:y1, x0:x1]):
         raise CheckFailed(f"layer {layer}: tile at n={image} y={y0} x={x0} disagrees with the reference conv")

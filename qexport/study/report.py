@@ -29,7 +29,7 @@ from qexport.study.results import (
     summary,
 )
 from qexport.study.strategies import search
-from qexport.writer.manifest import MANIFEST_NAME, dumps
+from qexport.writer.manifest import MANIFEST_NAME, dumps_json
 from qexport.writer.write import StagedFolder, staged
 
 Load = Callable[[SourceOptions], Loaded]
@@ -75,7 +75,7 @@ def _write(
         **_header(study, command),
         "files": {n: hashlib.sha256(c).hexdigest() for n, c in files.items()},
     }
-    folder.add(MANIFEST_NAME, dumps(manifest))
+    folder.add(MANIFEST_NAME, dumps_json(manifest))
     return Written(out_dir, tuple(sorted(files)))
 
 
@@ -105,7 +105,7 @@ def run_eval(
             "batch_size": batch_size,
             **result.as_dict(),
         }
-        written = _write(study, "eval", {"eval.json": dumps(report).encode()}, folder, out_dir)
+        written = _write(study, "eval", {"eval.json": dumps_json(report).encode()}, folder, out_dir)
     return study, result, written
 
 
@@ -153,7 +153,7 @@ def run_sensitivity(
             unit="%",
         )
         files = {
-            "sensitivity.json": dumps(report).encode(),
+            "sensitivity.json": dumps_json(report).encode(),
             "sensitivity.csv": sensitivity_csv(sens).encode(),
             "sensitivity.png": png,
         }
@@ -206,8 +206,8 @@ def run_search(
         )
         report = {**_header(study, "search"), "batch_size": batch_size, **summary(result)}
         files = {
-            "bits_config.json": dumps(bits_config(result)).encode(),
-            "summary.json": dumps(report).encode(),
+            "bits_config.json": dumps_json(bits_config(result)).encode(),
+            "summary.json": dumps_json(report).encode(),
         }
         written = _write(study, "search", files, folder, out_dir)
     return study, result, written

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from qexport.errors import InputError, QExportError
 from qexport.verify.compare import compare_file
-from qexport.writer.manifest import MANIFEST_NAME, loads
+from qexport.writer.manifest import MANIFEST_NAME, FileEntry, Manifest, loads
 
 
 @dataclass
@@ -24,13 +22,31 @@ class CheckResult:
         return not self.problems
 
 
-def without_check_figures(text: bytes) -> Any:
-    # the float error figures of the seeds' check depend on the BLAS in use; their pass/fail and
-    # every integer they describe are compared exactly
-    data = json.loads(text)
-    for layer in data.get("layers", []):
-        layer["checks"] = {"passed": layer["checks"]["passed"]}
-    return data
+def without_check_figures(text: bytes, where: str = MANIFEST_NAME) -> Manifest:
+    """The manifest with the seeds' float error figures zeroed (None stays None).
+
+    The figures depend on the BLAS in use; their pass/fail and every integer they describe are
+    compared exactly.
+    """
+    manifest = loads(text.decode("utf-8"), where)
+
+    def zeroed(value: float | None) -> float | None:
+        return None if value is None else 0.0
+
+    layers = tuple(
+        replace(
+            layer,
+            checks=replace(
+                layer.checks,
+                output_mean_error=0.0,
+                output_max_error=0.0,
+                next_input_mean_error=zeroed(layer.checks.next_input_mean_error),
+                next_input_max_error=zeroed(layer.checks.next_input_max_error),
+            ),
+        )
+        for layer in manifest.layers
+    )
+    return replace(manifest, layers=layers)
 
 
 def vector_sets(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
@@ -72,22 +88,22 @@ def check_set(folder: Path, base: Path | None = None) -> CheckResult:
     if not manifest_path.is_file():
         raise InputError(f"{folder} has no {MANIFEST_NAME}; `qexport check` takes folders that qexport wrote")
     manifest = loads(manifest_path.read_text(encoding="utf-8"), str(manifest_path))
-    recipe = manifest.get("recipe")
-    if not isinstance(recipe, dict):
+    recipe = manifest.recipe
+    if recipe is None:
         raise InputError(f"{manifest_path} has no recipe (written by an older qexport); regenerate it")
-    result = CheckResult(folder, recipe["command"])
+    result = CheckResult(folder, recipe.command)
     plan = regenerate(recipe, base or Path.cwd(), folder)
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     for missing in sorted(set(plan.files) - on_disk):
         result.problems.append(f"{missing}: missing from {folder} (the recipe writes it)")
     for extra in sorted(on_disk - set(plan.files)):
         result.problems.append(f"{extra}: in {folder} but not written by the recipe")
-    entries = {f["path"]: (layer["index"], f) for layer in manifest["layers"] for f in layer["files"]}
+    entries = {f.path: (index, f) for index, f in manifest.files()}
     for rel in sorted(set(plan.files) & on_disk):
         committed = (folder / rel).read_bytes()
         fresh = plan.files[rel]
         if rel == MANIFEST_NAME:
-            if without_check_figures(committed) != without_check_figures(fresh):
+            if without_check_figures(committed, str(folder / rel)) != without_check_figures(fresh):
                 result.problems.append(f"{rel}: differs from the regenerated manifest")
             continue
         if committed == fresh:
@@ -96,9 +112,9 @@ def check_set(folder: Path, base: Path | None = None) -> CheckResult:
     return result
 
 
-def _first_difference(folder: Path, rel: str, fresh: bytes, entry: tuple[int, dict[str, Any]] | None) -> str:
+def _first_difference(folder: Path, rel: str, fresh: bytes, entry: tuple[int, FileEntry] | None) -> str:
     """Name the first differing value of a data file, or the first differing line."""
-    if entry is not None and entry[1]["format"] in ("hex", "bin", "txt"):
+    if entry is not None and entry[1].format in ("hex", "bin", "txt"):
         layer, spec = entry
         try:
             report = compare_file(folder, spec, layer, fresh.decode("ascii"), f"regenerated {rel}")

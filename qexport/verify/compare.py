@@ -23,7 +23,7 @@ import numpy as np
 
 from qexport.errors import InputError
 from qexport.verify.decode import lanes_from_bits, parse_words, plain_words, stored_shape
-from qexport.writer.manifest import MANIFEST_NAME, loads
+from qexport.writer.manifest import MANIFEST_NAME, FileEntry, Manifest, loads
 
 DETAIL = 20  # differing values listed one by one; all of them are counted and summarised
 
@@ -34,7 +34,7 @@ _MISMATCH = re.compile(
 _PASS = re.compile(r"^PASS layer (\d+)(?:: (\d+) output values match)?", re.MULTILINE)
 _FAIL = re.compile(r"^FAIL layer (\d+)(?:: (\d+) of (\d+) output values differ)?", re.MULTILINE)
 
-Entry = tuple[int, dict[str, Any]]
+Entry = tuple[int, FileEntry]
 
 
 @dataclass(frozen=True)
@@ -168,15 +168,15 @@ class CompareReport:
         }
 
 
-def _read_manifest(golden_dir: Path) -> dict[str, Any]:
+def _read_manifest(golden_dir: Path) -> Manifest:
     path = golden_dir / MANIFEST_NAME
     if not path.is_file():
         raise InputError(f"{golden_dir} has no {MANIFEST_NAME}; give the folder `qexport dump` wrote")
     return loads(path.read_text(encoding="utf-8"), str(path))
 
 
-def _entries(manifest: dict[str, Any]) -> list[Entry]:
-    return [(layer["index"], f) for layer in manifest["layers"] for f in layer["files"]]
+def _entries(manifest: Manifest) -> list[Entry]:
+    return manifest.files()
 
 
 def _token_header_lines(text: str) -> int:
@@ -192,67 +192,71 @@ def _token_header_lines(text: str) -> int:
 _MARKERS = {"coe": "memory_initialization_vector=", "mif": "CONTENT BEGIN", "h": "_words["}
 
 
-def _bits(text: str, entry: dict[str, Any], where: str) -> np.ndarray:
+def _bits(text: str, entry: FileEntry, where: str) -> np.ndarray:
     """A file's words as (words, word_bits) bits; coe / mif / C-header files written by us are read
     past their syntax, any other text (e.g. a simulator's $writememh dump of such a memory) as bare
     words."""
-    fmt = entry["format"]
+    fmt = entry.format
     radix = "bin" if fmt in ("bin", "txt") else "hex"
     if fmt in _MARKERS and _MARKERS[fmt] in text:
-        return parse_words(plain_words(text, entry), radix, int(entry["word_bits"]), 0, where)
-    return parse_words(text, radix, int(entry["word_bits"]), _token_header_lines(text), where)
+        return parse_words(plain_words(text, entry), radix, entry.word_bits, 0, where)
+    return parse_words(text, radix, entry.word_bits, _token_header_lines(text), where)
 
 
-def _lanes(bits: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
-    return lanes_from_bits(
-        bits, int(entry["lanes"]), int(entry["lane_bits"]), bool(entry["signed"]), entry["lane_order"]
-    )
+def _lanes(bits: np.ndarray, entry: FileEntry) -> np.ndarray:
+    return lanes_from_bits(bits, entry.lanes, entry.lane_bits, entry.signed, entry.lane_order)
 
 
-def _coordinates(entry: dict[str, Any], words: np.ndarray, lanes: np.ndarray) -> dict[str, np.ndarray]:
+def _coordinates(entry: FileEntry, words: np.ndarray, lanes: np.ndarray) -> dict[str, np.ndarray]:
     """Where each (word, lane) lies in the layer, as one array per coordinate (all the same length).
 
     ``valid`` is False for padding lanes and fill words, whose other coordinates are meaningless.
     """
-    shape = [int(s) for s in stored_shape(entry)]  # with the zero lanes padding each pixel's channels
+    shape = list(stored_shape(entry))  # with the zero lanes padding each pixel's channels
     count = int(np.prod(shape))
-    flat = words.astype(np.int64) * int(entry["lanes"]) + lanes
-    raw = dict(zip(entry["axes"], np.unravel_index(np.minimum(flat, count - 1), shape), strict=True))
-    real = raw[entry["axes"][-1]] < int(entry["shape"][-1])  # False on a channel-padding lane
-    valid = (flat < count) & (words < int(entry["words"])) & real
+    flat = words.astype(np.int64) * entry.lanes + lanes
+    raw = dict(zip(entry.axes, np.unravel_index(np.minimum(flat, count - 1), shape), strict=True))
+    real = raw[entry.axes[-1]] < entry.shape[-1]  # False on a channel-padding lane
+    valid = (flat < count) & (words < entry.words) & real
     coords: dict[str, np.ndarray] = {"valid": valid, "flat": flat}
-    if entry["tensor"] in ("input", "psum", "output") and {"n", "h", "w", "c"} <= raw.keys():
-        y0 = entry["y"][0] if "y" in entry else 0
-        x0 = entry["x"][0] if "x" in entry else 0
-        halo = 1 if entry.get("padded") and "tile" in entry else 0
-        offset = entry["oc"][0] if entry["tensor"] != "input" and "oc" in entry else entry.get("ic", [0])[0]
+    at = entry.where
+    ic0 = at.ic[0] if at.ic is not None else 0
+    oc0 = at.oc[0] if at.oc is not None else 0
+    if entry.tensor in ("input", "psum", "output") and {"n", "h", "w", "c"} <= raw.keys():
+        halo = 1 if entry.padded and at.tile is not None else 0
+        offset = oc0 if entry.tensor != "input" and at.oc is not None else ic0
         coords |= {
-            "n": raw["n"] + int(entry.get("n", 0)),
-            "y": raw["h"] + int(y0) - halo,
-            "x": raw["w"] + int(x0) - halo,
-            "channel": raw["c"] + int(offset),
+            "n": raw["n"] + (at.n or 0),
+            "y": raw["h"] + (at.y[0] if at.y is not None else 0) - halo,
+            "x": raw["w"] + (at.x[0] if at.x is not None else 0) - halo,
+            "channel": raw["c"] + offset,
         }
-    elif entry["tensor"] == "weight" and {"oc", "ic", "kh", "kw"} <= raw.keys():
-        coords["oc"] = raw["oc"] + int(entry.get("oc", [0])[0])
-        if "kij" in entry:  # one kernel tap a file: its kh, kw axes are 1 long
-            coords["kij"] = np.full_like(flat, int(entry["kij"]))
+    elif entry.tensor == "weight" and {"oc", "ic", "kh", "kw"} <= raw.keys():
+        coords["oc"] = raw["oc"] + oc0
+        if at.kij is not None:  # one kernel tap a file: its kh, kw axes are 1 long
+            coords["kij"] = np.full_like(flat, at.kij)
         else:
             coords |= {"kh": raw["kh"], "kw": raw["kw"]}
-        coords["ic"] = raw["ic"] + int(entry.get("ic", [0])[0])
+        coords["ic"] = raw["ic"] + ic0
     else:
         coords |= raw
     return coords
 
 
-def _where(entry: dict[str, Any], layer: int, coords: dict[str, np.ndarray], i: int) -> dict[str, int]:
+def _tiles(entry: FileEntry) -> dict[str, int]:
+    """The file's tile, output- and input-channel tile, those it names."""
+    at = entry.where
+    found = {"tile": at.tile, "otile": at.otile, "itile": at.itile}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def _where(entry: FileEntry, layer: int, coords: dict[str, np.ndarray], i: int) -> dict[str, int]:
     where = {"layer": layer}
     if not coords["valid"][i]:
-        if int(coords["flat"][i]) >= int(entry["words"]) * int(entry["lanes"]):
-            return where | {"fill_word": int(coords["flat"][i]) // int(entry["lanes"])}
+        if int(coords["flat"][i]) >= entry.words * entry.lanes:
+            return where | {"fill_word": int(coords["flat"][i]) // entry.lanes}
         return where | {"padding_lane": int(coords["flat"][i])}
-    for key in ("tile", "otile", "itile"):
-        if key in entry:
-            where[key] = int(entry[key])
+    where |= _tiles(entry)
     return where | {k: int(v[i]) for k, v in coords.items() if k not in ("valid", "flat")}
 
 
@@ -278,7 +282,7 @@ def _unique(values: np.ndarray) -> list[int]:
     return [row[0] for row in _unique_rows(values)]
 
 
-def _affected(entry: dict[str, Any], coords: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+def _affected(entry: FileEntry, coords: dict[str, np.ndarray]) -> dict[str, list[Any]]:
     """The channels, pixels, taps and tiles of every differing value."""
     valid = coords["valid"]
     if not valid.any():
@@ -292,9 +296,8 @@ def _affected(entry: dict[str, Any], coords: dict[str, np.ndarray]) -> dict[str,
         found["out_channels"] = _unique(c["oc"])
         found["in_channels"] = _unique(c["ic"])
         found["taps"] = _unique(c["kij"]) if "kij" in c else _unique_rows(c["kh"], c["kw"])
-    for key, name in (("tile", "tiles"), ("otile", "otiles"), ("itile", "itiles")):
-        if key in entry:
-            found[name] = [int(entry[key])]
+    for key, value in _tiles(entry).items():
+        found[f"{key}s"] = [value]
     return found
 
 
@@ -377,25 +380,25 @@ def _length_problem(expected_words: int, depth: int, got_words: int) -> str | No
     return f"{kind}: {got_words} word(s) read, {expected_words} expected{deeper}"
 
 
-def compare_file(golden_dir: Path, entry: dict[str, Any], layer: int, text: str, where: str) -> FileReport:
+def compare_file(golden_dir: Path, entry: FileEntry, layer: int, text: str, where: str) -> FileReport:
     """Compare one file's text with the golden file described by ``entry``."""
-    golden_path = golden_dir / entry["path"]
+    golden_path = golden_dir / entry.path
     golden_all = _lanes(_bits(golden_path.read_text(encoding="ascii"), entry, str(golden_path)), entry)
     got = _lanes(_bits(text, entry, where), entry)
-    words = int(entry["words"])
+    words = entry.words
     # a dump of the whole memory (depth words) is compared with the golden fill words too
     expected = golden_all if len(got) == len(golden_all) > words else golden_all[:words]
     rows = min(len(expected), len(got))
-    report = FileReport(entry["path"], layer, words, len(got))
+    report = FileReport(entry.path, layer, words, len(got))
     report.problem = _length_problem(words, len(golden_all), len(got))
-    report.compared = rows * int(entry["lanes"])
+    report.compared = rows * entry.lanes
     diff_words, diff_lanes = np.nonzero(expected[:rows] != got[:rows])
     report.differences = len(diff_words)
     coords = _coordinates(entry, diff_words, diff_lanes)
-    lane_bits = int(entry["lane_bits"])
+    lane_bits = entry.lane_bits
     report.diffs = [
         ValueDiff(
-            entry["path"],
+            entry.path,
             int(diff_words[i]),
             int(diff_lanes[i]),
             _where(entry, layer, coords, i),
@@ -411,16 +414,16 @@ def compare_file(golden_dir: Path, entry: dict[str, Any], layer: int, text: str,
 
 
 def _listing(entries: list[Entry]) -> str:
-    return ", ".join(e["path"] for _, e in entries)
+    return ", ".join(e.path for _, e in entries)
 
 
 def _named(golden_dir: Path, entries: list[Entry], file: str) -> Entry:
     """The golden file ``--file`` names: its path in the manifest, its bare name (when only one file
     has it) or its path on disk. Raises InputError listing the set's files otherwise."""
-    exact = [(layer, e) for layer, e in entries if e["path"] == file]
+    exact = [(layer, e) for layer, e in entries if e.path == file]
     if exact:
         return exact[0]
-    by_name = [(layer, e) for layer, e in entries if Path(e["path"]).name == file]
+    by_name = [(layer, e) for layer, e in entries if Path(e.path).name == file]
     if len(by_name) > 1:
         raise InputError(
             f"--file {file} names {len(by_name)} files of the golden set in {golden_dir}: "
@@ -429,7 +432,7 @@ def _named(golden_dir: Path, entries: list[Entry], file: str) -> Entry:
     if by_name:
         return by_name[0]
     target = Path(file).resolve()
-    on_disk = [(layer, e) for layer, e in entries if (golden_dir / e["path"]).resolve() == target]
+    on_disk = [(layer, e) for layer, e in entries if (golden_dir / e.path).resolve() == target]
     if on_disk:
         return on_disk[0]
     raise InputError(
@@ -449,24 +452,24 @@ def _pick(golden_dir: Path, entries: list[Entry], text: str, sim_output: Path) -
     counts: dict[tuple[Any, ...], int | None] = {}
     fits: list[Entry] = []
     for layer, e in entries:
-        if e["format"] == "npy":
+        if e.format == "npy":
             continue
-        syntax = e["format"] if e["format"] in _MARKERS else e["format"] in ("bin", "txt")
-        key = (syntax, int(e["word_bits"]), e.get("header_lines"), e.get("depth"))
+        syntax = e.format if e.format in _MARKERS else e.format in ("bin", "txt")
+        key = (syntax, e.word_bits, e.header_lines, e.depth)
         if key not in counts:
             try:
                 counts[key] = len(_bits(text, e, str(sim_output)))
             except InputError:
                 counts[key] = None
         n = counts[key]
-        if n and n in (int(e["words"]), int(e["depth"])):
+        if n and n in (e.words, e.depth):
             fits.append((layer, e))
-    named = [(layer, e) for layer, e in entries if Path(e["path"]).name == sim_output.name]
+    named = [(layer, e) for layer, e in entries if Path(e.path).name == sim_output.name]
     ask = "name the golden file with --file"
     if len(fits) == 1:
         if named and fits[0] not in named:
             raise InputError(
-                f"{sim_output} has the word width and count of {fits[0][1]['path']} but the name of "
+                f"{sim_output} has the word width and count of {fits[0][1].path} but the name of "
                 f"{_listing(named)}; {ask}"
             )
         return fits[0], "word width and count"
@@ -474,7 +477,7 @@ def _pick(golden_dir: Path, entries: list[Entry], text: str, sim_output: Path) -
         among = [f for f in fits if f in named]
         if len(among) == 1:
             return among[0], "word width and count, then file name"
-        widths = sorted({int(e["word_bits"]) for _, e in fits})
+        widths = sorted({e.word_bits for _, e in fits})
         raise InputError(
             f"{sim_output} could be any of {len(fits)} golden files with its word width and count "
             f"({'/'.join(map(str, widths))}-bit words): {_listing(fits)}; {ask}"
@@ -504,14 +507,14 @@ def compare(golden_dir: Path, sim_output: Path, file: str | None = None) -> Comp
     if not sim_output.exists():
         raise InputError(f"{sim_output} does not exist; give the simulator's memory dump or log")
     if sim_output.is_dir():
-        chosen = [named] if named else [(la, e) for la, e in entries if (sim_output / e["path"]).is_file()]
-        if named and not (sim_output / named[1]["path"]).is_file():
-            raise InputError(f"{sim_output} has no {named[1]['path']}; give the folder laid out like the set")
+        chosen = [named] if named else [(la, e) for la, e in entries if (sim_output / e.path).is_file()]
+        if named and not (sim_output / named[1].path).is_file():
+            raise InputError(f"{sim_output} has no {named[1].path}; give the folder laid out like the set")
         if not chosen:
             raise InputError(f"{sim_output} holds none of the files named in {golden_dir / MANIFEST_NAME}")
         reports = []
         for layer, e in chosen:
-            path = sim_output / e["path"]
+            path = sim_output / e.path
             reports.append(compare_file(golden_dir, e, layer, _read_text(path), str(path)))
             reports[-1].matched_by = "--file" if named else "path in the folder"
         return CompareReport(reports)
@@ -524,13 +527,13 @@ def compare(golden_dir: Path, sim_output: Path, file: str | None = None) -> Comp
     return CompareReport([report])
 
 
-def _from_log(text: str, manifest: dict[str, Any]) -> CompareReport:
+def _from_log(text: str, manifest: Manifest) -> CompareReport:
     """A `qexport testbench` log: its MISMATCH lines are already decoded, its PASS / FAIL line counts."""
     passed, failed = _PASS.search(text), _FAIL.search(text)
     line = passed or failed
-    layer = int(line.group(1)) if line else manifest["layers"][0]["index"]
-    outputs = [e for la, e in _entries(manifest) if la == layer and e["tensor"] == "output"]
-    lane_bits = int(outputs[0]["lane_bits"]) if outputs else 64
+    layer = int(line.group(1)) if line else manifest.layers[0].index
+    outputs = [e for la, e in _entries(manifest) if la == layer and e.tensor == "output"]
+    lane_bits = outputs[0].lane_bits if outputs else 64
     found = [tuple(int(v) for v in m.groups()) for m in _MISMATCH.finditer(text)]
     report = FileReport("testbench log", layer, 0, 0, matched_by="testbench log")
     report.differences = len(found)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from qexport.errors import InputError
+from qexport.writer.manifest import FileEntry
 
 _VALUE_OF = np.full(256, 255, dtype=np.uint8)
 for _digit, _char in enumerate("0123456789abcdef"):
@@ -83,10 +84,15 @@ def lanes_from_bits(
     return np.asarray(values)
 
 
-def plain_words(text: str, entry: Mapping[str, Any]) -> str:
+def as_entry(entry: FileEntry | Mapping[str, Any], where: str) -> FileEntry:
+    """A manifest's file entry; a JSON object (e.g. read by another program) is checked first."""
+    return entry if isinstance(entry, FileEntry) else FileEntry.from_json(entry, where)
+
+
+def plain_words(text: str, entry: FileEntry) -> str:
     """The data words of a coe / mif / C-header file, one bare hex word a line."""
-    lines = text.split("\n")[int(entry["header_lines"]) :][: int(entry["depth"])]
-    fmt = entry["format"]
+    lines = text.split("\n")[entry.header_lines :][: entry.depth]
+    fmt = entry.format
     if fmt == "coe":  # `0a1b,` ... `ffff;`
         words = [line.strip().rstrip(",;") for line in lines]
     elif fmt == "mif":  # `    0a : 0a1b;`
@@ -96,58 +102,55 @@ def plain_words(text: str, entry: Mapping[str, Any]) -> str:
         for line in lines:
             limbs = [part.strip().removeprefix("0x") for part in line.strip(" {},").split(",")]
             words.append("".join(reversed(limbs)))
-        digits = -(-int(entry["word_bits"]) // 4)
+        digits = -(-entry.word_bits // 4)
         words = [w[-digits:] if len(w) > digits and set(w[:-digits]) <= {"0"} else w for w in words]
     return "\n".join(words) + "\n"
 
 
-def stored_shape(entry: Mapping[str, Any]) -> tuple[int, ...]:
+def stored_shape(entry: FileEntry) -> tuple[int, ...]:
     """The shape of the values a file's words hold, in ``axes`` order: ``shape``, with the last
     axis (channels) widened by the ``padded_channels`` zero lanes the layout added, if any.
 
     shape [1, 32, 32, 3], channels 3, padded_channels 5 -> (1, 32, 32, 8).
     """
-    shape = [int(s) for s in entry["shape"]]
-    extra = int(entry.get("padded_channels", 0))
+    shape = list(entry.shape)
+    extra = entry.padded_channels or 0
     if extra:
-        real = entry.get("channels")
-        if not shape or real is None or int(real) != shape[-1] or extra < 0:
+        real = entry.channels
+        if not shape or real is None or real != shape[-1] or extra < 0:
             raise InputError(
-                f"{entry.get('path', 'a file')}: manifest says channels {real}, padded_channels {extra}, "
+                f"{entry.path}: manifest says channels {real}, padded_channels {extra}, "
                 f"but its shape {shape} ends in {shape[-1] if shape else 'nothing'}; the manifest is damaged"
             )
         shape[-1] += extra
     return tuple(shape)
 
 
-def decode_file(path: Path, entry: Mapping[str, Any]) -> np.ndarray:
+def decode_file(path: Path, entry: FileEntry | Mapping[str, Any]) -> np.ndarray:
     """Decode one file of a manifest into its integer tensor (shape and axes as the manifest says).
 
     Zero lanes that pad the channels (``padded_channels``) are dropped: the tensor is the real one.
     """
-    shape = tuple(int(s) for s in entry["shape"])
-    if entry["format"] == "npy":
+    entry = as_entry(entry, f"the manifest entry of {path}")
+    shape = entry.shape
+    if entry.format == "npy":
         array = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
         return np.asarray(array.astype(np.int64).reshape(shape))
     text = path.read_text(encoding="ascii")
-    radix, header = ("bin" if entry["format"] in ("bin", "txt") else "hex"), int(entry["header_lines"])
-    if entry["format"] in ("coe", "mif", "h"):
+    radix, header = ("bin" if entry.format in ("bin", "txt") else "hex"), entry.header_lines
+    if entry.format in ("coe", "mif", "h"):
         text, header = plain_words(text, entry), 0
-    bits = parse_words(text, radix, int(entry["word_bits"]), header, str(path))
-    if bits.shape[0] < int(entry["words"]):
-        raise InputError(f"{path}: {bits.shape[0]} data words, the manifest says {entry['words']}")
+    bits = parse_words(text, radix, entry.word_bits, header, str(path))
+    if bits.shape[0] < entry.words:
+        raise InputError(f"{path}: {bits.shape[0]} data words, the manifest says {entry.words}")
     values = lanes_from_bits(
-        bits[: int(entry["words"])],
-        int(entry["lanes"]),
-        int(entry["lane_bits"]),
-        bool(entry["signed"]),
-        entry["lane_order"],
+        bits[: entry.words], entry.lanes, entry.lane_bits, entry.signed, entry.lane_order
     )
     stored = stored_shape(entry)
     count = int(np.prod(stored))
     if values.size < count:
         raise InputError(
-            f"{path}: {entry['words']} words of {entry['lanes']} lanes hold {values.size} values; "
+            f"{path}: {entry.words} words of {entry.lanes} lanes hold {values.size} values; "
             f"shape {list(stored)} needs {count}"
         )
     held = values.reshape(-1)[:count].reshape(stored)

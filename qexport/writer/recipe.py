@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from qexport.errors import InputError
 from qexport.frontend.models.quant import DEFAULT_ACT_CLIP
-from qexport.layout.flat import LayoutOptions
+from qexport.layout.options import LayoutOptions
 from qexport.layout.profile import Profile, builtin_names, load_profile
+from qexport.writer.manifest import CheckpointRecord, Recipe, RecipeKind, RecipeSource
 
 if TYPE_CHECKING:
     from qexport.api import SourceOptions
@@ -32,7 +33,7 @@ def _tree_root(set_dir: Path) -> Path:
     return folder.parent
 
 
-def checkpoint_record(checkpoint: Path, sha256: str, set_dir: Path) -> tuple[dict[str, str], str]:
+def checkpoint_record(checkpoint: Path, sha256: str, set_dir: Path) -> tuple[CheckpointRecord, str]:
     """Where `qexport check` finds the checkpoint again from any working folder, and its command text.
 
     Inside the set's tree (the git repository holding the set, else the set's parent folder)
@@ -44,23 +45,18 @@ def checkpoint_record(checkpoint: Path, sha256: str, set_dir: Path) -> tuple[dic
         path, command = Path(os.path.relpath(file, folder)).as_posix(), file.relative_to(root).as_posix()
     else:
         path = command = file.as_posix()
-    return {"path": path, "sha256": sha256}, command
+    return CheckpointRecord(path, sha256), command
 
 
-def find_checkpoint(record: dict[str, str], set_dir: Path) -> Path:
+def find_checkpoint(record: CheckpointRecord, set_dir: Path) -> Path:
     """The checkpoint a recipe names (relative to ``set_dir``), once its sha256 is the recorded one."""
     from qexport.frontend.checkpoint import file_sha256
 
     manifest = set_dir / "manifest.json"
-    if not (isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str)):
-        raise InputError(
-            f'{manifest}: the recipe\'s checkpoint must be {{"path": …, "sha256": …}}, not '
-            f"{record!r:.80}; re-export the set"
-        )
-    path = Path(record["path"])
+    path = Path(record.path)
     if not path.is_absolute():
         path = (set_dir.resolve() / path).resolve()
-    expected = record["sha256"]
+    expected = record.sha256
     if not path.is_file():
         raise InputError(
             f"checkpoint {path} (recorded in {manifest}) does not exist; the set was made from a "
@@ -76,7 +72,7 @@ def find_checkpoint(record: dict[str, str], set_dir: Path) -> Path:
 
 
 def build_recipe(
-    kind: str,
+    kind: RecipeKind,
     opts: SourceOptions,
     layer_ids: Sequence[int] | None,
     fmt: str,
@@ -86,50 +82,48 @@ def build_recipe(
     template_dir: Path | None,
     set_dir: Path | None = None,
     checkpoint_sha256: str | None = None,
-) -> dict[str, Any]:
+) -> Recipe:
     """Everything `qexport check` needs to regenerate this set, and the command that made it.
 
     With ``set_dir`` (the set's folder) the checkpoint is recorded by :func:`checkpoint_record`;
     without, as the text typed (an older recipe's form, resolved from the working folder).
     """
-    checkpoint: dict[str, str] | str | None = path_text(opts.checkpoint)
-    command_checkpoint = checkpoint
+    checkpoint: CheckpointRecord | str | None = path_text(opts.checkpoint)
+    command_checkpoint = path_text(opts.checkpoint)
     if opts.checkpoint is not None and set_dir is not None and checkpoint_sha256 is not None:
         checkpoint, command_checkpoint = checkpoint_record(opts.checkpoint, checkpoint_sha256, set_dir)
-    source = {
-        "checkpoint": checkpoint,
-        "model": opts.model,
-        "data_dir": path_text(opts.data_dir),
-        "input_file": path_text(opts.input_file),
+    source = RecipeSource(
+        checkpoint=checkpoint,
+        model=opts.model,
+        data_dir=path_text(opts.data_dir),
+        input_file=path_text(opts.input_file),
         # the effective selection, so a set made with the default and with `--images 0` agree
-        "images": opts.images or (None if opts.input_file else "0"),
-        "act_clip": opts.act_clip,
-        "trust_recomputed": opts.trust_recomputed,
-        "bits_config": path_text(opts.bits_config),
-    }
-    layout_fields = {
-        "lanes": layout.lanes,
-        "psum_lanes": layout.psum_lanes,
-        "lane_order": layout.lane_order,
-        "psum_bits": layout.psum_bits,
-        "input_sign": layout.input_sign,
-        "pad_input": layout.pad_input,
-    }
+        images=opts.images or (None if opts.input_file else "0"),
+        act_clip=opts.act_clip,
+        trust_recomputed=opts.trust_recomputed,
+        bits_config=path_text(opts.bits_config),
+    )
     builtin = prof.name in builtin_names() and load_profile(prof.name).source == prof.source
-    return {
-        "kind": kind,
-        "source": source,
-        "layers": "all" if layer_ids is None else list(layer_ids),
-        "format": fmt,
-        "profile": prof.name if builtin else None,
-        "profile_toml": None if builtin else prof.source,
-        "depth": depth,
-        "layout": layout_fields,
-        "template_dir": path_text(template_dir),
-        "command": _command_line(
-            kind, source | {"checkpoint": command_checkpoint}, layer_ids, fmt, layout_fields, prof.name, depth
+    return Recipe(
+        kind=kind,
+        source=source,
+        layers=None if layer_ids is None else tuple(layer_ids),
+        format=fmt,
+        profile=prof.name if builtin else None,
+        profile_toml=None if builtin else prof.source,
+        depth=depth,
+        layout=layout,
+        template_dir=path_text(template_dir),
+        command=_command_line(
+            kind,
+            source.to_json() | {"checkpoint": command_checkpoint},
+            layer_ids,
+            fmt,
+            layout,
+            prof.name,
+            depth,
         ),
-    }
+    )
 
 
 def _command_line(
@@ -137,7 +131,7 @@ def _command_line(
     source: dict[str, Any],
     layer_ids: Sequence[int] | None,
     fmt: str,
-    layout: dict[str, Any],
+    layout: LayoutOptions,
     profile: str,
     depth: str,
 ) -> str:
@@ -173,8 +167,8 @@ def _command_line(
                 ("psum_bits", "--psum-bits", None),
                 ("input_sign", "--input-sign", "auto"),
             ):
-                if layout[key] != default:
-                    words += [flag, str(layout[key])]
-            if layout["pad_input"]:
+                if getattr(layout, key) != default:
+                    words += [flag, str(getattr(layout, key))]
+            if layout.pad_input:
                 words.append("--pad-input")
     return " ".join(words)

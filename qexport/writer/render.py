@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,8 +18,8 @@ from qexport.errors import InputError
 from qexport.layout.flat import TensorPlan
 from qexport.writer import formats
 from qexport.writer.formats import DIGITS, Field, Part, WordSyntax
+from qexport.writer.manifest import RenderedFacts
 from qexport.writer.pack import to_words
-from qexport.writer.write import FileSink
 
 Depth = Literal["exact", "pow2"]
 
@@ -99,50 +98,33 @@ def _depth_of(words: int, depth: Depth) -> int:
     return words if depth == "exact" or words <= 1 else 1 << (words - 1).bit_length()
 
 
-def render_memory(tp: TensorPlan, ctx: MemoryContext, plan: FileSink) -> dict[str, Any]:
-    """Render one memory file into ``plan`` and return its manifest entry."""
+@dataclass(frozen=True, slots=True)
+class RenderedMemory:
+    """A memory file's content, as chunks to write in order (made as they are read), and what
+    rendering it found out for the manifest."""
+
+    content: Iterable[bytes | memoryview]
+    facts: RenderedFacts
+
+
+def render_memory(tp: TensorPlan, ctx: MemoryContext) -> RenderedMemory:
+    """Pack and render one memory file; nothing is written (the writer writes and hashes it)."""
     fmt, spec = ctx.fmt, tp.spec
     path = f"{tp.stem}.{fmt}"  # a format's name is its extension
-    shape = list(tp.array.shape)
-    entry: dict[str, Any] = {
-        "path": path,
-        "tensor": tp.tensor,
-        "format": fmt,
-        "shape": shape,
-        "axes": list(tp.axes),
-        "lane_bits": spec.lane_bits,
-        "signed": spec.signed,
-        "lane_order": spec.lane_order,
-        **tp.meta,
-    }
-    if tp.padded is not None:
-        entry["padded"] = bool(tp.padded)
+    content: Iterable[bytes | memoryview]
     if fmt == "npy":
         dtype = _npy_dtype(spec.lane_bits, spec.signed)
-        content: Iterable[bytes | memoryview] = [_npy_bytes(tp.array, dtype)]
-        entry |= {"lanes": 1, "word_bits": 8 * dtype.itemsize, "words": tp.array.size}
-        entry |= {"header_lines": 0, "depth": tp.array.size, "fill": 0}
-    else:
-        values, channel_padding = tp.lane_values()
-        words = to_words(values, spec)
-        # the course core's text files have fixed line counts: never padded
-        depth = _depth_of(words.shape[0], "exact" if fmt == "txt" else ctx.depth)
-        content, header_lines = _memory_file(tp, ctx, words, depth)
-        entry |= {"lanes": spec.lanes, "word_bits": spec.word_bits, "words": int(words.shape[0])}
-        entry |= {"header_lines": header_lines, "depth": depth, "fill": 0} | channel_padding
-    digest = hashlib.sha256()
-    plan.add(path, _hashed(content, digest.update))  # the sink takes every chunk before add returns
-    entry["sha256"] = digest.hexdigest()
-    return entry
-
-
-def _hashed(
-    chunks: Iterable[bytes | memoryview], update: Callable[[bytes | memoryview], None]
-) -> Iterator[bytes | memoryview]:
-    """Pass ``chunks`` on, hashing each while it is still in cache (a block may be reused after)."""
-    for chunk in chunks:
-        update(chunk)
-        yield chunk
+        content = [_npy_bytes(tp.array, dtype)]
+        size = int(tp.array.size)
+        return RenderedMemory(content, RenderedFacts(path, fmt, 1, 8 * dtype.itemsize, size, 0, size))
+    words = to_words(tp.lane_values(), spec)
+    # the course core's text files have fixed line counts: never padded
+    depth = _depth_of(words.shape[0], "exact" if fmt == "txt" else ctx.depth)
+    content, header_lines = _memory_file(tp, ctx, words, depth)
+    facts = RenderedFacts(
+        path, fmt, spec.lanes, spec.word_bits, int(words.shape[0]), header_lines, depth, tp.channel_padding
+    )
+    return RenderedMemory(content, facts)
 
 
 # stands in for the words while the template renders; the body itself never becomes a str
@@ -246,7 +228,7 @@ def _template_context(
 ) -> dict[str, Any]:
     spec = tp.spec
     name = tp.stem.rsplit("/", 1)[-1]
-    where = ", ".join(f"{key} {value}" for key, value in sorted(tp.meta.items()))
+    where = ", ".join(f"{key} {value}" for key, value in tp.where.items())
     c_name = f"layer{ctx.layer}_{name}"
     return {
         "version": __version__,

@@ -19,20 +19,20 @@ import contextlib
 import errno
 import fcntl
 import functools
+import hashlib
 import os
 import secrets
 import shutil
 import signal
 import sys
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from qexport.errors import InputError
-from qexport.writer.manifest import MANIFEST_NAME
-from qexport.writer.manifest import loads as manifest_loads
+from qexport.writer.manifest import MANIFEST_NAME, written_by_qexport
 
 # a file's content: text, bytes, or chunks written one after another (a large body is not
 # copied). A chunk may be a view of a buffer the producer reuses for the next chunk.
@@ -102,13 +102,27 @@ class StagedFolder:
             target.chmod(0o755)
 
 
+def write_hashed(sink: FileSink, relpath: str, content: Content) -> str:
+    """Write ``content`` to ``sink`` as ``relpath`` and return its sha256 (hex)."""
+    digest = hashlib.sha256()
+    sink.add(relpath, _hashed(_chunks(content), digest.update))  # add takes every chunk before it returns
+    return digest.hexdigest()
+
+
+def _hashed(
+    chunks: Iterable[bytes | memoryview], update: Callable[[bytes | memoryview], None]
+) -> Iterator[bytes | memoryview]:
+    """Pass ``chunks`` on, hashing each while it is still in cache (a block may be reused after)."""
+    for chunk in chunks:
+        update(chunk)
+        yield chunk
+
+
 def _is_ours(folder: Path) -> bool:
-    manifest = folder / MANIFEST_NAME
     try:
-        manifest_loads(manifest.read_text(encoding="utf-8"), str(manifest))
-    except (OSError, UnicodeDecodeError, InputError):
+        return written_by_qexport((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
         return False
-    return True
 
 
 def _check_target(out_dir: Path, force: bool) -> None:

@@ -40,10 +40,10 @@ def test_every_set_is_a_manifest_and_a_folder_a_layer(
     out = tmp_path / "set"
     result = export(SourceOptions(), layers, out, profile=profile)
     assert {p.name for p in out.iterdir()} == {"manifest.json", *(f"layer{i}" for i in layers)}
-    for entry in result.manifest["layers"]:
-        paths = {f["path"] for f in entry["files"]}
-        assert all(p.startswith(f"layer{entry['index']}/") and p.count("/") == 1 for p in paths)
-        on_disk = {p.relative_to(out).as_posix() for p in (out / f"layer{entry['index']}").iterdir()}
+    for entry in result.manifest.layers:
+        paths = {f.path for f in entry.files}
+        assert all(p.startswith(f"layer{entry.index}/") and p.count("/") == 1 for p in paths)
+        on_disk = {p.relative_to(out).as_posix() for p in (out / f"layer{entry.index}").iterdir()}
         assert on_disk == paths
 
 
@@ -254,11 +254,11 @@ def test_an_older_recipe_with_the_checkpoint_as_typed_still_checks(
 
 def test_flat_overflow_names_the_needed_and_the_worst_case_width(tmp_path: Path) -> None:
     result = export(SourceOptions(), [33], tmp_path / "full")
-    entry = next(f for f in result.manifest["layers"][0]["files"] if f["tensor"] == "psum")
-    psum = decode_file(tmp_path / "full" / entry["path"], entry)
+    entry = next(f for f in result.manifest.layers[0].files if f.tensor == "psum")
+    psum = decode_file(tmp_path / "full" / entry.path, entry)
     low, high = int(psum.min()), int(psum.max())
     need = next(b for b in range(2, 40) if -(1 << (b - 1)) <= low and high < 1 << (b - 1))
-    worst = entry["lane_bits"]
+    worst = entry.lane_bits
     assert (need, worst) == (10, 14)  # the values need fewer bits than the worst case
     code, output = _invoke("dump", "--layer", "33", "--psum-bits", str(need - 2), "-o", str(tmp_path / "x"))
     assert code == 2
@@ -293,11 +293,20 @@ def test_systolic_overflow_names_the_tile_and_both_widths(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    "record", [{"path": 3, "sha256": "0"}, {"path": "c.pth"}], ids=["not-text", "no-sha"]
+    ("record", "message"),
+    [
+        ({"path": 3, "sha256": "0"}, "'path' is an integer (3), expected a string"),
+        ({"path": "c.pth"}, "'sha256' is missing"),
+    ],
+    ids=["not-text", "no-sha"],
 )
-def test_a_malformed_checkpoint_record_is_a_message(tmp_path: Path, record: dict[str, object]) -> None:
+def test_a_malformed_checkpoint_record_is_a_message(
+    tmp_path: Path, record: dict[str, object], message: str
+) -> None:
     from qexport.errors import InputError
-    from qexport.writer.recipe import find_checkpoint
+    from qexport.writer.manifest import loads
 
-    with pytest.raises(InputError, match=r"manifest.json: the recipe's checkpoint must be"):
-        find_checkpoint(record, tmp_path)  # type: ignore[arg-type]
+    manifest = json.loads((ROOT / "tests" / "golden" / "layer33-hex" / "manifest.json").read_text())
+    manifest["recipe"]["source"]["checkpoint"] = record
+    with pytest.raises(InputError, match=re.escape(f"manifest.json: recipe.source.checkpoint: {message}")):
+        loads(json.dumps(manifest), "manifest.json")

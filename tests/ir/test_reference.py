@@ -117,8 +117,8 @@ def test_every_demo_layer_passes_the_seed_check(demo_layers: list) -> None:  # t
     for t in demo_layers:
         layer = integerize(t)
         psums = conv_psum(layer)
-        assert psums.checks["output_mean_error"] < MEAN_ERROR_LIMIT, t.layer
-        assert psums.checks["passed"] is True
+        assert psums.checks.output_mean_error < MEAN_ERROR_LIMIT, t.layer
+        assert psums.checks.passed is True
 
 
 def test_layer33_relu_recovery_matches_next_input(demo_layers: list) -> None:  # type: ignore[type-arg]
@@ -132,7 +132,7 @@ def test_layer33_relu_recovery_matches_next_input(demo_layers: list) -> None:  #
     recovered_relu = np.maximum(psums.psum * layer.x_delta * layer.w_delta, 0)
     assert layer.next_x is not None
     assert np.abs(recovered_relu - layer.next_x).mean() < 1e-3
-    assert psums.checks["next_input_mean_error"] is not None
+    assert psums.checks.next_input_mean_error is not None
 
 
 def test_check_fails_when_integers_are_wrong(demo_layers: list) -> None:  # type: ignore[type-arg]
@@ -143,4 +143,4 @@ def test_check_fails_when_integers_are_wrong(demo_layers: list) -> None:  # type
     from dataclasses import replace
 
     psums = conv_psum(replace(layer, w_int=broken_w))
-    assert psums.checks["passed"] is False
+    assert psums.checks.passed is False

@@ -30,9 +30,10 @@ from qexport.layout.profile import parse_profile
 from qexport.verify.check import check_set
 from qexport.verify.compare import compare
 from qexport.verify.decode import decode_file
+from qexport.writer.manifest import file_entry
 from qexport.writer.pack import PackSpec, format_words, line_blocks, line_matrix, to_words, word_chars
 from qexport.writer.render import MemoryContext, render_memory
-from qexport.writer.write import ExportPlan
+from qexport.writer.write import ExportPlan, write_hashed
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "vectors" / "tiny_vgg.pth.tar"
@@ -215,8 +216,9 @@ def test_tiny_checkpoint_every_layer_round_trips(tmp_path: Path) -> None:
 def _render(tp: TensorPlan, fmt: str) -> tuple[dict[str, Any], bytes]:
     plan = ExportPlan()
     ctx = MemoryContext("m", None, "flat", 0, 0, fmt, "exact", None)
-    entry = render_memory(tp, ctx, plan)
-    return entry, plan.files[entry["path"]]
+    rendered = render_memory(tp, ctx)
+    entry = file_entry(tp, rendered.facts, write_hashed(plan, rendered.facts.path, rendered.content))
+    return entry.to_json(), plan.files[entry.path]
 
 
 CASES = [(c, lanes) for lanes in (8, 4) for c in range(1, 18)]

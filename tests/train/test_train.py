@@ -168,7 +168,7 @@ def test_the_checkpoint_exports_with_no_conversion(reference: Reference, tmp_pat
     opts = SourceOptions(checkpoint=reference.folder / "checkpoint.pth")
     result = api.export(opts, [33], tmp_path / "vectors")
     assert (tmp_path / "vectors" / "manifest.json").is_file()
-    assert (result.manifest["model"], result.manifest["source"]["checkpoint"]) == (MODEL, "checkpoint.pth")
+    assert (result.manifest.model, result.manifest.source.checkpoint) == (MODEL, "checkpoint.pth")
 
 
 def test_resume_continues_at_the_next_epoch_as_if_never_stopped(

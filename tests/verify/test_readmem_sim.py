@@ -282,6 +282,15 @@ def test_simulator_reads_odd_widths(spec: PackSpec, radix: str, tmp_path: Path) 
     assert _split_lanes(printed, entry) == expected
     entry |= {"format": radix, "shape": [values.size], "words": words.shape[0]}
     entry |= {"word_bits": spec.word_bits, "header_lines": 2}
+    # decode_file reads a whole manifest entry through the schema
+    entry |= {
+        "path": mem.name,
+        "tensor": "input",
+        "axes": ["c"],
+        "depth": words.shape[0],
+        "fill": 0,
+        "sha256": "",
+    }
     assert decode_file(mem, entry).tolist() == values.tolist()
     text = mem.read_text(encoding="ascii")
     assert decode_memory_text(text, radix=radix, **{k: entry[k] for k in DECODER_KEYS}) == expected

@@ -16,9 +16,10 @@ from qexport.layout.flat import TensorPlan
 from qexport.layout.profile import load_profile, parse_profile
 from qexport.verify.decode import decode_file
 from qexport.writer import formats, pack
+from qexport.writer.manifest import file_entry
 from qexport.writer.pack import PackSpec
 from qexport.writer.render import MemoryContext, render_memory
-from qexport.writer.write import ExportPlan
+from qexport.writer.write import ExportPlan, write_hashed
 
 # --- item 5: file-name patterns -------------------------------------------------------------
 
@@ -112,8 +113,9 @@ def _rendered(
     tp = tp or _plan()
     ctx = MemoryContext("VGG16_quant_gradual", "demo, untrained", "flat", 33, 10, fmt, "exact", template_dir)
     sink = ExportPlan()
-    entry = render_memory(tp, ctx, sink)
-    return sink.files[str(entry["path"])].decode("ascii"), entry
+    rendered = render_memory(tp, ctx)
+    entry = file_entry(tp, rendered.facts, write_hashed(sink, rendered.facts.path, rendered.content))
+    return sink.files[entry.path].decode("ascii"), entry.to_json()
 
 
 def _template(root: Path, name: str, text: str) -> Path:
@@ -283,7 +285,7 @@ def test_bodies_made_a_few_lines_at_a_time_are_the_same(monkeypatch: pytest.Monk
     tp = _plan(words=300, lanes=3, bits=30)  # 90-bit words: limbs in C
     whole, entry = _rendered(fmt, tp=tp)
     monkeypatch.setattr(formats, "_BLOCK_BYTES", 64)
-    monkeypatch.setattr(pack, "_BLOCK_BYTES", 64)
+    monkeypatch.setattr(pack.text, "_BLOCK_BYTES", 64)
     blocks, block_entry = _rendered(fmt, tp=tp)
     assert blocks == whole
     assert block_entry == entry
