@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ from qexport.frontend.models.vgg import (
     read_bits_config,
 )
 from qexport.ir.integerize import IntLayer, integerize
-from qexport.ir.reference import Psums, conv_psum
-from qexport.layout.flat import LayoutOptions, flat_layout, with_defaults
+from qexport.ir.reference import Psums, TiledPsums, check_tiled, conv_psum, tiled_psums
+from qexport.layout.flat import LayerPlan, LayoutOptions, flat_layout, with_defaults
 from qexport.layout.profile import Profile, load_profile, parse_profile
-from qexport.layout.systolic import systolic_layout
+from qexport.layout.systolic import check_systolic, systolic_layout
 from qexport.verify.testbench import testbench_context
 from qexport.writer.formats import FORMATS
 from qexport.writer.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, dumps
@@ -106,6 +106,12 @@ def _inputs(opts: SourceOptions, notices: list[str]) -> Inputs:
 
 @dataclass(frozen=True)
 class LayerInfo:
+    """One conv layer as ``qexport layers`` lists it: the captured layer's settings and shapes.
+
+    ``name`` is the module path (``features.33``); ``layer`` its features index.
+    """
+
+    name: str
     layer: int
     conv_number: int
     in_channels: int
@@ -120,32 +126,38 @@ class LayerInfo:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
 
+    @classmethod
+    def of(cls, t: LayerTensors) -> LayerInfo:
+        """The fields ``t`` shares with LayerInfo by name, and its (C, H, W) shapes."""
+        shared = {f.name: getattr(t, f.name) for f in fields(cls) if hasattr(t, f.name)}
+        return cls(**shared, input_shape=tuple(t.x.shape[1:]), output_shape=tuple(t.y.shape[1:]))
+
 
 def layers(opts: SourceOptions) -> tuple[Loaded, list[LayerInfo]]:
     """The conv layers of the model, with shapes from one forward pass of one image."""
     loaded = load(opts)
-    captured = capture(loaded.model, loaded.inputs.images[:1])
-    infos = []
-    for t in captured:
-        conv = t.module
-        infos.append(
-            LayerInfo(
-                t.layer,
-                t.conv_number,
-                conv.in_channels,
-                conv.out_channels,
-                int(conv.kernel_size[0]),
-                int(conv.stride[0]),
-                int(conv.padding[0]),
-                conv.w_bit,
-                conv.act_bit,
-                float(conv.act_alpha.detach()),
-                float(conv.weight_quant.wgt_alpha.detach()),
-                tuple(t.x.shape[1:]),
-                tuple(t.y.shape[1:]),
-            )
+    return loaded, [LayerInfo.of(t) for t in capture(loaded.model, loaded.inputs.images[:1])]
+
+
+LayerId = int | str
+"""A conv layer by features index (``33``) or module path (``"features.33"``)."""
+
+
+def _index(arch: Arch, layer: LayerId) -> int:
+    """The features index of ``layer``; a module path names one of the model's convs."""
+    if isinstance(layer, int):
+        return layer
+    paths = arch.qconv_paths()
+    if layer not in paths:
+        raise InputError(
+            f"--layer {layer} is not a quantized conv layer of {arch.name}; valid layers are "
+            f"{', '.join(paths)} (or their features indices, see `qexport layers`)"
         )
-    return loaded, infos
+    return paths[layer]
+
+
+def _indices(arch: Arch, layer_ids: Sequence[LayerId] | None) -> list[int] | None:
+    return None if layer_ids is None else [_index(arch, layer) for layer in layer_ids]
 
 
 def _select(arch: Arch, layer_ids: Sequence[int] | None) -> list[int]:
@@ -173,10 +185,12 @@ class LayerCheck:
     checks: dict[str, float | bool | None]
 
 
-def verify(opts: SourceOptions, layer_ids: Sequence[int] | None = None) -> tuple[Loaded, list[LayerCheck]]:
+def verify(
+    opts: SourceOptions, layer_ids: Sequence[LayerId] | None = None
+) -> tuple[Loaded, list[LayerCheck]]:
     """Run the seeds' checks on every (or the named) conv layer; the caller decides on failure."""
     loaded = load(opts)
-    wanted = set(_select(loaded.arch, layer_ids))
+    wanted = set(_select(loaded.arch, _indices(loaded.arch, layer_ids)))
     results = []
     for t in capture(loaded.model, loaded.inputs.images):
         if t.layer in wanted:
@@ -220,7 +234,7 @@ class ExportResult:
 
 def export(
     opts: SourceOptions,
-    layer_ids: Sequence[int] | None,
+    layer_ids: Sequence[LayerId] | None,
     out_dir: Path,
     fmt: str | None = None,
     layout: LayoutOptions | None = None,
@@ -256,7 +270,7 @@ def export(
 def _render_set(
     sink: FileSink,
     opts: SourceOptions,
-    layer_ids: Sequence[int] | None,
+    layer_ids: Sequence[LayerId] | None,
     fmt: str,
     layout: LayoutOptions | None,
     prof: Profile,
@@ -266,10 +280,12 @@ def _render_set(
     kind: str = "dump",
     times: StageTimes | None = None,
     set_dir: Path | None = None,
+    plans: list[tuple[LayerPlan, MemoryContext]] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Render every file of an export into ``sink``, a layer at a time.
 
-    ``set_dir`` is the set's folder, which the recipe records the checkpoint's path from.
+    ``set_dir`` is the set's folder, which the recipe records the checkpoint's path from;
+    ``plans`` (if given) collects each layer's plan and context (the testbench renders from them).
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; formats are {', '.join(FORMATS)}")
@@ -279,6 +295,7 @@ def _render_set(
     layout = with_defaults(layout or LayoutOptions(), prof.lanes, prof.psum_lanes, prof.lane_order)
     with times.measure("load"):
         loaded = load(opts)
+        layer_ids = _indices(loaded.arch, layer_ids)
         selected = _select(loaded.arch, layer_ids)
     with times.measure("forward_capture"):
         captured = {t.layer: t for t in capture(loaded.model, loaded.inputs.images)}
@@ -288,13 +305,15 @@ def _render_set(
         t = captured.pop(layer)  # dropped once rendered: memory stays about one layer deep
         with times.measure("integerize_reference"):
             int_layer, psums = _checked(t)
+            tiled = _tiled(int_layer, psums, prof)
         with times.measure("pack_write"):
             # one rule for every profile and layer count: a layer's files live in layer<index>/
             folder = f"{path_prefix}layer{layer}/"
-            if prof.kind == "flat":
+            if tiled is None:
                 tensors = flat_layout(int_layer, psums, layout, folder, pad_channels=prof.pad_channels)
             else:
-                tensors = systolic_layout(int_layer, psums, prof, folder)
+                tensors = systolic_layout(int_layer, psums, tiled, prof, folder)
+            plan = LayerPlan(int_layer.name, int_layer.layer, int_layer.conv_number, tuple(tensors))
             context = MemoryContext(
                 loaded.arch.name,
                 loaded.demo_label,
@@ -305,7 +324,9 @@ def _render_set(
                 depth,
                 template_dir,
             )
-            files = [render_memory(tp, context, sink) for tp in tensors]
+            files = [render_memory(tp, context, sink) for tp in plan.tensors]
+        if plans is not None:
+            plans.append((plan, context))
         layer_entries.append(_layer_entry(int_layer, psums, files))
         notices += [tp.notice for tp in tensors if tp.notice]
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt)
@@ -319,7 +340,7 @@ def _render_set(
 
 def testbench(
     opts: SourceOptions,
-    layer: int,
+    layer: LayerId,
     out_dir: Path,
     profile: str | Profile = "course",
     fmt: str = "hex",
@@ -343,12 +364,13 @@ def testbench(
 def _testbench_set(
     sink: FileSink,
     opts: SourceOptions,
-    layer: int,
+    layer: LayerId,
     prof: Profile,
     fmt: str,
     template_dir: Path | None,
     set_dir: Path | None,
 ) -> tuple[dict[str, Any], list[str]]:
+    plans: list[tuple[LayerPlan, MemoryContext]] = []
     manifest, notices = _render_set(
         sink,
         opts,
@@ -361,9 +383,10 @@ def _testbench_set(
         "vectors/",
         kind="testbench",
         set_dir=set_dir,
+        plans=plans,
     )
-    (entry,) = manifest["layers"]
-    context = testbench_context(manifest, entry, prof, fmt)
+    ((plan, memory),) = plans
+    context = testbench_context(plan, memory, prof)
     sink.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
     sink.add(
         "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
@@ -436,6 +459,16 @@ def _checked(t: LayerTensors) -> tuple[IntLayer, Psums]:
             "was written. Run `qexport verify` for the table"
         )
     return int_layer, psums
+
+
+def _tiled(int_layer: IntLayer, psums: Psums, prof: Profile) -> TiledPsums | None:
+    """The checked psums a systolic profile's tiles hold (None for a flat profile)."""
+    if prof.kind != "systolic":
+        return None
+    check_systolic(int_layer, prof)  # the core takes this layer, before any tile is summed
+    tiled = tiled_psums(int_layer, prof.rows, prof.tile, prof.golden)
+    check_tiled(int_layer, psums, tiled, prof.golden)
+    return tiled
 
 
 def _layer_entry(int_layer: IntLayer, psums: Psums, files: list[dict[str, Any]]) -> dict[str, Any]:

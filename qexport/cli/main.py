@@ -17,6 +17,7 @@ import click
 from qexport import __version__
 from qexport.cli.common import (
     MODELS,
+    _alias,
     _describe_source,
     _fail,
     _parse_layers,
@@ -207,7 +208,7 @@ def dump(
     layer_ids = None if all_layers else _parse_layers(layer_text or "")
     if out_dir is None:
         out_dir = Path("qexport-out") / (
-            "all" if layer_ids is None else "layer" + "_".join(map(str, layer_ids))
+            "all" if layer_ids is None else "layer" + "_".join(_alias(layer) for layer in layer_ids)
         )
     layout = LayoutOptions(
         lanes=lanes,
