@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qexport import __version__
 from qexport.errors import CheckFailed, InputError
-from qexport.frontend.capture import LayerTensors, capture
+from qexport.frontend.capture import LayerSettings, LayerTensors, capture
 from qexport.frontend.checkpoint import load_checkpoint, resolve_arch
 from qexport.frontend.device import pick_device
 from qexport.frontend.inputs import CIFAR_FOLDER, Inputs, load_array, load_cifar10, load_demo
@@ -105,32 +105,15 @@ def _inputs(opts: SourceOptions, notices: list[str]) -> Inputs:
 
 
 @dataclass(frozen=True)
-class LayerInfo:
-    """One conv layer as ``qexport layers`` lists it: the captured layer's settings and shapes.
+class LayerInfo(LayerSettings):
+    """One conv layer as ``qexport layers`` lists it: its captured settings and (C, H, W) shapes."""
 
-    ``name`` is the module path (``features.33``); ``layer`` its features index.
-    """
-
-    name: str
-    layer: int
-    conv_number: int
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    padding: int
-    w_bit: int
-    act_bit: int
-    act_alpha: float
-    wgt_alpha: float
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
 
     @classmethod
     def of(cls, t: LayerTensors) -> LayerInfo:
-        """The fields ``t`` shares with LayerInfo by name, and its (C, H, W) shapes."""
-        shared = {f.name: getattr(t, f.name) for f in fields(cls) if hasattr(t, f.name)}
-        return cls(**shared, input_shape=tuple(t.x.shape[1:]), output_shape=tuple(t.y.shape[1:]))
+        return cls(**t.settings(), input_shape=tuple(t.x.shape[1:]), output_shape=tuple(t.y.shape[1:]))
 
 
 def layers(opts: SourceOptions) -> tuple[Loaded, list[LayerInfo]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -14,14 +14,11 @@ from qexport.precision import exact_math
 
 
 @dataclass(frozen=True)
-class LayerTensors:
-    """What one QuantConv2d saw and produced, with its settings: all integerize needs, on the CPU.
+class LayerSettings:
+    """One conv layer's identity and settings, as every stage's layer record carries them.
 
     ``name`` is the layer's module path (``features.33``), its identity; ``layer`` the features
-    index, the VGG alias the CLI and manifests show. ``x`` is the float input (N, C, H, W) before
-    activation quantization; ``y`` the conv's float output (N, OC, H', W'); ``weight_q`` the
-    quantized weights (OC, C, kh, kw) this forward pass used; all float32. ``next_x`` and the
-    ``next_*`` settings are the next conv's, when only a ReLU lies between.
+    index, the VGG alias the CLI and manifests show; ``conv_number`` its place among the convs.
     """
 
     name: str
@@ -37,6 +34,22 @@ class LayerTensors:
     act_clip: ActClip
     act_alpha: float
     wgt_alpha: float
+
+    def settings(self) -> dict[str, Any]:
+        """These fields by name, to build another stage's record of the same layer."""
+        return {f.name: getattr(self, f.name) for f in fields(LayerSettings)}
+
+
+@dataclass(frozen=True)
+class LayerTensors(LayerSettings):
+    """What one QuantConv2d saw and produced, with its settings: all integerize needs, on the CPU.
+
+    ``x`` is the float input (N, C, H, W) before activation quantization; ``y`` the conv's float
+    output (N, OC, H', W'); ``weight_q`` the quantized weights (OC, C, kh, kw) this forward pass
+    used; all float32. ``next_x`` and the ``next_*`` settings are the next conv's, when only a
+    ReLU lies between.
+    """
+
     weight_q: torch.Tensor
     x: torch.Tensor
     y: torch.Tensor

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from qexport.errors import BitWidthError
-from qexport.frontend.capture import LayerTensors
+from qexport.frontend.capture import LayerSettings, LayerTensors
 from qexport.frontend.models.quant import quantize_act
 
 INTEGRAL_TOLERANCE = 1e-3
@@ -17,28 +17,14 @@ INTEGRAL_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
-class IntLayer:
-    """One conv layer in integers.
+class IntLayer(LayerSettings):
+    """One conv layer in integers (its identity and settings as captured, see LayerSettings).
 
     ``w_int`` (oc, ic, kh, kw) in [-(2^(w_bit-1)-1), 2^(w_bit-1)-1]; ``x_int`` (n, c, h, w), the
     unpadded input, in [0, 2^act_bit-1] (negative only for a first layer under the course clip).
     float value = int * delta.
     """
 
-    name: str
-    """The layer's module path (``features.33``), its identity; ``layer`` is the features index."""
-    layer: int
-    conv_number: int
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    padding: int
-    w_bit: int
-    act_bit: int
-    act_clip: str
-    act_alpha: float
-    wgt_alpha: float
     w_delta: float
     x_delta: float
     w_int: np.ndarray
@@ -83,19 +69,7 @@ def integerize(t: LayerTensors) -> IntLayer:
             f"layer {t.layer} x_int reaches {x_int.max()}; {act_bit}-bit activations stop at {2**act_bit - 1}"
         )
     return IntLayer(
-        name=t.name,
-        layer=t.layer,
-        conv_number=t.conv_number,
-        in_channels=t.in_channels,
-        out_channels=t.out_channels,
-        kernel=t.kernel,
-        stride=t.stride,
-        padding=t.padding,
-        w_bit=w_bit,
-        act_bit=act_bit,
-        act_clip=t.act_clip,
-        act_alpha=t.act_alpha,
-        wgt_alpha=t.wgt_alpha,
+        **t.settings(),
         w_delta=w_delta,
         x_delta=x_delta,
         w_int=w_int,
