@@ -106,7 +106,9 @@ def layers(**kwargs: Any) -> None:
 @main.command()
 @source_options
 @bits_config_option
-@click.option("--layer", "layer_text", help="features index (e.g. 33), or a comma list.")
+@click.option(
+    "--layer", "layer_text", help="features index (e.g. 33) or module path (features.33), or a comma list."
+)
 @click.option("--all", "all_layers", is_flag=True, help="Every quantized conv layer.")
 @click.option(
     "--format",
@@ -249,7 +251,12 @@ def dump(
 @main.command("testbench")
 @source_options
 @bits_config_option
-@click.option("--layer", "layer_text", required=True, help="features index of the conv layer.")
+@click.option(
+    "--layer",
+    "layer_text",
+    required=True,
+    help="features index (e.g. 33) or module path (features.33) of the conv layer.",
+)
 @click.option("--profile", default="course", show_default=True, help="A systolic profile name or TOML file.")
 @click.option("--format", "fmt", type=click.Choice(["hex", "bin"]), default="hex", show_default=True)
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
@@ -424,7 +431,7 @@ def profiles_show(name: str) -> None:
 @main.command()
 @source_options
 @bits_config_option
-@click.option("--layer", "layer_text", help="Only these features indices (comma list).")
+@click.option("--layer", "layer_text", help="Only these features indices or module paths (comma list).")
 @handles_errors
 def verify(layer_text: str | None, **kwargs: Any) -> None:
     """Check every conv layer as seed 003 does; exit 1 if any layer fails.
