@@ -11,7 +11,7 @@ from typing import cast
 
 from qexport import __version__
 from qexport.errors import CheckFailed, InputError
-from qexport.frontend.capture import LayerTensors, capture
+from qexport.frontend.capture import LayerSettings, LayerTensors, capture
 from qexport.frontend.models.quant import ActClip
 from qexport.frontend.models.vgg import Arch
 from qexport.frontend.source import Loaded as Loaded  # re-exported, as SourceOptions and load
@@ -19,10 +19,10 @@ from qexport.frontend.source import SourceOptions as SourceOptions
 from qexport.frontend.source import load as load
 from qexport.ir.checks import LayerChecks
 from qexport.ir.integerize import IntLayer, integerize
-from qexport.ir.reference import Psums, conv_psum
-from qexport.layout.flat import LayoutOptions, TensorPlan, flat_layout, with_defaults
+from qexport.ir.reference import Psums, TiledPsums, check_tiled, conv_psum, tiled_psums
+from qexport.layout.flat import LayerPlan, LayoutOptions, TensorPlan, flat_layout, with_defaults
 from qexport.layout.profile import Profile, load_profile, parse_profile
-from qexport.layout.systolic import systolic_layout
+from qexport.layout.systolic import check_systolic, systolic_layout
 from qexport.verify.testbench import testbench_context
 from qexport.writer.formats import FORMATS
 from qexport.writer.manifest import (
@@ -44,47 +44,42 @@ from qexport.writer.write import ExportPlan, FileSink, staged, write_hashed
 
 
 @dataclass(frozen=True)
-class LayerInfo:
-    layer: int
-    conv_number: int
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    padding: int
-    w_bit: int
-    act_bit: int
-    act_alpha: float
-    wgt_alpha: float
+class LayerInfo(LayerSettings):
+    """One conv layer as ``qexport layers`` lists it: its captured settings and (C, H, W) shapes."""
+
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, t: LayerTensors) -> LayerInfo:
+        return cls(**t.settings(), input_shape=tuple(t.x.shape[1:]), output_shape=tuple(t.y.shape[1:]))
 
 
 def layers(opts: SourceOptions) -> tuple[Loaded, list[LayerInfo]]:
     """The conv layers of the model, with shapes from one forward pass of one image."""
     loaded = load(opts)
-    captured = capture(loaded.model, loaded.inputs.images[:1])
-    infos = []
-    for t in captured:
-        conv = t.module
-        infos.append(
-            LayerInfo(
-                t.layer,
-                t.conv_number,
-                conv.in_channels,
-                conv.out_channels,
-                int(conv.kernel_size[0]),
-                int(conv.stride[0]),
-                int(conv.padding[0]),
-                conv.w_bit,
-                conv.act_bit,
-                float(conv.act_alpha.detach()),
-                float(conv.weight_quant.wgt_alpha.detach()),
-                tuple(t.x.shape[1:]),
-                tuple(t.y.shape[1:]),
-            )
+    return loaded, [LayerInfo.of(t) for t in capture(loaded.model, loaded.inputs.images[:1])]
+
+
+LayerId = int | str
+"""A conv layer by features index (``33``) or module path (``"features.33"``)."""
+
+
+def _index(arch: Arch, layer: LayerId) -> int:
+    """The features index of ``layer``; a module path names one of the model's convs."""
+    if isinstance(layer, int):
+        return layer
+    paths = arch.qconv_paths()
+    if layer not in paths:
+        raise InputError(
+            f"--layer {layer} is not a quantized conv layer of {arch.name}; valid layers are "
+            f"{', '.join(paths)} (or their features indices, see `qexport layers`)"
         )
-    return loaded, infos
+    return paths[layer]
+
+
+def _indices(arch: Arch, layer_ids: Sequence[LayerId] | None) -> list[int] | None:
+    return None if layer_ids is None else [_index(arch, layer) for layer in layer_ids]
 
 
 def _select(arch: Arch, layer_ids: Sequence[int] | None) -> list[int]:
@@ -112,10 +107,12 @@ class LayerCheck:
     checks: LayerChecks
 
 
-def verify(opts: SourceOptions, layer_ids: Sequence[int] | None = None) -> tuple[Loaded, list[LayerCheck]]:
+def verify(
+    opts: SourceOptions, layer_ids: Sequence[LayerId] | None = None
+) -> tuple[Loaded, list[LayerCheck]]:
     """Run the seeds' checks on every (or the named) conv layer; the caller decides on failure."""
     loaded = load(opts)
-    wanted = set(_select(loaded.arch, layer_ids))
+    wanted = set(_select(loaded.arch, _indices(loaded.arch, layer_ids)))
     results = []
     for t in capture(loaded.model, loaded.inputs.images):
         if t.layer in wanted:
@@ -159,7 +156,7 @@ class ExportResult:
 
 def export(
     opts: SourceOptions,
-    layer_ids: Sequence[int] | None,
+    layer_ids: Sequence[LayerId] | None,
     out_dir: Path,
     fmt: str | None = None,
     layout: LayoutOptions | None = None,
@@ -195,7 +192,7 @@ def export(
 def _render_set(
     sink: FileSink,
     opts: SourceOptions,
-    layer_ids: Sequence[int] | None,
+    layer_ids: Sequence[LayerId] | None,
     fmt: str,
     layout: LayoutOptions | None,
     prof: Profile,
@@ -205,10 +202,12 @@ def _render_set(
     kind: RecipeKind = "dump",
     times: StageTimes | None = None,
     set_dir: Path | None = None,
+    plans: list[tuple[LayerPlan, MemoryContext]] | None = None,
 ) -> tuple[Manifest, list[str]]:
     """Render every file of an export into ``sink``, a layer at a time.
 
-    ``set_dir`` is the set's folder, which the recipe records the checkpoint's path from.
+    ``set_dir`` is the set's folder, which the recipe records the checkpoint's path from;
+    ``plans`` (if given) collects each layer's plan and context (the testbench renders from them).
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; formats are {', '.join(FORMATS)}")
@@ -218,6 +217,7 @@ def _render_set(
     layout = with_defaults(layout or LayoutOptions(), prof.lanes, prof.psum_lanes, prof.lane_order)
     with times.measure("load"):
         loaded = load(opts)
+        layer_ids = _indices(loaded.arch, layer_ids)
         selected = _select(loaded.arch, layer_ids)
     with times.measure("forward_capture"):
         captured = {t.layer: t for t in capture(loaded.model, loaded.inputs.images)}
@@ -227,13 +227,15 @@ def _render_set(
         t = captured.pop(layer)  # dropped once rendered: memory stays about one layer deep
         with times.measure("integerize_reference"):
             int_layer, psums = _checked(t)
+            tiled = _tiled(int_layer, psums, prof)
         with times.measure("pack_write"):
             # one rule for every profile and layer count: a layer's files live in layer<index>/
             folder = f"{path_prefix}layer{layer}/"
-            if prof.kind == "flat":
+            if tiled is None:
                 tensors = flat_layout(int_layer, psums, layout, folder, pad_channels=prof.pad_channels)
             else:
-                tensors = systolic_layout(int_layer, psums, prof, folder)
+                tensors = systolic_layout(int_layer, psums, tiled, prof, folder)
+            plan = LayerPlan(int_layer.name, int_layer.layer, int_layer.conv_number, tuple(tensors))
             context = MemoryContext(
                 loaded.arch.name,
                 loaded.demo_label,
@@ -244,7 +246,9 @@ def _render_set(
                 depth,
                 template_dir,
             )
-            files = [_write_memory(tp, context, sink) for tp in tensors]
+            files = [_write_memory(tp, context, sink) for tp in plan.tensors]
+        if plans is not None:
+            plans.append((plan, context))
         layer_entries.append(_layer_entry(int_layer, psums, files))
         notices += [tp.notice for tp in tensors if tp.notice]
     recipe = build_recipe(
@@ -258,7 +262,7 @@ def _render_set(
 
 def testbench(
     opts: SourceOptions,
-    layer: int,
+    layer: LayerId,
     out_dir: Path,
     profile: str | Profile = "course",
     fmt: str = "hex",
@@ -282,12 +286,13 @@ def testbench(
 def _testbench_set(
     sink: FileSink,
     opts: SourceOptions,
-    layer: int,
+    layer: LayerId,
     prof: Profile,
     fmt: str,
     template_dir: Path | None,
     set_dir: Path | None,
 ) -> tuple[Manifest, list[str]]:
+    plans: list[tuple[LayerPlan, MemoryContext]] = []
     manifest, notices = _render_set(
         sink,
         opts,
@@ -300,9 +305,10 @@ def _testbench_set(
         "vectors/",
         kind="testbench",
         set_dir=set_dir,
+        plans=plans,
     )
-    (entry,) = manifest.layers
-    context = testbench_context(manifest, entry, prof, fmt)
+    ((plan, memory),) = plans
+    context = testbench_context(plan, memory, prof)
     sink.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
     sink.add(
         "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
@@ -403,6 +409,16 @@ def _layer_entry(int_layer: IntLayer, psums: Psums, files: list[FileEntry]) -> L
         checks=psums.checks,
         files=tuple(files),
     )
+
+
+def _tiled(int_layer: IntLayer, psums: Psums, prof: Profile) -> TiledPsums | None:
+    """The checked psums a systolic profile's tiles hold (None for a flat profile)."""
+    if prof.kind != "systolic":
+        return None
+    check_systolic(int_layer, prof)  # the core takes this layer, before any tile is summed
+    tiled = tiled_psums(int_layer, prof.rows, prof.tile, prof.golden)
+    check_tiled(int_layer, psums, tiled, prof.golden)
+    return tiled
 
 
 def _manifest(

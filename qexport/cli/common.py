@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -115,8 +116,26 @@ def _describe_source(loaded: Loaded) -> str:
     return f"{model} from {loaded.source['checkpoint']}"
 
 
-def _parse_layers(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a features index or a comma list of them") from None
+_MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.\w+)+")
+"""A layer's module path, as ``features.33`` or ``layer1.0.conv2``."""
+
+
+def _parse_layers(text: str) -> list[int | str]:
+    """Features indices (``33``) and module paths (``features.33``), comma separated."""
+    layers: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if _MODULE_PATH.fullmatch(part):
+            layers.append(part)
+            continue
+        try:
+            layers.append(int(part))
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is not a features index (33), a module path (features.33) or a comma list of them"
+            ) from None
+    return layers
+
+
+def _alias(layer: int | str) -> str:
+    """A layer as a folder name shows it: features.33 as 33, the VGG alias."""
+    return str(layer).removeprefix("features.")

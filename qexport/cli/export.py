@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from qexport.cli.common import (
+    _alias,
     _describe_source,
     _fail,
     _parse_layers,
@@ -61,7 +62,9 @@ def layers(**kwargs: Any) -> None:
 @click.command("dump")
 @source_options
 @bits_config_option
-@click.option("--layer", "layer_text", help="features index (e.g. 33), or a comma list.")
+@click.option(
+    "--layer", "layer_text", help="features index (e.g. 33) or module path (features.33), or a comma list."
+)
 @click.option("--all", "all_layers", is_flag=True, help="Every quantized conv layer.")
 @click.option(
     "--format",
@@ -163,7 +166,7 @@ def dump(
     layer_ids = None if all_layers else _parse_layers(layer_text or "")
     if out_dir is None:
         out_dir = Path("qexport-out") / (
-            "all" if layer_ids is None else "layer" + "_".join(map(str, layer_ids))
+            "all" if layer_ids is None else "layer" + "_".join(_alias(layer) for layer in layer_ids)
         )
     layout = LayoutOptions(
         lanes=lanes,
@@ -205,7 +208,12 @@ def dump(
 @click.command("testbench")
 @source_options
 @bits_config_option
-@click.option("--layer", "layer_text", required=True, help="features index of the conv layer.")
+@click.option(
+    "--layer",
+    "layer_text",
+    required=True,
+    help="features index (e.g. 33) or module path (features.33) of the conv layer.",
+)
 @click.option("--profile", default="course", show_default=True, help="A systolic profile name or TOML file.")
 @click.option("--format", "fmt", type=click.Choice(["hex", "bin"]), default="hex", show_default=True)
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
@@ -255,7 +263,7 @@ def _set_lines(out_dir: Path, manifest: Manifest) -> list[str]:
 @click.command("verify")
 @source_options
 @bits_config_option
-@click.option("--layer", "layer_text", help="Only these features indices (comma list).")
+@click.option("--layer", "layer_text", help="Only these features indices or module paths (comma list).")
 @handles_errors
 def verify(layer_text: str | None, **kwargs: Any) -> None:
     """Check every conv layer as seed 003 does; exit 1 if any layer fails.

@@ -2,34 +2,61 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from qexport.frontend.models.quant import QuantConv2d
+from qexport.frontend.models.quant import ActClip, QuantConv2d
 from qexport.frontend.models.vgg import VGGQuant
 from qexport.precision import exact_math
 
 
 @dataclass(frozen=True)
-class LayerTensors:
-    """What one QuantConv2d saw and produced, on the CPU, float32.
+class LayerSettings:
+    """One conv layer's identity and settings, as every stage's layer record carries them.
 
-    ``x`` is the float input (N, C, H, W) before activation quantization; ``y`` the conv's float
-    output (N, OC, H', W'); ``next_x`` the input of the next conv when only a ReLU lies between.
+    ``name`` is the layer's module path (``features.33``), its identity; ``layer`` the features
+    index, the VGG alias the CLI and manifests show; ``conv_number`` its place among the convs.
     """
 
+    name: str
     layer: int
     conv_number: int
-    module: QuantConv2d
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    w_bit: int
+    act_bit: int
+    act_clip: ActClip
+    act_alpha: float
+    wgt_alpha: float
+
+    def settings(self) -> dict[str, Any]:
+        """These fields by name, to build another stage's record of the same layer."""
+        return {f.name: getattr(self, f.name) for f in fields(LayerSettings)}
+
+
+@dataclass(frozen=True)
+class LayerTensors(LayerSettings):
+    """What one QuantConv2d saw and produced, with its settings: all integerize needs, on the CPU.
+
+    ``x`` is the float input (N, C, H, W) before activation quantization; ``y`` the conv's float
+    output (N, OC, H', W'); ``weight_q`` the quantized weights (OC, C, kh, kw) this forward pass
+    used; all float32. ``next_x`` and the ``next_*`` settings are the next conv's, when only a
+    ReLU lies between.
+    """
+
+    weight_q: torch.Tensor
     x: torch.Tensor
     y: torch.Tensor
-    next_x: torch.Tensor | None
-    next_module: QuantConv2d | None = None
-    weight_q: torch.Tensor | None = None
-    """The quantized weights this forward pass used (float32, CPU)."""
+    next_x: torch.Tensor | None = None
+    next_act_alpha: float | None = None
+    next_act_bit: int | None = None
+    next_act_clip: ActClip | None = None
 
 
 def relu_feeds_next_conv(model: VGGQuant, layer: int) -> int | None:
@@ -83,19 +110,38 @@ def capture(model: VGGQuant, images: torch.Tensor, device: torch.device | None =
     finally:
         for handle in handles:
             handle.remove()
+    names = {id(m): name for name, m in model.named_modules()}
     captured = []
     for number, (index, module) in enumerate(convs):
         nxt = relu_feeds_next_conv(model, index)
+        after: dict[str, Any] = {}
+        if nxt is not None:
+            next_conv: QuantConv2d = model.features[nxt]  # type: ignore[assignment]
+            after = {
+                "next_x": inputs[nxt],
+                "next_act_alpha": float(next_conv.act_alpha.detach()),
+                "next_act_bit": next_conv.act_bit,
+                "next_act_clip": next_conv.act_clip,
+            }
         captured.append(
             LayerTensors(
-                index,
-                number,
-                module,
-                inputs[index],
-                outputs[index],
-                inputs[nxt] if nxt else None,
-                model.features[nxt] if nxt else None,  # type: ignore[arg-type]
-                weights[index],
+                name=names[id(module)],
+                layer=index,
+                conv_number=number,
+                in_channels=module.in_channels,
+                out_channels=module.out_channels,
+                kernel=int(module.kernel_size[0]),
+                stride=int(module.stride[0]),
+                padding=int(module.padding[0]),
+                w_bit=module.w_bit,
+                act_bit=module.act_bit,
+                act_clip=module.act_clip,
+                act_alpha=float(module.act_alpha.detach()),
+                wgt_alpha=float(module.weight_quant.wgt_alpha.detach()),
+                weight_q=weights[index],
+                x=inputs[index],
+                y=outputs[index],
+                **after,
             )
         )
     return captured

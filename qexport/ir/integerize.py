@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from qexport.errors import BitWidthError
-from qexport.frontend.capture import LayerTensors
+from qexport.frontend.capture import LayerSettings, LayerTensors
 from qexport.frontend.models.quant import quantize_act
 
 INTEGRAL_TOLERANCE = 1e-3
@@ -17,26 +17,14 @@ INTEGRAL_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
-class IntLayer:
-    """One conv layer in integers.
+class IntLayer(LayerSettings):
+    """One conv layer in integers (its identity and settings as captured, see LayerSettings).
 
     ``w_int`` (oc, ic, kh, kw) in [-(2^(w_bit-1)-1), 2^(w_bit-1)-1]; ``x_int`` (n, c, h, w), the
     unpadded input, in [0, 2^act_bit-1] (negative only for a first layer under the course clip).
     float value = int * delta.
     """
 
-    layer: int
-    conv_number: int
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    padding: int
-    w_bit: int
-    act_bit: int
-    act_clip: str
-    act_alpha: float
-    wgt_alpha: float
     w_delta: float
     x_delta: float
     w_int: np.ndarray
@@ -63,16 +51,12 @@ def _to_int(values: torch.Tensor, delta: float, layer: int, tensor: str) -> np.n
 
 def integerize(t: LayerTensors) -> IntLayer:
     """w_int = round(weight_q / w_delta), x_int = round(act_q(x) / x_delta), both proven integral."""
-    conv = t.module
-    w_bit, act_bit = conv.w_bit, conv.act_bit
-    wgt_alpha = float(conv.weight_quant.wgt_alpha.detach())
-    act_alpha = float(conv.act_alpha.detach())
-    w_delta = wgt_alpha / (2 ** (w_bit - 1) - 1)
-    x_delta = act_alpha / (2**act_bit - 1)
+    w_bit, act_bit = t.w_bit, t.act_bit
+    w_delta = t.wgt_alpha / (2 ** (w_bit - 1) - 1)
+    x_delta = t.act_alpha / (2**act_bit - 1)
     with torch.no_grad():
-        weight_q = t.weight_q if t.weight_q is not None else conv.quantized_weight().detach().cpu()
-        x_q = quantize_act(t.x, conv.act_alpha.detach().cpu(), act_bit, conv.act_clip)
-    w_int = _to_int(weight_q, w_delta, t.layer, "w_int")
+        x_q = quantize_act(t.x, _alpha(t.act_alpha, t.x), act_bit, t.act_clip)
+    w_int = _to_int(t.weight_q, w_delta, t.layer, "w_int")
     x_int = _to_int(x_q, x_delta, t.layer, "x_int")
     w_max = 2 ** (w_bit - 1) - 1
     if w_int.size and int(np.abs(w_int).max()) > w_max:
@@ -84,20 +68,8 @@ def integerize(t: LayerTensors) -> IntLayer:
         raise BitWidthError(
             f"layer {t.layer} x_int reaches {x_int.max()}; {act_bit}-bit activations stop at {2**act_bit - 1}"
         )
-    kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     return IntLayer(
-        layer=t.layer,
-        conv_number=t.conv_number,
-        in_channels=conv.in_channels,
-        out_channels=conv.out_channels,
-        kernel=int(kernel),
-        stride=int(stride),
-        padding=int(padding),
-        w_bit=w_bit,
-        act_bit=act_bit,
-        act_clip=conv.act_clip,
-        act_alpha=act_alpha,
-        wgt_alpha=wgt_alpha,
+        **t.settings(),
         w_delta=w_delta,
         x_delta=x_delta,
         w_int=w_int,
@@ -108,16 +80,20 @@ def integerize(t: LayerTensors) -> IntLayer:
     )
 
 
+def _alpha(alpha: float, x: torch.Tensor) -> torch.Tensor:
+    """``alpha`` as the 0-d tensor the layer's forward divides by (in x's dtype, as torch casts it)."""
+    return torch.tensor(alpha, dtype=x.dtype)
+
+
 def _next_layer(t: LayerTensors) -> dict[str, Any]:
-    nxt = t.next_module
-    if nxt is None or t.next_x is None:
+    alpha, bit, clip = t.next_act_alpha, t.next_act_bit, t.next_act_clip
+    if t.next_x is None or alpha is None or bit is None or clip is None:
         return {}
-    alpha = float(nxt.act_alpha.detach())
     with torch.no_grad():
-        x_q = quantize_act(t.next_x, nxt.act_alpha.detach().cpu(), nxt.act_bit, nxt.act_clip)
-    delta = alpha / (2**nxt.act_bit - 1)
+        x_q = quantize_act(t.next_x, _alpha(alpha, t.next_x), bit, clip)
+    delta = alpha / (2**bit - 1)
     return {
         "next_x_int": _to_int(x_q, delta, t.layer + 2, "x_int"),
         "next_act_alpha": alpha,
-        "next_act_bit": nxt.act_bit,
+        "next_act_bit": bit,
     }

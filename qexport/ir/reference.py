@@ -17,6 +17,7 @@ does near 2^24, where float32's spacing is 1) would pass it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,7 +53,24 @@ def requantize(layer: IntLayer, psum: np.ndarray, *, check: bool = True) -> np.n
     Checked against the integers the next layer really sees; a disagreement (a rounding tie decided
     differently in float32) is refused.
     """
-    from qexport.errors import CheckFailed, InputError
+    from qexport.errors import CheckFailed
+
+    next_alpha, next_bit, next_x_int = check_requantizable(layer)
+    levels = 2**next_bit - 1
+    scaled = np.maximum(psum, 0).astype(np.float64) * (layer.x_delta * layer.w_delta) / next_alpha
+    x_next = np.round(np.minimum(scaled, 1.0) * levels).astype(np.int64)
+    if check and not np.array_equal(x_next, next_x_int):
+        bad = int((x_next != next_x_int).sum())
+        raise CheckFailed(
+            f"layer {layer.layer}: {bad} requantized value(s) differ from the next layer's "
+            "activation integers"
+        )
+    return np.asarray(x_next)
+
+
+def check_requantizable(layer: IntLayer) -> tuple[float, int, np.ndarray]:
+    """The next conv's act_alpha, act_bit and x_int; refused unless it follows right after a ReLU."""
+    from qexport.errors import InputError
 
     if layer.next_act_alpha is None or layer.next_act_bit is None or layer.next_x_int is None:
         raise InputError(
@@ -60,16 +78,7 @@ def requantize(layer: IntLayer, psum: np.ndarray, *, check: bool = True) -> np.n
             "-> features[35]); here a BatchNorm or pooling lies between. Drop 'requantize' from the "
             "profile's golden ops"
         )
-    levels = 2**layer.next_act_bit - 1
-    scaled = np.maximum(psum, 0).astype(np.float64) * (layer.x_delta * layer.w_delta) / layer.next_act_alpha
-    x_next = np.round(np.minimum(scaled, 1.0) * levels).astype(np.int64)
-    if check and not np.array_equal(x_next, layer.next_x_int):
-        bad = int((x_next != layer.next_x_int).sum())
-        raise CheckFailed(
-            f"layer {layer.layer}: {bad} requantized value(s) differ from the next layer's "
-            "activation integers"
-        )
-    return np.asarray(x_next)
+    return layer.next_act_alpha, layer.next_act_bit, layer.next_x_int
 
 
 def psum_bound(layer: IntLayer, x_range: tuple[int, int]) -> int:
@@ -131,35 +140,60 @@ def _channel_blocks(per_channel: np.ndarray, limit: int) -> tuple[tuple[int, int
     return tuple(blocks)
 
 
-def _float_conv(x: np.ndarray, w: np.ndarray, dtype: torch.dtype, stride: int, padding: int) -> np.ndarray:
+def _float_conv(
+    x: np.ndarray, w: np.ndarray, dtype: torch.dtype, stride: int, padding: int, groups: int
+) -> np.ndarray:
     out = F.conv2d(
-        torch.from_numpy(x).to(dtype), torch.from_numpy(w).to(dtype), stride=stride, padding=padding
+        torch.from_numpy(np.ascontiguousarray(x)).to(dtype),
+        torch.from_numpy(np.ascontiguousarray(w)).to(dtype),
+        stride=stride,
+        padding=padding,
+        groups=groups,
     )
     return out.numpy()
 
 
-def integer_conv(x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int) -> np.ndarray:
-    """Exact conv of integer arrays (n, c, h, w) * (oc, c, kh, kw) -> int64 (n, oc, h', w').
+def _group_channels(x: np.ndarray, groups: int, lo: int, hi: int) -> np.ndarray:
+    """Input channels ``lo:hi`` of every group of ``x`` (n, groups * c, h, w)."""
+    if groups == 1:
+        return x[:, lo:hi]
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w)[:, :, lo:hi].reshape(n, groups * (hi - lo), h, w)
+
+
+def integer_conv(
+    x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int, groups: int = 1
+) -> np.ndarray:
+    """Exact conv of integer arrays (n, c, h, w) * (oc, c / groups, kh, kw) -> int64 (n, oc, h', w').
 
     Float convs run when the plan's bound makes them exact (see ConvPlan and the module
     docstring), inside ``exact_math()``, which keeps torch on algorithms that add the products
-    directly. A result that still is not integral is redone in int64 (``_integral``).
+    directly. A result that still is not integral is redone in int64 (``_integral``). With
+    ``groups`` (as torch's), the plan's bound is each group's own: ``w_int`` holds only a
+    group's input channels per output channel.
     """
     plan = conv_plan(x_int, w_int)
     if plan.method == "int64":
-        return _int64_conv(x_int, w_int, stride, padding)
+        return _int64_conv(x_int, w_int, stride, padding, groups)
     with exact_math():
         if plan.method == "float64":
-            parts = [_float_conv(x_int, w_int, torch.float64, stride, padding)]
+            parts = [_float_conv(x_int, w_int, torch.float64, stride, padding, groups)]
         else:
             blocks = plan.blocks or ((0, w_int.shape[1]),)
             parts = [
-                _float_conv(x_int[:, lo:hi], w_int[:, lo:hi], torch.float32, stride, padding)
+                _float_conv(
+                    _group_channels(x_int, groups, lo, hi),
+                    w_int[:, lo:hi],
+                    torch.float32,
+                    stride,
+                    padding,
+                    groups,
+                )
                 for lo, hi in blocks
             ]
     psums = [psum for psum in map(_integral, parts) if psum is not None]
     if len(psums) < len(parts):  # each block checked before the int64 sum hides a fraction
-        return _int64_conv(x_int, w_int, stride, padding)
+        return _int64_conv(x_int, w_int, stride, padding, groups)
     return psums[0] if len(psums) == 1 else np.asarray(np.sum(psums, axis=0))
 
 
@@ -173,12 +207,21 @@ def _integral(out: np.ndarray) -> np.ndarray | None:
     return psum if np.array_equal(psum, out) else None
 
 
-def _int64_conv(x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int) -> np.ndarray:
+def _int64_conv(
+    x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int, groups: int = 1
+) -> np.ndarray:
     kh, kw = w_int.shape[2:]
     padded = np.pad(x_int.astype(np.int64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))
     windows = windows[:, :, ::stride, ::stride]  # (n, c, h', w', kh, kw)
-    return np.asarray(np.einsum("nchwij,ocij->nohw", windows, w_int.astype(np.int64), optimize=True))
+    if groups == 1:
+        return np.asarray(np.einsum("nchwij,ocij->nohw", windows, w_int.astype(np.int64), optimize=True))
+    n, c, h, w = windows.shape[:4]
+    oc = w_int.shape[0]
+    by_group = windows.reshape(n, groups, c // groups, h, w, kh, kw)
+    w_groups = w_int.astype(np.int64).reshape(groups, oc // groups, c // groups, kh, kw)
+    out = np.einsum("ngchwij,gocij->ngohw", by_group, w_groups, optimize=True)
+    return np.asarray(out.reshape(n, oc, h, w))
 
 
 def conv_psum(layer: IntLayer) -> Psums:
@@ -192,3 +235,85 @@ def conv_psum(layer: IntLayer) -> Psums:
         next_mean, next_max = float(next_error.mean()), float(next_error.max())
     passed = mean < MEAN_ERROR_LIMIT and (next_mean is None or next_mean < MEAN_ERROR_LIMIT)
     return Psums(psum, LayerChecks(mean, float(error.max()), next_mean, next_max, passed))
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def partial_psums(layer: IntLayer, rows: int, out_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Psums split by input-channel tile: (itiles, n, oc, h', w') int64, before ReLU.
+
+    Tile ``i`` sums input channels ``[i*rows, (i+1)*rows)`` (the last tile may hold fewer); the
+    tiles add up to the layer's psums. ``out_hw`` (at least the conv's h', w') extends the map
+    right and bottom as the input extended with zeros gives it, as a core computing whole
+    output tiles sees it. One grouped ``integer_conv``, exact by the same proof as ``conv_psum``
+    (each group's bound is its own tile's channels).
+    """
+    n, c_in, h, w = layer.x_int.shape
+    k, s, pad = layer.kernel, layer.stride, layer.padding
+    h_out, w_out = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+    out_h, out_w = out_hw or (h_out, w_out)
+    itiles, oc = _ceil_div(c_in, rows), layer.out_channels
+    # the conv's zero border, zeros for the extension, zero channels up to whole tiles
+    shape = (n, itiles * rows, h + 2 * pad + (out_h - h_out) * s, w + 2 * pad + (out_w - w_out) * s)
+    x = np.zeros(shape, dtype=np.int64)
+    x[:, :c_in, pad : pad + h, pad : pad + w] = layer.x_int
+    weights = np.zeros((oc, itiles * rows, k, k), dtype=np.int64)
+    weights[:, :c_in] = layer.w_int
+    # group i: output channels i*oc..(i+1)*oc see input channels i*rows..(i+1)*rows
+    grouped = weights.reshape(oc, itiles, rows, k, k).transpose(1, 0, 2, 3, 4)
+    grouped = grouped.reshape(itiles * oc, rows, k, k)
+    out = integer_conv(x, grouped, s, 0, groups=itiles)
+    return np.asarray(out.reshape(n, itiles, oc, out_h, out_w).transpose(1, 0, 2, 3, 4))
+
+
+@dataclass(frozen=True)
+class TiledPsums:
+    """A layer's psums as a core with ``rows`` input-channel lanes and ``tile``×``tile`` output
+    windows accumulates them, over the map rounded up to whole tiles (see ``partial_psums``).
+
+    ``partial`` (itiles, n, oc, H, W) one input-channel tile's sums, no ReLU; ``total``
+    (n, oc, H, W) their sum; ``golden`` (n, oc, H, W) ``total`` after the golden ops (ReLU,
+    or requantization to the next layer's integers). All int64.
+    """
+
+    rows: int
+    tile: int
+    partial: np.ndarray
+    total: np.ndarray
+    golden: np.ndarray
+
+
+def tiled_psums(layer: IntLayer, rows: int, tile: int, golden: Sequence[str]) -> TiledPsums:
+    """What a tiled layout writes: partial sums, their total and the golden output (``golden``
+    holds the ops, as a profile's: ``accumulate``, ``relu``, ``requantize``)."""
+    n, _, h, w = layer.x_int.shape
+    h_out = (h + 2 * layer.padding - layer.kernel) // layer.stride + 1
+    w_out = (w + 2 * layer.padding - layer.kernel) // layer.stride + 1
+    partial = partial_psums(layer, rows, (_ceil_div(h_out, tile) * tile, _ceil_div(w_out, tile) * tile))
+    total = partial.sum(axis=0)
+    if "requantize" in golden:
+        out = requantize(layer, total, check=False)
+    elif "relu" in golden:
+        out = np.maximum(total, 0)
+    else:
+        out = total
+    return TiledPsums(rows, tile, partial, total, np.asarray(out))
+
+
+def check_tiled(layer: IntLayer, psums: Psums, tiled: TiledPsums, golden: Sequence[str]) -> None:
+    """The tiles must add up to the layer's psums wherever they cover the map, and a requantized
+    golden must be the next layer's integers; ``CheckFailed`` names the first disagreement."""
+    from qexport.errors import CheckFailed
+
+    n, _, h, w = psums.psum.shape
+    inside = tiled.total[:n, : psums.psum.shape[1], :h, :w]
+    if not np.array_equal(inside, psums.psum):
+        image, _, y, x = (int(v[0]) for v in np.nonzero(inside != psums.psum))
+        raise CheckFailed(
+            f"layer {layer.layer}: the input-channel tiles ({tiled.rows} channels each) at n={image} y={y} "
+            f"x={x} do not add up to the reference conv"
+        )
+    if "requantize" in golden:
+        requantize(layer, psums.psum)  # proves the formula against the next layer's integers

@@ -75,6 +75,20 @@ class ChannelPadding:
     padded_channels: int
 
 
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer's memory files as its layout arranged them.
+
+    ``name`` is the layer's module path (``features.33``), its identity; ``layer`` the features
+    index, the VGG alias the CLI and manifests show.
+    """
+
+    name: str
+    layer: int
+    conv_number: int
+    tensors: tuple[TensorPlan, ...]
+
+
 def with_defaults(opts: LayoutOptions, lanes: int, psum_lanes: int, lane_order: LaneOrder) -> LayoutOptions:
     """Fill the options a user left open from a profile."""
     return replace(

@@ -21,9 +21,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from qexport.errors import BitWidthError, CheckFailed, InputError
+from qexport.errors import BitWidthError, InputError
 from qexport.ir.integerize import IntLayer
-from qexport.ir.reference import Psums, integer_conv, requantize
+from qexport.ir.reference import Psums, TiledPsums, check_requantizable
 from qexport.layout.flat import TensorPlan, check_psum_width
 from qexport.layout.placement import Placement, Span
 from qexport.layout.profile import Profile
@@ -34,15 +34,15 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> list[TensorPlan]:
-    """Tile ``layer`` for profile ``p``; refuses layers and values the core cannot take."""
+def check_systolic(layer: IntLayer, p: Profile) -> None:
+    """Refuse layers and values the core of profile ``p`` cannot take (run before the reference's
+    ``tiled_psums``, so these messages come first)."""
     if layer.kernel != 3 or layer.stride != 1 or layer.padding != 1:
         raise InputError(
             f"layer {layer.layer} is a {layer.kernel}x{layer.kernel} conv with stride {layer.stride}, "
             f"padding {layer.padding}; the {p.name} core computes 3x3, stride 1, padding 1 convs only"
         )
-    act_spec = PackSpec(p.act_bits, p.rows, False, p.lane_order)
-    w_spec = PackSpec(p.w_bits, p.rows, True, p.lane_order)
+    act_spec, w_spec = _act_spec(p), _w_spec(p)
     check_fits(
         layer.x_int,
         act_spec,
@@ -53,6 +53,26 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
     check_fits(
         layer.w_int, w_spec, f"layer {layer.layer} w_int", f"the {p.name} core has {p.w_bits}-bit weights"
     )
+    if "requantize" in p.golden:
+        check_requantizable(layer)
+
+
+def _act_spec(p: Profile) -> PackSpec:
+    return PackSpec(p.act_bits, p.rows, False, p.lane_order)
+
+
+def _w_spec(p: Profile) -> PackSpec:
+    return PackSpec(p.w_bits, p.rows, True, p.lane_order)
+
+
+def systolic_layout(
+    layer: IntLayer, psums: Psums, tiled: TiledPsums, p: Profile, prefix: str
+) -> list[TensorPlan]:
+    """Tile ``layer`` for profile ``p``: slice and arrange the reference's ``tiled`` psums.
+
+    ``check_systolic`` has accepted the layer; only the psums' width is checked here.
+    """
+    act_spec, w_spec = _act_spec(p), _w_spec(p)
     n, c_in, h, w = layer.x_int.shape
     c_out = layer.out_channels
     itiles, otiles = _ceil_div(c_in, p.rows), _ceil_div(c_out, p.cols)
@@ -63,6 +83,11 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
     x[:, :c_in, 1 : h + 1, 1 : w + 1] = layer.x_int
     weights = np.zeros((otiles * p.cols, itiles * p.rows, 3, 3), dtype=np.int64)
     weights[:c_out, :c_in] = layer.w_int
+    # output channels up to whole output-channel tiles, as the zero weights above give them
+    extra = ((0, 0), (0, otiles * p.cols - c_out), (0, 0), (0, 0))
+    partial = np.pad(tiled.partial, ((0, 0), *extra))
+    total = np.pad(tiled.total, extra)
+    golden = np.pad(tiled.golden, extra)
     names = p.names
     plans: list[TensorPlan] = []
     single = itiles == otiles == 1 and n * ty_count * tx_count == 1
@@ -93,13 +118,22 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
     )
     psum_spec = PackSpec(p.psum_bits, p.cols, True, p.lane_order)
     out_spec = PackSpec(out_bits, p.cols, True, p.lane_order)
-    relu = "relu" in p.golden
+    if "requantize" in p.golden:
+        out_spec = PackSpec(p.act_bits, p.cols, False, p.lane_order)
 
     # the worst case of one tile's psums: its input channels (rows or fewer) x 9 taps at the extremes
     worst = min(c_in, p.rows) * 9 * (2 ** (layer.w_bit - 1) - 1) * act_spec.value_range[1]
     worst_bits = smallest_signed_bits(-worst, worst)
+    # the psums a file holds: each tile's partial sums, or the totals when there is one tile
+    written = partial if itiles > 1 else total[None]
+    fits = (
+        written.size == 0
+        or smallest_signed_bits(min(int(written.min()), 0), max(int(written.max()), 0)) <= p.psum_bits
+    )
 
     def fit_psum(values: np.ndarray, where: str) -> None:
+        if fits:  # the whole layer fits: no tile needs its own look
+            return
         check_psum_width(
             values,
             p.psum_bits,
@@ -109,10 +143,6 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
             worst_bits,
         )
 
-    requant = "requantize" in p.golden
-    if requant:
-        requantize(layer, psums.psum)  # proves the formula against the next layer's integers
-        out_spec = PackSpec(p.act_bits, p.cols, False, p.lane_order)
     s = 0
     for image in range(n):
         for ty in range(ty_count):
@@ -125,26 +155,29 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
                 )
                 rows = slice(ty * p.tile, ty * p.tile + grid)
                 cols = slice(tx * p.tile, tx * p.tile + grid)
-                total = np.zeros((1, otiles * p.cols, p.tile, p.tile), dtype=np.int64)
+                # this tile's outputs in the reference's (n, oc, H, W) arrays
+                window = (
+                    slice(image, image + 1),
+                    slice(None),
+                    slice(ty * p.tile, (ty + 1) * p.tile),
+                    slice(tx * p.tile, (tx + 1) * p.tile),
+                )
                 for i in range(itiles):
                     chans = slice(i * p.rows, (i + 1) * p.rows)
-                    tile_x = x[image : image + 1, chans, rows, cols]
                     plans.append(
                         TensorPlan(
                             "input",
                             prefix + names["activation"].format(a=s * itiles + i),
-                            tile_x.transpose(0, 2, 3, 1),
+                            x[image : image + 1, chans, rows, cols].transpose(0, 2, 3, 1),
                             ("n", "h", "w", "c"),
                             act_spec,
                             padded=True,
                             where=replace(pixels, itile=i, ic=ic_range(i)),
                         )
                     )
-                    partial = integer_conv(tile_x, weights[:, chans], 1, 0)
-                    total += partial
                     if itiles > 1:
                         for o in range(otiles):
-                            values = _by_pixel(partial, o, p)
+                            values = _by_pixel(partial[i][window], o, p)
                             fit_psum(values, f"tile {s} itile {i} otile {o}")
                             plans.append(
                                 TensorPlan(
@@ -156,17 +189,15 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
                                     where=replace(pixels, itile=i, otile=o, ic=ic_range(i), oc=oc_range(o)),
                                 )
                             )
-                _check_tile(total, psums.psum, pixels, c_out, layer.layer)
                 for o in range(otiles):
-                    values = _by_pixel(total, o, p)
                     if itiles == 1:
-                        fit_psum(values, f"tile {s} otile {o}")
+                        fit_psum(_by_pixel(total[window], o, p), f"tile {s} otile {o}")
                     name = names["output"] if single else names["output_tiled"].format(s=s, o=o)
                     plans.append(
                         TensorPlan(
                             "output",
                             prefix + name,
-                            _golden(layer, values, relu, requant),
+                            _by_pixel(golden[window], o, p),
                             ("n", "h", "w", "c"),
                             out_spec,
                             where=replace(pixels, otile=o, oc=oc_range(o)),
@@ -178,25 +209,9 @@ def systolic_layout(layer: IntLayer, psums: Psums, p: Profile, prefix: str) -> l
     return plans
 
 
-def _golden(layer: IntLayer, values: np.ndarray, relu: bool, requant: bool) -> np.ndarray:
-    if requant:
-        return requantize(layer, values, check=False)
-    return np.maximum(values, 0) if relu else values
-
-
 def _by_pixel(total: np.ndarray, otile: int, p: Profile) -> np.ndarray:
     """(1, C, tile, tile) -> (1, tile, tile, cols): output pixel a word, output channel a lane."""
     return total[:, otile * p.cols : (otile + 1) * p.cols].transpose(0, 2, 3, 1)
-
-
-def _check_tile(total: np.ndarray, psum: np.ndarray, pixels: Placement, c_out: int, layer: int) -> None:
-    """The tiled sum must equal the layer's reference psums wherever the tile covers the map."""
-    if pixels.y is None or pixels.x is None or pixels.n is None:
-        raise ValueError("a tile's placement names its image and pixels")
-    (y0, y1), (x0, x1), image = pixels.y, pixels.x, pixels.n
-    inside = total[0, :c_out, : y1 - y0, : x1 - x0]
-    if not np.array_equal(inside, psum[image, :, y0:y1, x0:x1]):
-        raise CheckFailed(f"layer {layer}: tile at n={image} y={y0} x={x0} disagrees with the reference conv")
 
 
 def _address_plan(p: Profile, stem: str) -> TensorPlan:

@@ -1,4 +1,4 @@
-"""The context a rendered testbench needs: tiles, files, widths, from an export's manifest."""
+"""The context a rendered testbench needs: tiles, files, widths, from the layout's plan."""
 
 from __future__ import annotations
 
@@ -6,30 +6,37 @@ from typing import Any
 
 from qexport import __version__
 from qexport.errors import InputError
+from qexport.layout.flat import LayerPlan, TensorPlan
 from qexport.layout.profile import Profile
-from qexport.writer.manifest import FileEntry, LayerEntry, Manifest
+from qexport.writer.render import MemoryContext
 
 
-def _need(value: int | None, entry: FileEntry, key: str) -> int:
-    if value is None:
-        raise InputError(f"{entry.path}: a systolic tile file names its {key}; the manifest is damaged")
+def _need(value: int | None, tp: TensorPlan, key: str) -> int:
+    if value is None:  # the systolic layout places every tile file; a plan without it is a bug there
+        raise InputError(f"{tp.stem}: a systolic tile file names its {key}; the layout is incomplete")
     return value
 
 
-def testbench_context(manifest: Manifest, entry: LayerEntry, prof: Profile, fmt: str) -> dict[str, Any]:
-    by_kind: dict[str, list[FileEntry]] = {}
-    for f in entry.files:
-        by_kind.setdefault(f.tensor, []).append(f)
+def testbench_context(plan: LayerPlan, memory: MemoryContext, prof: Profile) -> dict[str, Any]:
+    """``plan``'s tiles as the testbench template walks them; ``memory`` names the model and format."""
+    by_kind: dict[str, list[TensorPlan]] = {}
+    for tp in plan.tensors:
+        by_kind.setdefault(tp.tensor, []).append(tp)
+
+    def path(tp: TensorPlan) -> str:
+        return f"{tp.stem}.{memory.fmt}"  # as render_memory names the file
+
     activation = {
-        (_need(f.where.tile, f, "tile"), _need(f.where.itile, f, "itile")): f.path for f in by_kind["input"]
+        (_need(tp.where.tile, tp, "tile"), _need(tp.where.itile, tp, "itile")): path(tp)
+        for tp in by_kind["input"]
     }
     weights = {
         (
-            _need(f.where.itile, f, "itile"),
-            _need(f.where.otile, f, "otile"),
-            _need(f.where.kij, f, "kij"),
-        ): f.path
-        for f in by_kind["weight"]
+            _need(tp.where.itile, tp, "itile"),
+            _need(tp.where.otile, tp, "otile"),
+            _need(tp.where.kij, tp, "kij"),
+        ): path(tp)
+        for tp in by_kind["weight"]
     }
     itiles = 1 + max(i for _, i in activation)
     tiles = []
@@ -38,7 +45,7 @@ def testbench_context(manifest: Manifest, entry: LayerEntry, prof: Profile, fmt:
         s, o = _need(at.tile, out, "tile"), _need(at.otile, out, "otile")
         if at.y is None or at.x is None or at.oc is None:
             raise InputError(
-                f"{out.path}: a systolic output tile names its y, x and oc; the manifest is damaged"
+                f"{out.stem}: a systolic output tile names its y, x and oc; the layout is incomplete"
             )
         tiles.append(
             {
@@ -49,7 +56,7 @@ def testbench_context(manifest: Manifest, entry: LayerEntry, prof: Profile, fmt:
                 "x0": at.x[0],
                 "oc0": at.oc[0],
                 "oc1": at.oc[1],
-                "out": out.path,
+                "out": path(out),
                 "itiles": [
                     {
                         "itile": i,
@@ -60,26 +67,27 @@ def testbench_context(manifest: Manifest, entry: LayerEntry, prof: Profile, fmt:
                 ],
             }
         )
-    address = by_kind["address"][0].path if "address" in by_kind else ""
+    address = by_kind["address"][0] if "address" in by_kind else None
+    out_spec = by_kind["output"][0].spec
     return {
         "version": __version__,
-        "model": manifest.model,
-        "demo": manifest.label,
+        "model": memory.model,
+        "demo": memory.demo_label,
         "profile": prof.name,
-        "layer": entry.index,
-        "radix": "h" if fmt == "hex" else "b",
+        "layer": plan.layer,
+        "radix": "h" if memory.fmt == "hex" else "b",
         "rows": prof.rows,
         "cols": prof.cols,
         "act_bits": prof.act_bits,
         "w_bits": prof.w_bits,
         "psum_bits": prof.psum_bits,
-        "out_bits": by_kind["output"][0].lane_bits,
-        "out_signed": by_kind["output"][0].signed,
+        "out_bits": out_spec.lane_bits,
+        "out_signed": out_spec.signed,
         "tile": prof.tile,
         "address_bits": prof.address_bits,
         "weight_stationary": prof.dataflow == "weight_stationary",
         "relu": "relu" in prof.golden,
-        "address_file": address,
+        "address_file": "" if address is None else path(address),
         "tiles": sorted(tiles, key=lambda t: (t["tile"], t["otile"])),
         "dut": "qexport_ref_core",
         "dut_file": "qexport_ref_core.v",

@@ -96,6 +96,34 @@ def test_dump_refuses_a_non_conv_layer_and_lists_valid_ones(runner: CliRunner, t
     assert not (tmp_path / "x").exists()
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["dump", "testbench"])
+def test_layer_by_module_path_is_the_features_index(runner: CliRunner, tmp_path: Path, command: str) -> None:
+    # issue 14 item 5: a layer's identity is its module path; the features index is its alias
+    profile = ["--profile", "course"]
+    by_index = runner.invoke(main, [command, "--layer", "33", *profile, "-o", str(tmp_path / "index")])
+    by_path = runner.invoke(main, [command, "--layer", "features.33", *profile, "-o", str(tmp_path / "path")])
+    assert by_index.exit_code == 0 and by_path.exit_code == 0, by_path.output
+    index, path = _tree(tmp_path / "index"), _tree(tmp_path / "path")
+    assert len(index) > 10 and index == path  # every byte, the manifest's recipe too
+
+
+def test_layer_by_module_path_default_folder_and_refusal(runner: CliRunner, tmp_path: Path) -> None:
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        assert runner.invoke(main, ["dump", "--layer", "features.33"]).exit_code == 0
+        assert Path("qexport-out/layer33/manifest.json").is_file()
+    bad = runner.invoke(main, ["dump", "--layer", "features.34", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2
+    assert "--layer features.34 is not a quantized conv layer" in bad.output
+    assert "features.0, features.4" in bad.output and "features.33" in bad.output
+    assert not (tmp_path / "x").exists()
+    junk = runner.invoke(main, ["dump", "--layer", "33,x-y", "-o", str(tmp_path / "y")])
+    assert junk.exit_code == 2 and "module path (features.33)" in junk.output
+
+
 def test_dump_needs_layer_or_all(runner: CliRunner) -> None:
     result = runner.invoke(main, ["dump"])
     assert result.exit_code == 2

@@ -1,16 +1,28 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from qexport.errors import CheckFailed
 from qexport.frontend.capture import capture
 from qexport.frontend.demo import demo_model
 from qexport.frontend.inputs import load_demo
 from qexport.frontend.models.vgg import BUILTIN
-from qexport.ir.integerize import integerize
-from qexport.ir.reference import MEAN_ERROR_LIMIT, _int64_conv, conv_plan, conv_psum, integer_conv
+from qexport.ir.integerize import IntLayer, integerize
+from qexport.ir.reference import (
+    MEAN_ERROR_LIMIT,
+    _int64_conv,
+    check_tiled,
+    conv_plan,
+    conv_psum,
+    integer_conv,
+    partial_psums,
+    tiled_psums,
+)
 
 
 def _torch_float64_conv(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.ndarray:
@@ -140,7 +152,119 @@ def test_check_fails_when_integers_are_wrong(demo_layers: list) -> None:  # type
     layer = integerize(t)
     broken_w = layer.w_int.copy()
     broken_w[0, 0, 1, 1] += 3
-    from dataclasses import replace
-
     psums = conv_psum(replace(layer, w_int=broken_w))
     assert psums.checks.passed is False
+
+
+# issue 14 item 3: the reference stage computes what tiled layouts need
+
+
+def _int_layer(c_in: int, c_out: int, side: int, seed: int) -> IntLayer:
+    """A 3x3, stride 1, padding 1 layer of random 4-bit integers (two images)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 15, size=(2, c_in, side, side), endpoint=True)
+    w = rng.integers(-7, 7, size=(c_out, c_in, 3, 3), endpoint=True)
+    return IntLayer(
+        name="features.7",
+        layer=7,
+        conv_number=2,
+        in_channels=c_in,
+        out_channels=c_out,
+        kernel=3,
+        stride=1,
+        padding=1,
+        w_bit=4,
+        act_bit=4,
+        act_clip="relu",
+        act_alpha=1.0,
+        wgt_alpha=1.0,
+        w_delta=1 / 7,
+        x_delta=1 / 15,
+        w_int=w,
+        x_int=x,
+        y_float=np.zeros((2, c_out, side, side), dtype=np.float32),
+        next_x=None,
+    )
+
+
+def _per_tile_float64(layer: IntLayer, rows: int, extent: int) -> list[np.ndarray]:
+    """Each input-channel tile's conv on its own, in torch float64, over a zero-extended map."""
+    side = layer.x_int.shape[2]
+    x = np.pad(layer.x_int, ((0, 0), (0, 0), (0, extent - side), (0, extent - side)))
+    return [
+        _torch_float64_conv(x[:, lo : lo + rows], layer.w_int[:, lo : lo + rows], 1, 1)[..., :extent, :extent]
+        for lo in range(0, layer.in_channels, rows)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("c_in", "rows"),
+    [(8, 8), (16, 8), (20, 8), (3, 8), (128, 8), (24, 16)],
+    ids=["one-tile", "two-tiles", "last-tile-partial", "fewer-than-rows", "16-tiles", "rows16-partial"],
+)
+def test_partial_psums_equal_a_per_tile_float64_conv(c_in: int, rows: int) -> None:
+    layer = _int_layer(c_in, 12, 5, seed=c_in * 10 + rows)
+    partial = partial_psums(layer, rows)
+    expected = _per_tile_float64(layer, rows, 5)
+    assert partial.shape == (-(-c_in // rows), 2, 12, 5, 5) and partial.dtype == np.int64
+    for i, tile in enumerate(expected):
+        np.testing.assert_array_equal(partial[i], tile.astype(np.int64), err_msg=f"itile {i}")
+    np.testing.assert_array_equal(partial.sum(axis=0), conv_psum(layer).psum)
+
+
+def test_partial_psums_extend_the_map_with_zero_inputs() -> None:
+    # a 6x6 map in 4x4 tiles: outputs 6..7 see the zeros beyond the map, as a whole-tile core does
+    layer = _int_layer(20, 8, 6, seed=5)
+    partial = partial_psums(layer, 8, (8, 8))
+    for i, tile in enumerate(_per_tile_float64(layer, 8, 8)):
+        np.testing.assert_array_equal(partial[i], tile.astype(np.int64))
+    assert np.any(partial[:, :, :, 6:, :] != 0)
+
+
+@pytest.mark.parametrize("method", ["float32_blocks", "int64"])
+def test_grouped_integer_conv_is_exact_on_every_path(method: str) -> None:
+    rng = np.random.default_rng(11)
+    if method == "int64":  # a bound beyond 2^53 takes the int64 path
+        x = rng.integers(-(2**40), 2**40, size=(1, 6, 4, 4))
+        w = rng.integers(-(2**14), 2**14, size=(6, 3, 3, 3))
+    else:  # each group's sum beyond 2^24, each channel's within
+        x = rng.integers(0, 2**14, size=(1, 64, 4, 4))
+        w = rng.integers(-127, 127, size=(4, 32, 3, 3))
+    assert conv_plan(x, w).method == method
+    out = integer_conv(x, w, 1, 1, groups=2)
+    lo, hi = np.split(x, 2, axis=1)
+    w_lo, w_hi = np.split(w, 2, axis=0)
+    expected = np.concatenate([_int64_conv(lo, w_lo, 1, 1), _int64_conv(hi, w_hi, 1, 1)], axis=1)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_tiled_psums_total_and_golden() -> None:
+    layer = _int_layer(20, 8, 6, seed=9)
+    tiled = tiled_psums(layer, 8, 4, ("accumulate", "relu"))
+    assert tiled.partial.shape == (3, 2, 8, 8, 8)
+    np.testing.assert_array_equal(tiled.total, tiled.partial.sum(axis=0))
+    np.testing.assert_array_equal(tiled.golden, np.maximum(tiled.total, 0))
+    np.testing.assert_array_equal(tiled_psums(layer, 8, 4, ("accumulate",)).golden, tiled.total)
+    check_tiled(layer, conv_psum(layer), tiled, ("accumulate", "relu"))  # agrees: no error
+
+
+def test_check_tiled_refuses_tiles_that_do_not_add_up() -> None:
+    layer = _int_layer(20, 8, 6, seed=9)
+    tiled = tiled_psums(layer, 8, 4, ("accumulate", "relu"))
+    total = tiled.total.copy()
+    total[1, 3, 2, 5] += 1
+    broken = replace(tiled, total=total)
+    with pytest.raises(CheckFailed, match=r"layer 7: .* at n=1 y=2 x=5 do not add up to the reference conv"):
+        check_tiled(layer, conv_psum(layer), broken, ("accumulate",))
+
+
+def test_check_tiled_refuses_a_requantized_golden_off_the_next_layer(demo_layers: list) -> None:  # type: ignore[type-arg]
+    layer = integerize(next(t for t in demo_layers if t.layer == 33))
+    psums = conv_psum(layer)
+    golden = ("accumulate", "relu", "requantize")
+    tiled = tiled_psums(layer, 8, 4, golden)
+    check_tiled(layer, psums, tiled, golden)
+    assert layer.next_x_int is not None
+    wrong = replace(layer, next_x_int=layer.next_x_int + 1)
+    with pytest.raises(CheckFailed, match="requantized value"):
+        check_tiled(wrong, psums, tiled, golden)

@@ -102,3 +102,31 @@ def test_two_bit_layer_on_the_course_core(tmp_path: Path) -> None:
     result = _run(out)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS layer 33: 128 output values match" in result.stdout
+
+
+def test_context_comes_from_the_layout_plan_not_the_manifest() -> None:
+    # issue 14 item 3: the testbench context is built from the layer's plan, before any manifest
+    from qexport.layout.flat import LayerPlan
+    from qexport.verify.testbench import testbench_context
+    from qexport.writer.render import MemoryContext
+    from qexport.writer.write import ExportPlan
+
+    prof = load_profile("course")
+    files = ExportPlan()
+    plans: list[tuple[LayerPlan, MemoryContext]] = []
+    manifest, _ = api._render_set(
+        files, SourceOptions(), [27], "hex", None, prof, "exact", None, "vectors/", plans=plans
+    )
+    ((plan, memory),) = plans
+    assert (plan.name, plan.layer) == ("features.27", 27)
+    context = testbench_context(plan, memory, prof)
+    assert (context["layer"], context["model"], context["radix"]) == (27, manifest.model, "h")
+    named = {context["address_file"]}
+    for tile in context["tiles"]:
+        named.add(tile["out"])
+        for itile in tile["itiles"]:
+            named |= {itile["activation"], *itile["weights"]}
+    (entry,) = manifest.layers
+    assert named == {f.path for f in entry.files if f.tensor != "psum"}
+    assert named <= set(files.files)
+    assert len(context["tiles"]) == 4 and len(context["tiles"][0]["itiles"]) == 16

@@ -56,6 +56,10 @@ class Arch:
     def qconv_indices(self) -> list[int]:
         return [i for i, m in enumerate(self.features) if m.kind == "qconv"]
 
+    def qconv_paths(self) -> dict[str, int]:
+        """Each quantized conv's module path (``features.33``, its identity) to its features index."""
+        return {f"features.{i}": i for i in self.qconv_indices()}
+
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """State-dict keys with shapes, as the course's model would save them."""
         shapes: dict[str, tuple[int, ...]] = {}
