@@ -20,9 +20,10 @@ from qexport.frontend.source import load as load
 from qexport.ir.checks import LayerChecks
 from qexport.ir.integerize import IntLayer, integerize
 from qexport.ir.reference import Psums, TiledPsums, check_tiled, conv_psum, tiled_psums
-from qexport.layout.flat import LayerPlan, LayoutOptions, TensorPlan, flat_layout, with_defaults
+from qexport.layout.arrange import arrange
+from qexport.layout.flat import LayerPlan, LayoutOptions, TensorPlan, with_defaults
 from qexport.layout.profile import Profile, load_profile, parse_profile
-from qexport.layout.systolic import check_systolic, systolic_layout
+from qexport.layout.systolic import check_systolic
 from qexport.verify.testbench import testbench_context
 from qexport.writer.formats import FORMATS
 from qexport.writer.manifest import (
@@ -229,13 +230,7 @@ def _render_set(
             int_layer, psums = _checked(t)
             tiled = _tiled(int_layer, psums, prof)
         with times.measure("pack_write"):
-            # one rule for every profile and layer count: a layer's files live in layer<index>/
-            folder = f"{path_prefix}layer{layer}/"
-            if tiled is None:
-                tensors = flat_layout(int_layer, psums, layout, folder, pad_channels=prof.pad_channels)
-            else:
-                tensors = systolic_layout(int_layer, psums, tiled, prof, folder)
-            plan = LayerPlan(int_layer.name, int_layer.layer, int_layer.conv_number, tuple(tensors))
+            plan = arrange(int_layer, psums, tiled, prof, layout, f"{path_prefix}layer{layer}/")
             context = MemoryContext(
                 loaded.arch.name,
                 loaded.demo_label,
@@ -250,7 +245,7 @@ def _render_set(
         if plans is not None:
             plans.append((plan, context))
         layer_entries.append(_layer_entry(int_layer, psums, files))
-        notices += [tp.notice for tp in tensors if tp.notice]
+        notices += [tp.notice for tp in plan.tensors if tp.notice]
     recipe = build_recipe(
         kind, opts, layer_ids, fmt, layout, prof, depth, template_dir, set_dir, loaded.source.get("sha256")
     )

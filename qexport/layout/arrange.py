@@ -1,0 +1,26 @@
+"""The layout stage's one entry: a layer's integers arranged into the files its profile asks for."""
+
+from __future__ import annotations
+
+from qexport.ir.integerize import IntLayer
+from qexport.ir.reference import Psums, TiledPsums
+from qexport.layout.flat import LayerPlan, flat_layout
+from qexport.layout.options import LayoutOptions
+from qexport.layout.profile import Profile
+from qexport.layout.systolic import systolic_layout
+
+
+def arrange(
+    layer: IntLayer, psums: Psums, tiled: TiledPsums | None, prof: Profile, opts: LayoutOptions, folder: str
+) -> LayerPlan:
+    """``layer``'s files in ``folder`` (``layer<index>/``, one rule for every profile and layer count).
+
+    A tiled profile needs ``tiled`` (the reference stage's ``tiled_psums``); the flat one does not.
+    """
+    if prof.kind == "flat":
+        tensors = flat_layout(layer, psums, opts, folder, pad_channels=prof.pad_channels)
+    elif tiled is None:
+        raise ValueError(f"profile {prof.name} tiles the layer: pass the reference's tiled psums")
+    else:
+        tensors = systolic_layout(layer, psums, tiled, prof, folder)
+    return LayerPlan(layer.name, layer.layer, layer.conv_number, tuple(tensors))
