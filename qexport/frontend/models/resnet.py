@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from qexport.errors import InputError
+from qexport.frontend.models.keys import KeyReport, key_report
 from qexport.frontend.models.quant import DEFAULT_ACT_CLIP, ActClip, QuantConv2d
 
 if TYPE_CHECKING:  # a value handed over by the checkpoint loader; no import at run time
@@ -28,7 +29,6 @@ StemKind = Literal["float", "quant"]
 """``float``: ``conv1`` a plain ``nn.Conv2d`` (listed, not exported); ``quant``: a ``QuantConv2d``."""
 
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
-_OPTIONAL_SUFFIXES = (".weight_q",)  # recomputed from weight when absent, as for VGG
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,33 +292,8 @@ def _variant_name(arch: ResNetArch) -> str:
     return f"resnet{2 + 2 * sum(arch.blocks)}"
 
 
-@dataclass(frozen=True, slots=True)
-class FitReport:
-    """How a state dict differs from an architecture's keys and shapes."""
-
-    missing: list[str]
-    unexpected: list[str]
-    wrong_shape: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.wrong_shape)
-
-    @property
-    def problems(self) -> int:
-        return len(self.missing) + len(self.unexpected) + len(self.wrong_shape)
-
-
-def fit_report(arch: ResNetArch, state: Mapping[str, torch.Tensor]) -> FitReport:
-    expected = arch.expected_shapes()
-    missing = [k for k in expected if k not in state and not k.endswith(_OPTIONAL_SUFFIXES)]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k}: checkpoint {list(state[k].shape)}, model {list(shape)}"
-        for k, shape in expected.items()
-        if k in state and tuple(state[k].shape) != shape
-    ]
-    return FitReport(missing, unexpected, wrong)
+def fit_report(arch: ResNetArch, state: Mapping[str, torch.Tensor]) -> KeyReport:
+    return key_report(arch.expected_shapes(), state)
 
 
 def resolve_resnet(ckpt: Checkpoint, model_name: str | None = None) -> ResNetArch:
@@ -349,21 +324,11 @@ def closest_variant(state: Mapping[str, torch.Tensor]) -> ResNetArch:
     return min(candidates, key=lambda a: fit_report(a, state).problems)
 
 
-def _short(items: list[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
 def _mismatch_message(
-    name: str, arch: ResNetArch, report: FitReport, state: Mapping[str, torch.Tensor]
+    name: str, arch: ResNetArch, report: KeyReport, state: Mapping[str, torch.Tensor]
 ) -> str:
     parts = [f"checkpoint {name} does not fit the ResNet {arch.describe()}:"]
-    if report.missing:
-        parts.append(f"missing keys {_short(report.missing)};")
-    if report.unexpected:
-        parts.append(f"unexpected keys {_short(report.unexpected)};")
-    if report.wrong_shape:
-        parts.append(f"wrongly shaped {_short(report.wrong_shape, 3)};")
+    parts += report.describe()
     closest = closest_variant(state)
     if fit_report(closest, state).ok:
         how = f"pass --model {closest.name}" if closest.name in RESNET_BUILTIN else "leave out --model"

@@ -5,49 +5,21 @@ mis-shaped keys."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from qexport.errors import InputError
 from qexport.frontend.models.infer import infer_arch, same_arch
+from qexport.frontend.models.keys import KeyReport, key_report
 from qexport.frontend.models.vgg import BUILTIN, Arch, builtin_arch
 
 if TYPE_CHECKING:  # a value handed over by the checkpoint loader; no import at run time
     from qexport.frontend.checkpoint import Checkpoint
 
-_OPTIONAL_KEYS = ("weight_q",)  # recomputed from weight when absent
-
-
-@dataclass(frozen=True, slots=True)
-class KeyReport:
-    missing: list[str]
-    unexpected: list[str]
-    wrong_shape: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.wrong_shape)
-
 
 def compare_keys(arch: Arch, state: Mapping[str, torch.Tensor]) -> KeyReport:
-    expected = arch.expected_shapes()
-    missing = [
-        k for k in expected if k not in state and not k.endswith(tuple("." + o for o in _OPTIONAL_KEYS))
-    ]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k}: checkpoint {list(state[k].shape)}, model {list(shape)}"
-        for k, shape in expected.items()
-        if k in state and tuple(state[k].shape) != shape
-    ]
-    return KeyReport(missing, unexpected, wrong)
-
-
-def _short(items: list[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+    return key_report(arch.expected_shapes(), state)
 
 
 def resolve_arch(ckpt: Checkpoint, model_name: str | None) -> Arch:
@@ -99,12 +71,7 @@ def _check_quant_keys(ckpt: Checkpoint) -> None:
 
 def _mismatch_message(ckpt: Checkpoint, arch: Arch, report: KeyReport) -> str:
     parts = [f"checkpoint {ckpt.name} does not fit model {arch.name}:"]
-    if report.missing:
-        parts.append(f"missing keys {_short(report.missing)};")
-    if report.unexpected:
-        parts.append(f"unexpected keys {_short(report.unexpected)};")
-    if report.wrong_shape:
-        parts.append(f"wrongly shaped {_short(report.wrong_shape, 3)};")
+    parts += report.describe()
     fits = [a.name for a in BUILTIN.values() if compare_keys(a, ckpt.state_dict).ok]
     if fits:
         parts.append(f"it fits the built-in model {fits[0]}: pass --model {fits[0]}")
