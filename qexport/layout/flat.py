@@ -135,6 +135,13 @@ def psum_bits_for(layer: IntLayer, x_spec: PackSpec) -> int:
     return smallest_signed_bits(-bound, bound)
 
 
+def signed_bits_of(values: np.ndarray) -> int:
+    """Fewest two's-complement bits that hold every value of ``values`` (1 for none)."""
+    if values.size == 0:
+        return 1
+    return smallest_signed_bits(int(values.min()), int(values.max()))
+
+
 def check_psum_width(
     values: np.ndarray, bits: int, where: str, narrow: str, setting: str, worst: int
 ) -> None:
@@ -145,9 +152,9 @@ def check_psum_width(
     """
     if values.size == 0:
         return
-    low, high = int(values.min()), int(values.max())
-    need = smallest_signed_bits(min(low, 0), max(high, 0))
+    need = signed_bits_of(values)
     if need > bits:
+        low, high = int(values.min()), int(values.max())
         raise BitWidthError(
             f"{where} psums span [{low}, {high}]: need {need} bits signed; {narrow}; use {setting} "
             f"{need} (these values) or {worst} (this layer's worst case)"

@@ -24,7 +24,7 @@ import numpy as np
 from qexport.errors import BitWidthError, InputError
 from qexport.ir.integerize import IntLayer
 from qexport.ir.reference import Psums, TiledPsums, check_requantizable
-from qexport.layout.flat import TensorPlan, check_psum_width
+from qexport.layout.flat import TensorPlan, check_psum_width, signed_bits_of
 from qexport.layout.placement import Placement, Span
 from qexport.layout.profile import Profile
 from qexport.writer.pack import PackSpec, check_fits, smallest_signed_bits
@@ -113,9 +113,7 @@ def systolic_layout(
                         where=Placement(itile=i, otile=o, kij=k, ic=ic_range(i), oc=oc_range(o)),
                     )
                 )
-    out_bits = max(
-        p.psum_bits, smallest_signed_bits(min(int(psums.psum.min()), 0), max(int(psums.psum.max()), 0))
-    )
+    out_bits = max(p.psum_bits, signed_bits_of(psums.psum))
     psum_spec = PackSpec(p.psum_bits, p.cols, True, p.lane_order)
     out_spec = PackSpec(out_bits, p.cols, True, p.lane_order)
     if "requantize" in p.golden:
@@ -126,10 +124,7 @@ def systolic_layout(
     worst_bits = smallest_signed_bits(-worst, worst)
     # the psums a file holds: each tile's partial sums, or the totals when there is one tile
     written = partial if itiles > 1 else total[None]
-    fits = (
-        written.size == 0
-        or smallest_signed_bits(min(int(written.min()), 0), max(int(written.max()), 0)) <= p.psum_bits
-    )
+    fits = signed_bits_of(written) <= p.psum_bits
 
     def fit_psum(values: np.ndarray, where: str) -> None:
         if fits:  # the whole layer fits: no tile needs its own look
