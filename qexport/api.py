@@ -12,8 +12,8 @@ from typing import cast
 from qexport import __version__
 from qexport.errors import CheckFailed, InputError
 from qexport.frontend.capture import LayerSettings, LayerTensors, capture
+from qexport.frontend.models.network import ConvRef
 from qexport.frontend.models.quant import ActClip
-from qexport.frontend.models.vgg import Arch
 from qexport.frontend.source import Loaded as Loaded  # re-exported, as SourceOptions and load
 from qexport.frontend.source import SourceOptions as SourceOptions
 from qexport.frontend.source import load as load
@@ -59,66 +59,58 @@ class LayerInfo(LayerSettings):
 def layers(opts: SourceOptions) -> tuple[Loaded, list[LayerInfo]]:
     """The conv layers of the model, with shapes from one forward pass of one image."""
     loaded = load(opts)
-    return loaded, [LayerInfo.of(t) for t in capture(loaded.model, loaded.inputs.images[:1])]
+    captured = capture(loaded.model, loaded.inputs.images[:1], bits=loaded.bits)
+    return loaded, [LayerInfo.of(t) for t in captured]
 
 
 LayerId = int | str
-"""A conv layer by features index (``33``) or module path (``"features.33"``)."""
+"""A conv layer by module path (``"layer1.0.conv2"``), VGG features index (``33``) or conv number."""
 
 
-def _index(arch: Arch, layer: LayerId) -> int:
-    """The features index of ``layer``; a module path names one of the model's convs."""
-    if isinstance(layer, int):
-        return layer
-    paths = arch.qconv_paths()
-    if layer not in paths:
+def _select(
+    loaded: Loaded, layer_ids: Sequence[LayerId] | None, skip_invalid: bool = False
+) -> list[ConvRef]:
+    """The named layers (each once, in the order given), or every one; a layer that cannot be
+    exported (:meth:`Loaded.blocked`) is refused by name, or with ``skip_invalid`` left out of
+    ``--all``."""
+    table = loaded.table
+    blocked = loaded.blocked()
+    if layer_ids is not None:
+        refs = list({ref.name: ref for ref in (table.resolve(layer) for layer in layer_ids)}.values())
+        for ref in refs:
+            if ref.name in blocked:
+                raise InputError(blocked[ref.name])
+        return refs
+    if blocked and not skip_invalid:
+        bad = sorted(loaded.report.problems, key=table.names().index)
+        reasons = " ".join(loaded.report.problems[name] for name in bad)
         raise InputError(
-            f"--layer {layer} is not a quantized conv layer of {arch.name}; valid layers are "
-            f"{', '.join(paths)} (or their features indices, see `qexport layers`)"
+            f"{len(bad)} layer(s) of {table.model} cannot be exported ({', '.join(bad)}), nor the "
+            f"{len(blocked) - len(bad)} after them that see their output: {reasons} Pass "
+            "--skip-invalid to export the other layers, or name layers with --layer"
         )
-    return paths[layer]
-
-
-def _indices(arch: Arch, layer_ids: Sequence[LayerId] | None) -> list[int] | None:
-    return None if layer_ids is None else [_index(arch, layer) for layer in layer_ids]
-
-
-def _select(arch: Arch, layer_ids: Sequence[int] | None) -> list[int]:
-    convs = arch.qconv_indices()
-    if layer_ids is None:
-        return convs
-    for layer in layer_ids:
-        if layer not in convs:
-            what = (
-                f"features[{layer}] is a {arch.features[layer].kind}"
-                if 0 <= layer < len(arch.features)
-                else f"features has {len(arch.features)} entries, so {layer} is out of range"
-            )
-            raise InputError(
-                f"--layer {layer} is not a quantized conv layer of {arch.name} ({what}); valid "
-                f"layers are {', '.join(map(str, convs))} (see `qexport layers`)"
-            )
-    return list(dict.fromkeys(layer_ids))  # each layer once, in the order given
+    return [ref for ref in table.convs if ref.name not in blocked]
 
 
 @dataclass(frozen=True)
 class LayerCheck:
-    layer: int
+    name: str
+    layer: int | None
     conv_number: int
     checks: LayerChecks
 
 
 def verify(
-    opts: SourceOptions, layer_ids: Sequence[LayerId] | None = None
+    opts: SourceOptions, layer_ids: Sequence[LayerId] | None = None, skip_invalid: bool = False
 ) -> tuple[Loaded, list[LayerCheck]]:
     """Run the seeds' checks on every (or the named) conv layer; the caller decides on failure."""
     loaded = load(opts)
-    wanted = set(_select(loaded.arch, _indices(loaded.arch, layer_ids)))
+    wanted = {ref.name for ref in _select(loaded, layer_ids, skip_invalid)}
     results = []
-    for t in capture(loaded.model, loaded.inputs.images):
-        if t.layer in wanted:
+    for t in capture(loaded.model, loaded.inputs.images, bits=loaded.bits):
+        if t.name in wanted:
             psums = conv_psum(integerize(t))
-            results.append(LayerCheck(t.layer, t.conv_number, psums.checks))
+            results.append(LayerCheck(t.name, t.layer, t.conv_number, psums.checks))
     return loaded, results
 
 
@@ -167,6 +159,7 @@ def export(
     force: bool = False,
     template_dir: Path | None = None,
     timings: StageTimes | None = None,
+    skip_invalid: bool = False,
 ) -> ExportResult:
     """Vectors for the named layers (all conv layers if None), written atomically to ``out_dir``.
 
@@ -186,6 +179,7 @@ def export(
             template_dir,
             times=timings,
             set_dir=out_dir,
+            skip_invalid=skip_invalid,
         )
     return ExportResult(out_dir, manifest, notices)
 
@@ -204,6 +198,7 @@ def _render_set(
     times: StageTimes | None = None,
     set_dir: Path | None = None,
     plans: list[tuple[LayerPlan, MemoryContext]] | None = None,
+    skip_invalid: bool = False,
 ) -> tuple[Manifest, list[str]]:
     """Render every file of an export into ``sink``, a layer at a time.
 
@@ -218,24 +213,27 @@ def _render_set(
     layout = with_defaults(layout or LayoutOptions(), prof.lanes, prof.psum_lanes, prof.lane_order)
     with times.measure("load"):
         loaded = load(opts)
-        layer_ids = _indices(loaded.arch, layer_ids)
-        selected = _select(loaded.arch, layer_ids)
+        selected = _select(loaded, layer_ids, skip_invalid)
+        notices = list(loaded.notices) + _skipped_notices(loaded, selected, layer_ids is None)
+        if layer_ids is not None or len(selected) < len(loaded.table.convs):
+            # the recipe names what was made, so `check` makes it again without --skip-invalid
+            layer_ids = [_recorded(ref) for ref in selected]
     with times.measure("forward_capture"):
-        captured = {t.layer: t for t in capture(loaded.model, loaded.inputs.images)}
-    notices = list(loaded.notices)
+        captured = {t.name: t for t in capture(loaded.model, loaded.inputs.images, bits=loaded.bits)}
     layer_entries = []
-    for layer in selected:
-        t = captured.pop(layer)  # dropped once rendered: memory stays about one layer deep
+    for ref in selected:
+        t = captured.pop(ref.name)  # dropped once rendered: memory stays about one layer deep
         with times.measure("integerize_reference"):
             int_layer, psums = _checked(t)
             tiled = _tiled(int_layer, psums, prof)
         with times.measure("pack_write"):
-            plan = arrange(int_layer, psums, tiled, prof, layout, f"{path_prefix}layer{layer}/")
+            plan = arrange(int_layer, psums, tiled, prof, layout, f"{path_prefix}{t.folder}/")
             context = MemoryContext(
                 loaded.arch.name,
                 loaded.demo_label,
                 prof.name,
-                t.layer,
+                t.label,
+                t.folder,
                 t.conv_number,
                 fmt,
                 depth,
@@ -244,7 +242,7 @@ def _render_set(
             files = [_write_memory(tp, context, sink) for tp in plan.tensors]
         if plans is not None:
             plans.append((plan, context))
-        layer_entries.append(_layer_entry(int_layer, psums, files))
+        layer_entries.append(_layer_entry(int_layer, psums, files, loaded, ref))
         notices += [tp.notice for tp in plan.tensors if tp.notice]
     recipe = build_recipe(
         kind, opts, layer_ids, fmt, layout, prof, depth, template_dir, set_dir, loaded.source.get("sha256")
@@ -369,7 +367,7 @@ def _checked(t: LayerTensors) -> tuple[IntLayer, Psums]:
     psums = conv_psum(int_layer)
     if not psums.checks.passed:
         raise CheckFailed(
-            f"layer {t.layer}: recovered output differs from the float model (mean error "
+            f"layer {t.label}: recovered output differs from the float model (mean error "
             f"{psums.checks.output_mean_error:.3g}); the integers would be wrong, so nothing "
             "was written. Run `qexport verify` for the table"
         )
@@ -383,8 +381,26 @@ def _write_memory(tp: TensorPlan, context: MemoryContext, sink: FileSink) -> Fil
     return file_entry(tp, rendered.facts, sha256)
 
 
-def _layer_entry(int_layer: IntLayer, psums: Psums, files: list[FileEntry]) -> LayerEntry:
+def _recorded(ref: ConvRef) -> LayerId:
+    """How a recipe records a named layer: its features index for VGG (as ever), else its path."""
+    return ref.index if ref.index is not None else ref.name
+
+
+def _skipped_notices(loaded: Loaded, selected: list[ConvRef], every_layer: bool) -> list[str]:
+    if not every_layer:
+        return []
+    skipped = [name for name in loaded.table.names() if name not in {r.name for r in selected}]
+    if not skipped:
+        return []
+    return [f"--skip-invalid: left out {len(skipped)} layer(s) that cannot be exported: {', '.join(skipped)}"]
+
+
+def _layer_entry(
+    int_layer: IntLayer, psums: Psums, files: list[FileEntry], loaded: Loaded, ref: ConvRef
+) -> LayerEntry:
+    bits = loaded.bits.get(ref.name)
     return LayerEntry(
+        name=int_layer.name,
         index=int_layer.layer,
         conv_number=int_layer.conv_number,
         in_channels=int_layer.in_channels,
@@ -394,6 +410,9 @@ def _layer_entry(int_layer: IntLayer, psums: Psums, files: list[FileEntry]) -> L
         padding=int_layer.padding,
         w_bit=int_layer.w_bit,
         act_bit=int_layer.act_bit,
+        w_bit_source=bits.w_source if bits else "model",
+        act_bit_source=bits.act_source if bits else "model",
+        weight_q_ties=loaded.report.ties.get(ref.name, 0),
         act_clip=int_layer.act_clip,
         act_alpha=int_layer.act_alpha,
         wgt_alpha=int_layer.wgt_alpha,

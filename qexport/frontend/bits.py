@@ -1,4 +1,4 @@
-"""Per-layer activation bits: the bits-config JSON (read_bits_config) and applying it to a model."""
+"""Per-layer bits: the bits-config JSON (read_bits_config) and applying it to a model (apply_bits)."""
 
 from __future__ import annotations
 
@@ -6,65 +6,127 @@ import difflib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch import nn
+
 from qexport.errors import InputError
+from qexport.frontend.capture import ConvBits, module_bits
+from qexport.frontend.models.network import ConvTable, quantized_convs
 from qexport.frontend.models.quant import QuantConv2d
-from qexport.frontend.models.vgg import Arch, VGGQuant, resolve_layer
 
 
-def apply_act_bits(model: VGGQuant, act_bits: Mapping[int, int]) -> None:
-    """Set each named layer's activation bits (features index -> bits); the rest keep theirs."""
-    for index, bits in act_bits.items():
-        module = model.features[index] if 0 <= index < len(model.features) else None
+@dataclass(frozen=True)
+class BitsConfig:
+    """A bits config, resolved against a model: module path -> width, for activations and weights."""
+
+    act: dict[str, int] = field(default_factory=dict)
+    w: dict[str, int] = field(default_factory=dict)
+
+
+def apply_bits(model: nn.Module, config: BitsConfig, bits: dict[str, ConvBits]) -> None:
+    """Give each named layer its configured widths (the rest keep theirs), recording the source.
+
+    Our ``QuantConv2d`` computes with the new widths (a new ``w_bit`` requantizes ``weight``);
+    the user's own module quantizes as its code says, so a width it does not have is refused.
+    """
+    modules = dict(quantized_convs(model))
+    for name in {*config.act, *config.w}:
+        module = modules[name]
+        own = bits.get(name) or module_bits(module)
+        act_bit = config.act.get(name, own.act_bit)
+        w_bit = config.w.get(name, own.w_bit)
         if not isinstance(module, QuantConv2d):
-            raise InputError(
-                f"bits config names features[{index}], which is not a quantized conv of "
-                f"{model.arch.name}; its convs are {', '.join(map(str, model.arch.qconv_indices()))}"
-            )
-        if not 1 <= bits <= 16:
-            raise InputError(f"bits config gives features[{index}] {bits} activation bits; use 1..16")
-        module.act_bit = bits
+            if (act_bit, w_bit) != (own.act_bit, own.w_bit):
+                raise InputError(
+                    f"bits config gives layer {name} {act_bit}-bit activations and {w_bit}-bit "
+                    f"weights, but your model code's {type(module).__name__} quantizes with "
+                    f"{own.act_bit} and {own.w_bit}; change the widths in your model code"
+                )
+            continue
+        module.act_bit = act_bit
+        if w_bit != module.w_bit:
+            module.w_bit = w_bit
+            module.stored_weight_q = False  # the stored weight_q is for the old width
+        bits[name] = ConvBits(
+            w_bit,
+            act_bit,
+            "bits config" if name in config.w else own.w_source,
+            "bits config" if name in config.act else own.act_source,
+        )
+
+
+def apply_act_bits(model: nn.Module, act_bits: Mapping[str, int]) -> None:
+    """Set each named layer's activation bits (module path -> bits); the rest keep theirs."""
+    apply_bits(model, BitsConfig(act=dict(act_bits)), {})
 
 
 ACT_BITS_KEY = "act_bits"
+W_BITS_KEY = "w_bits"
+CONFIG_KEYS = (ACT_BITS_KEY, W_BITS_KEY)
 CONFIG_ACT_BITS = range(1, 9)  # a bits config gives each named layer 1..8 activation bits
+CONFIG_W_BITS = range(2, 9)  # and 2..8 weight bits (1 bit has no symmetric grid)
+ALL_LAYERS = "*"
 
 
-def read_bits_config(path: Path, arch: Arch) -> dict[int, int]:
-    """A bits-config JSON: ``{"act_bits": {"<layer>": bits, ...}}`` or a flat ``{"<layer>": bits}``.
+def read_bits_config(path: Path, table: ConvTable) -> BitsConfig:
+    """A bits-config JSON: ``{"act_bits": {"<layer>": bits}, "w_bits": {...}}`` or a flat
+    ``{"<layer>": bits}`` (activation bits).
 
-    Keys are features indices (``"30"``, ``"features[30]"``) or conv numbers (``"conv 9"``); a
-    width is a JSON integer 1..8. Returns ``{features index: bits}``.
+    Layers are module paths (``layer1.0.conv2``), features indices (``"30"``, ``"features[30]"``),
+    conv numbers (``"conv 9"``) or ``"*"`` (every layer; named layers override it). Widths are JSON
+    integers: 1..8 activation bits, 2..8 weight bits.
     """
-    table = _bits_table(path, _read_json(path))
-    widths: dict[int, int] = {}
-    named: dict[int, str] = {}
-    low, high = CONFIG_ACT_BITS[0], CONFIG_ACT_BITS[-1]
-    for key, value in table.items():
-        try:
-            layer = resolve_layer(arch, key)
-        except InputError as err:
-            raise InputError(f"--bits-config {path}: {err}") from err
+    raw = _read_json(path)
+    tables = _bits_tables(path, raw)
+    return BitsConfig(
+        act=_widths(path, table, tables.get(ACT_BITS_KEY, {}), ACT_BITS_KEY, CONFIG_ACT_BITS),
+        w=_widths(path, table, tables.get(W_BITS_KEY, {}), W_BITS_KEY, CONFIG_W_BITS),
+    )
+
+
+def _widths(
+    path: Path, table: ConvTable, entries: dict[str, object], what: str, allowed: range
+) -> dict[str, int]:
+    widths: dict[str, int] = {}
+    named: dict[str, str] = {}
+    low, high = allowed[0], allowed[-1]
+    every: int | None = None
+    for key, value in entries.items():
+        if key.strip() == ALL_LAYERS:
+            name, shown = ALL_LAYERS, "every layer"
+        else:
+            try:
+                ref = table.resolve(key, what="layer")
+            except InputError as err:
+                raise InputError(f"--bits-config {path}: {err}") from err
+            name = ref.name
+            shown = f"features[{ref.index}]" if ref.index is not None else ref.name
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _width_error(path, key, layer, f"{ACT_BITS_KEY} {_json_value(value)} is not an integer")
-        if value not in CONFIG_ACT_BITS:
-            raise _width_error(path, key, layer, f"{ACT_BITS_KEY} {value} is outside {low}..{high}")
-        if layer in named:
+            raise _width_error(path, key, shown, f"{what} {_json_value(value)} is not an integer", what, allowed)
+        if value not in allowed:
+            raise _width_error(path, key, shown, f"{what} {value} is outside {low}..{high}", what, allowed)
+        if name in named:
             raise InputError(
-                f"--bits-config {path}: {named[layer]!r} and {key!r} both name features[{layer}]; "
+                f"--bits-config {path}: {named[name]!r} and {key!r} both name {shown}; "
                 "give each layer once"
             )
-        named[layer] = key
-        widths[layer] = value
+        named[name] = key
+        if name == ALL_LAYERS:
+            every = value
+        else:
+            widths[name] = value
+    if every is not None:
+        widths = {name: widths.get(name, every) for name in table.names()}
     return widths
 
 
-def _width_error(path: Path, key: str, layer: int, wrong: str) -> InputError:
-    low, high = CONFIG_ACT_BITS[0], CONFIG_ACT_BITS[-1]
+def _width_error(path: Path, key: str, shown: str, wrong: str, what: str, allowed: range) -> InputError:
+    low, high = allowed[0], allowed[-1]
     return InputError(
-        f"--bits-config {path}: layer {key!r} (features[{layer}]): {wrong}; give a JSON integer "
-        f'{low}..{high}, e.g. {{"{ACT_BITS_KEY}": {{"{key}": 2}}}}'
+        f"--bits-config {path}: layer {key!r} ({shown}): {wrong}; give a JSON integer "
+        f'{low}..{high}, e.g. {{"{what}": {{"{key}": 2}}}}'
     )
 
 
@@ -101,38 +163,44 @@ def _read_json(path: Path) -> object:
         ) from err
 
 
-def _bits_table(path: Path, raw: object) -> dict[str, object]:
-    """The ``{layer: bits}`` table: ``raw["act_bits"]``, or ``raw`` itself when every key names a layer."""
-    example = f'{{"{ACT_BITS_KEY}": {{"30": 2, "conv 10": 3}}}}'
+def _bits_tables(path: Path, raw: object) -> dict[str, dict[str, object]]:
+    """``{"act_bits": {layer: bits}, "w_bits": {...}}``; a flat object whose every key names a layer
+    is the ``act_bits`` table."""
+    example = f'{{"{ACT_BITS_KEY}": {{"30": 2, "conv 10": 3}}, "{W_BITS_KEY}": {{"*": 4}}}}'
     if not isinstance(raw, dict):
         raise InputError(f"--bits-config {path}: expected a JSON object, {example}")
-    if ACT_BITS_KEY in raw:
-        unknown = [k for k in raw if k != ACT_BITS_KEY]
+    if any(key in raw for key in CONFIG_KEYS):
+        unknown = [k for k in raw if k not in CONFIG_KEYS]
         if unknown:
             raise InputError(
-                f"--bits-config {path}: unknown top-level key {unknown[0]!r}; the only one is "
-                f"{ACT_BITS_KEY!r}, e.g. {example}"
+                f"--bits-config {path}: unknown top-level key {unknown[0]!r}; the only ones are "
+                f"{ACT_BITS_KEY!r} and {W_BITS_KEY!r}, e.g. {example}"
             )
-        table = raw[ACT_BITS_KEY]
-        if not isinstance(table, dict):
-            raise InputError(
-                f"--bits-config {path}: {ACT_BITS_KEY!r} holds {_json_value(table)}; expected an object "
-                f"of layer -> bits, e.g. {example}"
-            )
-        return table
+        tables: dict[str, dict[str, object]] = {}
+        for key in CONFIG_KEYS:
+            if key not in raw:
+                continue
+            table = raw[key]
+            if not isinstance(table, dict):
+                raise InputError(
+                    f"--bits-config {path}: {key!r} holds {_json_value(table)}; expected an object "
+                    f"of layer -> bits, e.g. {example}"
+                )
+            tables[key] = table
+        return tables
     for key in raw:  # the flat form: every key must name a layer
         if not _LAYER_NAME.fullmatch(key.strip().lower().replace(" ", "")):
-            close = difflib.get_close_matches(key.lower(), [ACT_BITS_KEY], n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key.lower(), list(CONFIG_KEYS), n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise InputError(
                 f"--bits-config {path}: unknown top-level key {key!r}; {hint}The file is "
-                f'{example}, or a flat object whose keys are layers (a features index like "33" '
-                'or a conv number like "conv 9")'
+                f'{example}, or a flat object whose keys are layers (a module path like '
+                '"layer1.0.conv2", a features index like "33" or a conv number like "conv 9")'
             )
-    return raw
+    return {ACT_BITS_KEY: raw}
 
 
-_LAYER_NAME = re.compile(r"conv[+-]?\d+|(features\[)?[+-]?\d+\]?")
+_LAYER_NAME = re.compile(r"conv[+-]?\d+|(features\[)?[+-]?\d+\]?|\*|[a-z_][\w]*(\.[\w]+)+")
 
 
 def _json_value(value: object) -> str:

@@ -10,20 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qexport.frontend.bits import apply_act_bits, read_bits_config
+from torch import nn
+
+from qexport.errors import InputError
+from qexport.frontend.bits import apply_bits, read_bits_config
+from qexport.frontend.capture import ConvBits, module_bits
 from qexport.frontend.checkpoint import load_checkpoint
 from qexport.frontend.device import pick_device
 from qexport.frontend.inputs import CIFAR_FOLDER, Inputs, load_array, load_cifar10, load_demo
-from qexport.frontend.models.load import load_weights
+from qexport.frontend.models.load import LoadReport, load_weights
+from qexport.frontend.models.network import ConvTable, is_quantized_conv, quantized_convs
 from qexport.frontend.models.quant import DEFAULT_ACT_CLIP, ActClip
-from qexport.frontend.models.resolve import resolve_arch
-from qexport.frontend.models.vgg import (
-    DEFAULT_MODEL,
-    Arch,
-    VGGQuant,
-    build_model,
-    builtin_arch,
-)
+from qexport.frontend.models.resolve import ModelArch, build_any, builtin_model, resolve_model
+from qexport.frontend.models.user import is_user_spec
+from qexport.frontend.models.vgg import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,40 @@ class SourceOptions:
 
 @dataclass(frozen=True)
 class Loaded:
-    model: VGGQuant
-    arch: Arch
+    """A model ready to capture: its architecture, quantized convs, inputs, and what loading found."""
+
+    model: nn.Module
+    arch: ModelArch
     inputs: Inputs
     source: dict[str, Any]
     demo_label: str | None
     notices: list[str] = field(default_factory=list)
+    table: ConvTable = ConvTable("", ())
+    report: LoadReport = field(default_factory=LoadReport)
+
+    @property
+    def bits(self) -> dict[str, ConvBits]:
+        return self.report.bits
+
+    def blocked(self) -> dict[str, str]:
+        """Layers that cannot be exported: each bad one, and every later one its output reaches.
+
+        A bad layer's integers are undefined and every conv after it in the forward pass sees
+        its output, so those refuse too; the convs before it export as usual.
+        """
+        blocked: dict[str, str] = {}
+        first_bad: str | None = None
+        for ref in self.table.convs:
+            if ref.name in self.report.problems:
+                blocked[ref.name] = self.report.problems[ref.name]
+                first_bad = first_bad or ref.name
+            elif first_bad is not None:
+                blocked[ref.name] = (
+                    f"layer {ref.label}: its input passes through layer "
+                    f"{self.table.by_name(first_bad).label}, which cannot be exported "
+                    f"({self.report.problems[first_bad]})"
+                )
+        return blocked
 
 
 def load(opts: SourceOptions) -> Loaded:
@@ -58,24 +86,50 @@ def load(opts: SourceOptions) -> Loaded:
     from qexport.frontend.demo import DEMO_LABEL, demo_model
 
     notices: list[str] = []
+    report = LoadReport()
+    model: nn.Module
     if opts.checkpoint is not None:
         ckpt = load_checkpoint(opts.checkpoint)
-        arch = resolve_arch(ckpt, opts.model)
-        model = build_model(arch, opts.act_clip)
-        load_weights(model, ckpt.state_dict, trust_recomputed=opts.trust_recomputed)
+        arch = resolve_model(ckpt, opts.model)
+        model = build_any(arch, opts.act_clip)
+        report = load_weights(model, ckpt.state_dict, trust_recomputed=opts.trust_recomputed)
         source: dict[str, Any] = {"checkpoint": ckpt.name, "sha256": ckpt.sha256}
         demo_label = None
     else:
-        arch = builtin_arch(opts.model or DEFAULT_MODEL)
+        if is_user_spec(opts.model):
+            raise InputError(
+                f"--model {opts.model} is your own model code: give its trained weights with "
+                "--checkpoint (the demo is for the built-in models)"
+            )
+        arch = builtin_model(opts.model or DEFAULT_MODEL)
         model = demo_model(arch, opts.act_clip)
         source = {"demo": True}
         demo_label = DEMO_LABEL
+        report = LoadReport(bits={name: module_bits(m) for name, m in quantized_convs(model)})
+    table = conv_table(model, arch.name)
     if opts.bits_config is not None:
-        apply_act_bits(model, read_bits_config(opts.bits_config, arch))
+        apply_bits(model, read_bits_config(opts.bits_config, table), report.bits)
     inputs = _inputs(opts, notices)
     model.eval()
     model.to(pick_device(opts.device))
-    return Loaded(model, arch, inputs, source, demo_label, notices)
+    return Loaded(model, arch, inputs, source, demo_label, notices, table, report)
+
+
+def conv_table(model: nn.Module, name: str) -> ConvTable:
+    """The model's quantized convs; a VGG's ``features`` kinds let messages say what an index is."""
+    features = getattr(model, "features", None)
+    kinds: tuple[str, ...] = ()
+    if isinstance(features, nn.Sequential):
+        kinds = tuple(_kind(m) for m in features)
+    return ConvTable.of(name, [n for n, _ in quantized_convs(model)], kinds)
+
+
+def _kind(module: nn.Module) -> str:
+    if is_quantized_conv(module):
+        return "qconv"
+    return {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.ReLU: "relu", nn.MaxPool2d: "maxpool"}.get(
+        type(module), type(module).__name__
+    )
 
 
 def _inputs(opts: SourceOptions, notices: list[str]) -> Inputs:

@@ -61,12 +61,12 @@ def integerize(t: LayerTensors) -> IntLayer:
     w_max = 2 ** (w_bit - 1) - 1
     if w_int.size and int(np.abs(w_int).max()) > w_max:
         raise BitWidthError(
-            f"layer {t.layer} w_int spans [{w_int.min()}, {w_int.max()}]; {w_bit}-bit symmetric "
+            f"layer {t.label} w_int spans [{w_int.min()}, {w_int.max()}]; {w_bit}-bit symmetric "
             f"weights hold [-{w_max}, {w_max}]"
         )
     if x_int.size and int(x_int.max()) > 2**act_bit - 1:
         raise BitWidthError(
-            f"layer {t.layer} x_int reaches {x_int.max()}; {act_bit}-bit activations stop at {2**act_bit - 1}"
+            f"layer {t.label} x_int reaches {x_int.max()}; {act_bit}-bit activations stop at {2**act_bit - 1}"
         )
     return IntLayer(
         **t.settings(),

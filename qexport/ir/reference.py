@@ -62,7 +62,7 @@ def requantize(layer: IntLayer, psum: np.ndarray, *, check: bool = True) -> np.n
     if check and not np.array_equal(x_next, next_x_int):
         bad = int((x_next != next_x_int).sum())
         raise CheckFailed(
-            f"layer {layer.layer}: {bad} requantized value(s) differ from the next layer's "
+            f"layer {layer.label}: {bad} requantized value(s) differ from the next layer's "
             "activation integers"
         )
     return np.asarray(x_next)
@@ -74,7 +74,7 @@ def check_requantizable(layer: IntLayer) -> tuple[float, int, np.ndarray]:
 
     if layer.next_act_alpha is None or layer.next_act_bit is None or layer.next_x_int is None:
         raise InputError(
-            f"layer {layer.layer}: requantization needs the next conv right after a ReLU (as features[33] "
+            f"layer {layer.label}: requantization needs the next conv right after a ReLU (as features[33] "
             "-> features[35]); here a BatchNorm or pooling lies between. Drop 'requantize' from the "
             "profile's golden ops"
         )
@@ -312,7 +312,7 @@ def check_tiled(layer: IntLayer, psums: Psums, tiled: TiledPsums, golden: Sequen
     if not np.array_equal(inside, psums.psum):
         image, _, y, x = (int(v[0]) for v in np.nonzero(inside != psums.psum))
         raise CheckFailed(
-            f"layer {layer.layer}: the input-channel tiles ({tiled.rows} channels each) at n={image} y={y} "
+            f"layer {layer.label}: the input-channel tiles ({tiled.rows} channels each) at n={image} y={y} "
             f"x={x} do not add up to the reference conv"
         )
     if "requantize" in golden:

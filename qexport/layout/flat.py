@@ -84,7 +84,7 @@ class LayerPlan:
     """
 
     name: str
-    layer: int
+    layer: int | None
     conv_number: int
     tensors: tuple[TensorPlan, ...]
 
@@ -109,7 +109,7 @@ def input_spec(layer: IntLayer, opts: LayoutOptions) -> tuple[PackSpec, str | No
     low = int(layer.x_int.min(initial=0))
     high = int(layer.x_int.max(initial=0))
     unsigned = _spec(layer.act_bit, opts.lanes, False, opts)
-    where = f"layer {layer.layer} x_int"
+    where = f"layer {layer.label} x_int"
     if opts.input_sign == "unsigned" or (opts.input_sign == "auto" and low >= 0):
         check_fits(
             layer.x_int,
@@ -121,7 +121,7 @@ def input_spec(layer: IntLayer, opts: LayoutOptions) -> tuple[PackSpec, str | No
     bits = max(smallest_signed_bits(low, high), layer.act_bit + 1)
     signed = _spec(bits, opts.lanes, True, opts)
     notice = (
-        f"layer {layer.layer}: x_int spans [{low}, {high}] (no lower clip on the normalised image), "
+        f"layer {layer.label}: x_int spans [{low}, {high}] (no lower clip on the normalised image), "
         f"so its input is written as signed {bits}-bit lanes"
         if low < 0
         else None
@@ -175,11 +175,11 @@ def flat_layout(
     psum_spec = _spec(psum_bits, opts.psum_lanes or 1, True, opts)
     out_spec = _spec(psum_bits, opts.psum_lanes or 1, False, opts)
     w_spec = _spec(layer.w_bit, opts.lanes, True, opts)
-    check_fits(layer.w_int, w_spec, f"layer {layer.layer} w_int", "the weights exceed w_bit")
+    check_fits(layer.w_int, w_spec, f"layer {layer.label} w_int", "the weights exceed w_bit")
     check_psum_width(
         psums.psum,
         psum_bits,
-        f"layer {layer.layer}",
+        f"layer {layer.label}",
         f"--psum-bits {psum_bits} is too narrow",
         "--psum-bits",
         worst_bits,

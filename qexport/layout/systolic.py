@@ -39,19 +39,19 @@ def check_systolic(layer: IntLayer, p: Profile) -> None:
     ``tiled_psums``, so these messages come first)."""
     if layer.kernel != 3 or layer.stride != 1 or layer.padding != 1:
         raise InputError(
-            f"layer {layer.layer} is a {layer.kernel}x{layer.kernel} conv with stride {layer.stride}, "
+            f"layer {layer.label} is a {layer.kernel}x{layer.kernel} conv with stride {layer.stride}, "
             f"padding {layer.padding}; the {p.name} core computes 3x3, stride 1, padding 1 convs only"
         )
     act_spec, w_spec = _act_spec(p), _w_spec(p)
     check_fits(
         layer.x_int,
         act_spec,
-        f"layer {layer.layer} x_int",
+        f"layer {layer.label} x_int",
         f"the {p.name} profile has unsigned {p.act_bits}-bit activation lanes; use --act-clip relu, "
         "or the flat profile, which writes signed lanes",
     )
     check_fits(
-        layer.w_int, w_spec, f"layer {layer.layer} w_int", f"the {p.name} core has {p.w_bits}-bit weights"
+        layer.w_int, w_spec, f"layer {layer.label} w_int", f"the {p.name} core has {p.w_bits}-bit weights"
     )
     if "requantize" in p.golden:
         check_requantizable(layer)
@@ -132,7 +132,7 @@ def systolic_layout(
         check_psum_width(
             values,
             p.psum_bits,
-            f"layer {layer.layer} {where}",
+            f"layer {layer.label} {where}",
             f"the {p.name} core's {p.psum_bits}-bit psums are too narrow",
             "a profile with psum_bits =",
             worst_bits,

@@ -31,10 +31,10 @@ _MISMATCH = re.compile(
     r"MISMATCH tile (\d+) otile (\d+) pixel \(n=(\d+), y=(\d+), x=(\d+)\) "
     r"channel (\d+) expected (-?\d+) got (-?\d+)"  # signed decimals where the file is signed
 )
-_PASS = re.compile(r"^PASS layer (\d+)(?:: (\d+) output values match)?", re.MULTILINE)
-_FAIL = re.compile(r"^FAIL layer (\d+)(?:: (\d+) of (\d+) output values differ)?", re.MULTILINE)
+_PASS = re.compile(r"^PASS layer ([^\s:]+)(?:: (\d+) output values match)?", re.MULTILINE)
+_FAIL = re.compile(r"^FAIL layer ([^\s:]+)(?:: (\d+) of (\d+) output values differ)?", re.MULTILINE)
 
-Entry = tuple[int, FileEntry]
+Entry = tuple[int | str, FileEntry]
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class FileReport:
     """
 
     path: str
-    layer: int
+    layer: int | str
     expected_words: int
     got_words: int
     compared: int = 0
@@ -250,7 +250,7 @@ def _tiles(entry: FileEntry) -> dict[str, int]:
     return {key: value for key, value in found.items() if value is not None}
 
 
-def _where(entry: FileEntry, layer: int, coords: dict[str, np.ndarray], i: int) -> dict[str, int]:
+def _where(entry: FileEntry, layer: int | str, coords: dict[str, np.ndarray], i: int) -> dict[str, int | str]:
     where = {"layer": layer}
     if not coords["valid"][i]:
         if int(coords["flat"][i]) >= entry.words * entry.lanes:
@@ -380,7 +380,7 @@ def _length_problem(expected_words: int, depth: int, got_words: int) -> str | No
     return f"{kind}: {got_words} word(s) read, {expected_words} expected{deeper}"
 
 
-def compare_file(golden_dir: Path, entry: FileEntry, layer: int, text: str, where: str) -> FileReport:
+def compare_file(golden_dir: Path, entry: FileEntry, layer: int | str, text: str, where: str) -> FileReport:
     """Compare one file's text with the golden file described by ``entry``."""
     golden_path = golden_dir / entry.path
     golden_all = _lanes(_bits(golden_path.read_text(encoding="ascii"), entry, str(golden_path)), entry)
@@ -531,7 +531,10 @@ def _from_log(text: str, manifest: Manifest) -> CompareReport:
     """A `qexport testbench` log: its MISMATCH lines are already decoded, its PASS / FAIL line counts."""
     passed, failed = _PASS.search(text), _FAIL.search(text)
     line = passed or failed
-    layer = int(line.group(1)) if line else manifest.layers[0].index
+    named = line.group(1) if line else None
+    layer: int | str = manifest.layers[0].key
+    if named is not None:
+        layer = int(named) if named.isdigit() else named
     outputs = [e for la, e in _entries(manifest) if la == layer and e.tensor == "output"]
     lane_bits = outputs[0].lane_bits if outputs else 64
     found = [tuple(int(v) for v in m.groups()) for m in _MISMATCH.finditer(text)]

@@ -135,6 +135,14 @@ class _Reader:
         self._typed(key, value, ok, "a list of integers")
         return tuple(cast(list[int], value))
 
+    def layer_ids(self, key: str) -> tuple[int | str, ...]:
+        value = self._raw(key, False)
+        ok = isinstance(value, list) and all(
+            isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in value
+        )
+        self._typed(key, value, ok, "a list of features indices or module paths")
+        return tuple(cast(list[int | str], value))
+
     def strs(self, key: str) -> tuple[str, ...]:
         value = self._raw(key, False)
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
@@ -322,9 +330,15 @@ def _checks(r: _Reader) -> LayerChecks:
 
 @dataclass(frozen=True, slots=True)
 class LayerEntry:
-    """One conv layer: its geometry and quantization, the seeds' checks and its files."""
+    """One conv layer: its geometry and quantization, the seeds' checks and its files.
 
-    index: int
+    ``name`` is the module path (``layer1.0.conv2``); ``index`` the VGG features index (absent
+    for other families). ``w_bit_source`` / ``act_bit_source`` say where each width came from;
+    ``weight_q_ties`` counts weights whose stored value was used at a rounding tie.
+    """
+
+    name: str
+    index: int | None
     conv_number: int
     in_channels: int
     out_channels: int
@@ -342,14 +356,27 @@ class LayerEntry:
     output_shape: tuple[int, ...]
     checks: LayerChecks
     files: tuple[FileEntry, ...]
+    w_bit_source: str = "model"
+    act_bit_source: str = "model"
+    weight_q_ties: int = 0
+
+    @property
+    def key(self) -> int | str:
+        """How reports name the layer: the features index (VGG, 33) or its module path."""
+        return self.name if self.index is None else self.index
 
     def to_json(self) -> Json:
-        return _plain(self)
+        return _drop_none(_plain(self), "index")
 
     @classmethod
     def read(cls, r: _Reader) -> LayerEntry:
+        index = r.opt_integer("index", absent=True)
+        name = r.opt_text("name", absent=True)  # older sets: VGG only, named by index
+        if name is None and index is None:
+            raise r.error("'name' is missing")
         entry = cls(
-            index=r.integer("index"),
+            name=name if name is not None else f"features.{index}",
+            index=index,
             conv_number=r.integer("conv_number"),
             in_channels=r.integer("in_channels"),
             out_channels=r.integer("out_channels"),
@@ -367,6 +394,9 @@ class LayerEntry:
             output_shape=r.ints("output_shape"),
             checks=r.object("checks", _checks),
             files=r.objects("files", FileEntry.read),
+            w_bit_source=r.opt_text("w_bit_source", absent=True) or "model",
+            act_bit_source=r.opt_text("act_bit_source", absent=True) or "model",
+            weight_q_ties=r.opt_integer("weight_q_ties", absent=True) or 0,
         )
         r.done()
         return entry
@@ -514,7 +544,8 @@ class Recipe:
 
     kind: RecipeKind
     source: RecipeSource
-    layers: tuple[int, ...] | None
+    layers: tuple[int | str, ...] | None
+    """Features indices (VGG) or module paths, as the export named them; None is every layer."""
     format: str
     profile: str | None
     profile_toml: str | None
@@ -528,11 +559,11 @@ class Recipe:
 
     @classmethod
     def read(cls, r: _Reader) -> Recipe:
-        layers: tuple[int, ...] | None = None
+        layers: tuple[int | str, ...] | None = None
         if r.data.get("layers") == "all":
             r.taken.add("layers")
         else:
-            layers = r.ints("layers")
+            layers = r.layer_ids("layers")
         recipe = cls(
             kind=cast(RecipeKind, r.choice("kind", ("dump", "testbench"))),
             source=r.object("source", RecipeSource.read),
@@ -568,9 +599,9 @@ class Manifest:
     """None in a manifest an older qexport wrote (it cannot be checked)."""
     schema: int = MANIFEST_SCHEMA
 
-    def files(self) -> list[tuple[int, FileEntry]]:
-        """Every file with its layer's index, in manifest order."""
-        return [(layer.index, f) for layer in self.layers for f in layer.files]
+    def files(self) -> list[tuple[int | str, FileEntry]]:
+        """Every file with its layer's key (VGG: the features index 33, else the module path)."""
+        return [(layer.key, f) for layer in self.layers for f in layer.files]
 
     def to_json(self) -> Json:
         return _drop_none(_plain(self), "label", "recipe")

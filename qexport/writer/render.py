@@ -87,7 +87,10 @@ class MemoryContext:
     model: str
     demo_label: str | None
     profile: str
-    layer: int
+    layer: str
+    """How headers name the layer: ``33`` (VGG) or its module path."""
+    folder: str
+    """The layer's folder in the set (``layer33``, ``layer1.0.conv2``)."""
     conv_number: int
     fmt: str
     depth: Depth
@@ -229,13 +232,14 @@ def _template_context(
     spec = tp.spec
     name = tp.stem.rsplit("/", 1)[-1]
     where = ", ".join(f"{key} {value}" for key, value in tp.where.items())
-    c_name = f"layer{ctx.layer}_{name}"
+    c_name = f"{ctx.folder}_{name}".replace(".", "_")
     return {
         "version": __version__,
         "model": ctx.model,
         "demo": ctx.demo_label,
         "profile": ctx.profile,
         "layer": ctx.layer,
+        "layer_tag": ctx.folder,
         "conv_number": ctx.conv_number,
         "tensor": tp.tensor,
         "name": name,

@@ -122,14 +122,19 @@ class QuantConv2d(nn.Conv2d):
         self.weight_q = nn.Parameter(
             torch.zeros(out_channels, in_channels, kernel_size, kernel_size), requires_grad=False
         )
+        self.stored_weight_q = False
+        """True: forward uses ``weight_q`` as loaded (a checkpoint's rounding ties), not recomputed."""
 
     def quantized_weight(self) -> torch.Tensor:
         self.weight_quant.w_bit = self.w_bit
         return self.weight_quant(self.weight)  # type: ignore[no-any-return]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight_q = self.quantized_weight()
-        with torch.no_grad():
-            self.weight_q.copy_(weight_q.detach())
+        if self.stored_weight_q:
+            weight_q = self.weight_q
+        else:
+            weight_q = self.quantized_weight()
+            with torch.no_grad():
+                self.weight_q.copy_(weight_q.detach())
         x_q = quantize_act(x, self.act_alpha, self.act_bit, self.act_clip)
         return F.conv2d(x_q, weight_q, self.bias, self.stride, self.padding)

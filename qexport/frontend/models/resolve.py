@@ -1,6 +1,6 @@
-"""Which architecture a checkpoint's state dict is: the named model, a built-in that fits, or one
-inferred from its keys; a checkpoint that almost fits is named with its missing, unexpected and
-mis-shaped keys."""
+"""Which architecture a checkpoint's state dict is: the named model (a built-in VGG or ResNet, or
+the user's ``module:factory``), a built-in that fits, or one inferred from its keys; a checkpoint
+that almost fits is named with its missing, unexpected and mis-shaped keys."""
 
 from __future__ import annotations
 
@@ -8,14 +8,63 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from qexport.errors import InputError
 from qexport.frontend.models.infer import infer_arch, same_arch
 from qexport.frontend.models.keys import KeyReport, key_report
-from qexport.frontend.models.vgg import BUILTIN, Arch, builtin_arch
+from qexport.frontend.models.quant import ActClip
+from qexport.frontend.models.resnet import (
+    RESNET_BUILTIN,
+    ResNetArch,
+    build_resnet,
+    is_resnet_state,
+    resolve_resnet,
+)
+from qexport.frontend.models.user import UserArch, build_user_model, classes_of, is_user_spec
+from qexport.frontend.models.vgg import BUILTIN, Arch, build_model, builtin_arch
 
 if TYPE_CHECKING:  # a value handed over by the checkpoint loader; no import at run time
     from qexport.frontend.checkpoint import Checkpoint
+
+
+ModelArch = Arch | ResNetArch | UserArch
+"""Any family's architecture: each has ``name`` and ``num_classes``."""
+
+MODEL_NAMES = (*BUILTIN, *RESNET_BUILTIN)
+
+
+def builtin_model(name: str) -> Arch | ResNetArch:
+    """A built-in VGG or ResNet by name; an unknown name lists every one (and user code's form)."""
+    if name in RESNET_BUILTIN:
+        return RESNET_BUILTIN[name]
+    if name in BUILTIN:
+        return BUILTIN[name]
+    raise InputError(
+        f"unknown model {name!r}; built-in models are {', '.join(MODEL_NAMES)}, or give your own "
+        "model code as --model module.path:factory"
+    )
+
+
+def build_any(arch: ModelArch, act_clip: ActClip) -> nn.Module:
+    """A fresh model of ``arch`` (user code: the factory's model, whose own quantizers stay)."""
+    if isinstance(arch, ResNetArch):
+        return build_resnet(arch, act_clip)
+    if isinstance(arch, UserArch):
+        return build_user_model(arch.name)
+    return build_model(arch, act_clip)
+
+
+def resolve_model(ckpt: Checkpoint, model_name: str | None) -> ModelArch:
+    """The architecture of any family for a checkpoint (see the module docstring)."""
+    if is_user_spec(model_name):
+        assert model_name is not None
+        return UserArch(model_name, classes_of(build_user_model(model_name)))
+    if model_name in RESNET_BUILTIN or (model_name is None and is_resnet_state(ckpt.state_dict)):
+        return resolve_resnet(ckpt, model_name)
+    if model_name is not None and model_name not in BUILTIN:
+        builtin_model(model_name)  # raises, listing every model
+    return resolve_arch(ckpt, model_name)
 
 
 def compare_keys(arch: Arch, state: Mapping[str, torch.Tensor]) -> KeyReport:
