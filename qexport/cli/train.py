@@ -13,6 +13,9 @@ import click
 
 from qexport.cli.common import MODELS, _source, handles_errors
 
+# RESNET_BUILTIN's names, spelled out so that --help imports no torch (a test keeps them equal)
+RESNET_MODELS = ("resnet20_quant", "resnet32_quant", "resnet44_quant", "resnet56_quant", "resnet110_quant")
+
 
 def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
@@ -27,10 +30,10 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--model",
-    type=click.Choice(MODELS),
+    type=click.Choice((*MODELS, *RESNET_MODELS)),
     default="VGG16_quant_gradual",
     show_default=True,
-    help="Built-in architecture to train.",
+    help="Built-in architecture to train: a VGG or a ResNet-CIFAR (layers named layer1.0.conv2).",
 )
 @click.option(
     "--data-dir",
@@ -74,7 +77,8 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option(
     "--bits-config",
     type=click.Path(path_type=Path),
-    help='Per-layer activation bits 1..8, JSON {"act_bits": {"33": 2, "conv 9": 3}} (after --a-bit).',
+    help='Per-layer activation bits 1..8, JSON {"act_bits": {"33": 2, "conv 9": 3}} (after --a-bit); '
+    "VGG models only.",
 )
 @click.option("--w-bit", type=click.IntRange(2, 16), help="Weight bits of every QuantConv2d [default: 4].")
 @click.option(
@@ -135,6 +139,7 @@ def train_command(
     \b
     Example:
       qexport train --model VGG16_quant_gradual --data-dir ./data
+      qexport train --model resnet20_quant --data-dir ./data
       qexport train --resume result/VGG16_quant_gradual/checkpoint.pth
       qexport train --epochs 1 --limit-train 512 --limit-test 256 --workers 0
       torchrun --nproc_per_node=4 -m qexport.cli.train --data-dir ./data

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from qexport.errors import InputError
-from qexport.frontend.checkpoint import load_checkpoint
+from qexport.frontend.checkpoint import Checkpoint, load_checkpoint
 from qexport.frontend.models.load import load_weights
+from qexport.frontend.models.resnet import ResNetQuant, resolve_resnet
 from qexport.frontend.models.resolve import resolve_arch
 from qexport.frontend.models.vgg import VGGQuant
 from qexport.train.options import TrainOptions
@@ -55,15 +57,21 @@ def check_run_dir(opts: TrainOptions) -> None:
         )
 
 
-def resume_run(path: Path, model: VGGQuant, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+def resume_run(
+    path: Path, model_name: str, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, float]:
     """Load weights and optimizer state from a course checkpoint; return (epochs done, best_prec)."""
     if not path.is_file():
         raise InputError(
             f"--resume {path} is not a file; give the checkpoint.pth of an earlier run, e.g. "
-            f"result/{model.arch.name}/checkpoint.pth"
+            f"result/{model_name}/checkpoint.pth"
         )
     ckpt = load_checkpoint(path)
-    resolve_arch(ckpt, model.arch.name)  # refuses a checkpoint of another architecture, naming it
+    # refuses a checkpoint of another architecture, naming it
+    if isinstance(model, ResNetQuant):
+        resolve_resnet(ckpt, model_name)
+    else:
+        resolve_arch(ckpt, model_name)
     if ckpt.epoch is None:
         raise InputError(
             f"--resume {path} holds weights only (no 'epoch' and 'optimizer'), so there is nothing to "
@@ -77,14 +85,22 @@ def resume_run(path: Path, model: VGGQuant, optimizer: torch.optim.Optimizer) ->
                 f"--resume {path} has no 'optimizer' state; resume from the checkpoint.pth a training "
                 "run wrote"
             )
-        load_weights(model, ckpt.state_dict, trust_recomputed=True)
+        _load_resumed(model, ckpt)
         optimizer.load_state_dict(optimizer_state)
     except (RuntimeError, ValueError, KeyError) as err:
         raise InputError(
-            f"--resume {path}: its optimizer state does not fit {model.arch.name} with SGD "
+            f"--resume {path}: its optimizer state does not fit {model_name} with SGD "
             f"({type(err).__name__}: {err}); resume with the --model it was trained with"
         ) from err
     return ckpt.epoch, float(ckpt.best_prec or 0.0)
+
+
+def _load_resumed(model: nn.Module, ckpt: Checkpoint) -> None:
+    if isinstance(model, VGGQuant):
+        load_weights(model, ckpt.state_dict, trust_recomputed=True)
+        return
+    # the keys were matched by resolve_resnet; weight_q is recomputed by the next forward pass
+    model.load_state_dict(ckpt.state_dict, strict=True)
 
 
 def cpu_state(value: Any) -> Any:

@@ -32,8 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from qexport.frontend.device import pick_device
-from qexport.frontend.models.quant import QuantConv2d
-from qexport.frontend.models.vgg import VGGQuant
+from qexport.frontend.models.quant import QuantConv2d, quantized_convs
 from qexport.tally import Tally
 from qexport.train.checkpoints import (
     BEST_NAME,
@@ -203,7 +202,7 @@ def _train_epoch(
 
 
 def _validate(
-    model: VGGQuant, loader: DataLoader[Any], device: torch.device, amp: bool, where: Dist
+    model: nn.Module, loader: DataLoader[Any], device: torch.device, amp: bool, where: Dist
 ) -> tuple[float, float, int]:
     """Test loss and top-1, summed over the processes. Like the course's validate(), its eval forward
     refreshes every ``weight_q`` after the last optimizer step, so the saved model is consistent."""
@@ -218,7 +217,7 @@ def _validate(
                 loss = criterion(output, target)
             tally.add(loss, output, target)
         if tally.sums is None:  # an empty test slice: refresh weight_q as the forward would have
-            for module in model.features:
+            for _, module in quantized_convs(model):
                 if isinstance(module, QuantConv2d):
                     module.weight_q.copy_(module.quantized_weight().detach())
     return summed(tally, where)
@@ -235,7 +234,7 @@ def _run(opts: TrainOptions, where: Dist, device: torch.device) -> Iterator[Trai
     )
     start_epoch, best_prec = 0, 0.0
     if opts.resume is not None:
-        start_epoch, best_prec = resume_run(opts.resume, model, optimizer)
+        start_epoch, best_prec = resume_run(opts.resume, opts.model, model, optimizer)
     run_dir = opts.out_dir / opts.model
     metrics_path = run_dir / METRICS_NAME
     history: list[dict[str, Any]] = []

@@ -5,16 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from qexport.errors import InputError
 from qexport.frontend.bits import apply_act_bits, read_bits_config
-from qexport.frontend.models.quant import QuantConv2d
-from qexport.frontend.models.vgg import (
-    DEFAULT_MODEL,
-    VGGQuant,
-    build_model,
-    builtin_arch,
-)
+from qexport.frontend.models.quant import QuantConv2d, quantized_convs
+from qexport.frontend.models.resnet import RESNET_BUILTIN, build_resnet
+from qexport.frontend.models.vgg import BUILTIN, DEFAULT_MODEL, build_model
 from qexport.frontend.source import SourceOptions
+
+TRAIN_MODELS = (*sorted(BUILTIN), *RESNET_BUILTIN)
+"""Every name ``--model`` takes: the built-in VGGs, then the ResNets shallow to deep."""
 
 _SOURCE = SourceOptions(model=DEFAULT_MODEL, data_dir=Path("data"))
 
@@ -66,11 +67,29 @@ def lr_at(opts: TrainOptions, epoch: int) -> float:
     return opts.lr * opts.gamma ** sum(1 for m in opts.milestones if m <= epoch)
 
 
-def build_training_model(opts: TrainOptions) -> VGGQuant:
-    """The named built-in model with ``--w-bit``/``--a-bit`` on every QuantConv2d, then the bits config."""
-    arch = builtin_arch(opts.model)
-    model = build_model(arch, opts.source.act_clip)
-    convs = [m for m in model.features if isinstance(m, QuantConv2d)]
+def build_training_model(opts: TrainOptions) -> nn.Module:
+    """The named built-in model with ``--w-bit``/``--a-bit`` on every quantized conv, then the bits config.
+
+    A VGG is built from :data:`~qexport.frontend.models.vgg.BUILTIN`, a ResNet from
+    :data:`~qexport.frontend.models.resnet.RESNET_BUILTIN` (its layers are named by module path,
+    ``layer1.0.conv2``).
+    """
+    _check_model(opts)
+    name = opts.model
+    if name in RESNET_BUILTIN:
+        resnet = build_resnet(RESNET_BUILTIN[name], opts.source.act_clip)
+        _set_widths(resnet, opts)
+        return resnet
+    vgg = build_model(BUILTIN[name], opts.source.act_clip)
+    _set_widths(vgg, opts)
+    if opts.source.bits_config is not None:
+        apply_act_bits(vgg, read_bits_config(opts.source.bits_config, vgg.arch))
+    return vgg
+
+
+def _set_widths(model: nn.Module, opts: TrainOptions) -> None:
+    """``--w-bit``/``--a-bit`` on every quantized conv (the built-ins' are the course QuantConv2d)."""
+    convs = [m for _, m in quantized_convs(model) if isinstance(m, QuantConv2d)]
     if opts.w_bit is not None:
         if not 2 <= opts.w_bit <= 16:
             raise InputError(f"--w-bit {opts.w_bit}: weights need 2..16 bits (one is the sign)")
@@ -82,13 +101,23 @@ def build_training_model(opts: TrainOptions) -> VGGQuant:
             raise InputError(f"--a-bit {opts.a_bit}: activations need 1..16 bits")
         for conv in convs:
             conv.act_bit = opts.a_bit
-    if opts.source.bits_config is not None:
-        apply_act_bits(model, read_bits_config(opts.source.bits_config, arch))
-    return model
+
+
+def _check_model(opts: TrainOptions) -> None:
+    name = opts.model
+    if name not in BUILTIN and name not in RESNET_BUILTIN:
+        raise InputError(f"unknown model {name!r}; qexport train builds {', '.join(TRAIN_MODELS)}")
+    if name in RESNET_BUILTIN and opts.source.bits_config is not None:
+        raise InputError(
+            f"--bits-config {opts.source.bits_config}: a bits config names VGG layers (a features "
+            f"index or a conv number) and {name} is a ResNet; train it with one width on every "
+            "quantized conv (--w-bit/--a-bit), or leave out --bits-config"
+        )
 
 
 def check_options(opts: TrainOptions) -> None:
     """Refuse values no run can use, naming the flag, before any work."""
+    _check_model(opts)
     source = opts.source
     unused = {"checkpoint": source.checkpoint, "input_file": source.input_file, "images": source.images}
     for name, given in unused.items():

@@ -24,12 +24,16 @@ from PIL import Image
 
 from qexport import api
 from qexport.api import SourceOptions
-from qexport.cli.train import train_command
+from qexport.cli.common import MODELS
+from qexport.cli.train import RESNET_MODELS, train_command
 from qexport.errors import InputError
-from qexport.frontend.models.quant import QuantConv2d
+from qexport.frontend.checkpoint import load_checkpoint
+from qexport.frontend.models.quant import QuantConv2d, quantized_convs
+from qexport.frontend.models.resnet import RESNET_BUILTIN, build_resnet, infer_resnet, resolve_resnet
 from qexport.frontend.models.vgg import BUILTIN, build_model
 from qexport.train import EpochResult, TrainEvent, TrainOptions, build_training_model, lr_at, train
 from qexport.train.curves import SIZE, render_curves
+from qexport.train.options import TRAIN_MODELS
 
 MODEL = "VGG16_quant_gradual"
 TINY = ["--limit-train", "16", "--limit-test", "16", "--batch-size", "16", "--workers", "0"]
@@ -272,6 +276,88 @@ def test_a_bits_config_naming_no_conv_is_refused(
     result = _train("--data-dir", reference.data, "--bits-config", config, "--out", tmp_path, *TINY)
     assert result.exit_code == 2
     assert "features[34], which is not a quantized conv" in result.output
+
+
+RESNET = "resnet20_quant"
+
+
+@pytest.fixture(scope="module")
+def resnet_run(fake_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of resnet20_quant through the command; its run folder."""
+    out = tmp_path_factory.mktemp("resnet") / "result"
+    with pytest.MonkeyPatch.context() as mp:
+        _accept_fake_md5(mp)
+        result = _train("--model", RESNET, "--data-dir", fake_data, "--out", out, "--epochs", "1", *TINY)
+    assert result.exit_code == 0, result.output
+    assert f"training {RESNET} on cpu" in result.output
+    return out / RESNET
+
+
+def test_every_builtin_vgg_and_resnet_is_a_train_model() -> None:
+    # the command spells the ResNet names out (no torch for --help): they must stay the built-ins
+    assert tuple(RESNET_BUILTIN) == RESNET_MODELS
+    assert set(TRAIN_MODELS) == set(MODELS) | set(RESNET_MODELS) == set(BUILTIN) | set(RESNET_BUILTIN)
+
+
+def test_an_unknown_model_is_refused_listing_every_one(tmp_path: Path) -> None:
+    result = _train("--model", "resnet18_quant", "--out", tmp_path, *TINY)
+    assert result.exit_code == 2
+    assert all(name in result.output for name in TRAIN_MODELS), result.output
+    with pytest.raises(InputError, match="unknown model 'resnet18_quant'; qexport train builds") as err:
+        build_training_model(TrainOptions(SourceOptions(model="resnet18_quant")))
+    assert all(name in str(err.value) for name in TRAIN_MODELS)
+
+
+def test_a_resnet_checkpoint_is_the_course_format_and_loads_back(resnet_run: Path) -> None:
+    path = resnet_run / "checkpoint.pth"
+    raw = _load(path)
+    assert set(raw) == COURSE_KEYS and raw["epoch"] == 1
+    assert set(raw["optimizer"]) == {"state", "param_groups"}
+    state = raw["state_dict"]
+    assert "layer2.0.downsample.0.weight_quant.wgt_alpha" in state and "fc.bias" in state
+    assert not any(k.startswith("module.") for k in state)
+    arch = RESNET_BUILTIN[RESNET]
+    assert infer_resnet(state) == arch
+    ckpt = load_checkpoint(path)
+    assert resolve_resnet(ckpt, RESNET) == resolve_resnet(ckpt) == arch
+    model = build_resnet(arch)
+    model.load_state_dict(ckpt.state_dict, strict=True)
+    # weight_q is the weights the last forward (the test pass) computed from the saved weights
+    for name, conv in quantized_convs(model):
+        assert isinstance(conv, QuantConv2d)
+        with torch.no_grad():
+            assert torch.equal(state[f"{name}.weight_q"], conv.quantized_weight()), name
+    untrained = build_resnet(arch).state_dict()
+    assert not torch.equal(state["layer1.0.conv1.weight"], untrained["layer1.0.conv1.weight"])
+
+
+def test_a_resnet_run_resumes_and_refuses_another_depth(
+    resnet_run: Path, fake_data: Path, tmp_path: Path, fake_cifar_md5: None
+) -> None:
+    out = tmp_path / "result"
+    shutil.copytree(resnet_run, out / RESNET)
+    resume = out / RESNET / "checkpoint.pth"
+    args = ["--data-dir", fake_data, "--out", out, "--epochs", "2", "--resume", resume, *TINY]
+    deeper = _train("--model", "resnet32_quant", *args)
+    assert deeper.exit_code == 2
+    assert "does not fit the ResNet resnet32_quant" in deeper.output and "Traceback" not in deeper.output
+    result = _train("--model", RESNET, *args)
+    assert result.exit_code == 0, result.output
+    assert "resuming after epoch 1" in result.output
+    assert _load(out / RESNET / "checkpoint.pth")["epoch"] == 2
+
+
+def test_width_options_reach_every_resnet_conv_and_a_bits_config_is_refused(tmp_path: Path) -> None:
+    model = build_training_model(TrainOptions(SourceOptions(model=RESNET), w_bit=3, a_bit=2))
+    convs = [m for _, m in quantized_convs(model)]
+    assert len(convs) == len(RESNET_BUILTIN[RESNET].qconv_names()) == 20
+    assert {(m.w_bit, m.weight_quant.w_bit, m.act_bit) for m in convs} == {(3, 3, 2)}
+    config = tmp_path / "bits.json"
+    config.write_text(json.dumps({"act_bits": {"33": 2}}))
+    result = _train("--model", RESNET, "--bits-config", config, "--out", tmp_path / "out", *TINY)
+    assert result.exit_code == 2
+    assert f"{RESNET} is a ResNet; train it with one width on every quantized conv" in result.output
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_curves_skip_a_diverged_loss() -> None:
