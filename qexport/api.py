@@ -67,9 +67,7 @@ LayerId = int | str
 """A conv layer by module path (``"layer1.0.conv2"``), VGG features index (``33``) or conv number."""
 
 
-def _select(
-    loaded: Loaded, layer_ids: Sequence[LayerId] | None, skip_invalid: bool = False
-) -> list[ConvRef]:
+def _select(loaded: Loaded, layer_ids: Sequence[LayerId] | None, skip_invalid: bool = False) -> list[ConvRef]:
     """The named layers (each once, in the order given), or every one; a layer that cannot be
     exported (:meth:`Loaded.blocked`) is refused by name, or with ``skip_invalid`` left out of
     ``--all``."""

@@ -104,13 +104,14 @@ def _widths(
             name = ref.name
             shown = f"features[{ref.index}]" if ref.index is not None else ref.name
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _width_error(path, key, shown, f"{what} {_json_value(value)} is not an integer", what, allowed)
+            raise _width_error(
+                path, key, shown, f"{what} {_json_value(value)} is not an integer", what, allowed
+            )
         if value not in allowed:
             raise _width_error(path, key, shown, f"{what} {value} is outside {low}..{high}", what, allowed)
         if name in named:
             raise InputError(
-                f"--bits-config {path}: {named[name]!r} and {key!r} both name {shown}; "
-                "give each layer once"
+                f"--bits-config {path}: {named[name]!r} and {key!r} both name {shown}; give each layer once"
             )
         named[name] = key
         if name == ALL_LAYERS:
@@ -194,7 +195,7 @@ def _bits_tables(path: Path, raw: object) -> dict[str, dict[str, object]]:
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise InputError(
                 f"--bits-config {path}: unknown top-level key {key!r}; {hint}The file is "
-                f'{example}, or a flat object whose keys are layers (a module path like '
+                f"{example}, or a flat object whose keys are layers (a module path like "
                 '"layer1.0.conv2", a features index like "33" or a conv number like "conv 9")'
             )
     return {ACT_BITS_KEY: raw}

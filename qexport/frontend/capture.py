@@ -213,4 +213,4 @@ def capture(
 
 def _act_clip(module: nn.Module) -> ActClip:
     clip = getattr(module, "act_clip", DEFAULT_ACT_CLIP)
-    return clip if clip in ("course", "relu") else DEFAULT_ACT_CLIP  # type: ignore[no-any-return]
+    return clip if clip in ("course", "relu") else DEFAULT_ACT_CLIP

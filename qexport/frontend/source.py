@@ -19,8 +19,9 @@ from qexport.frontend.checkpoint import load_checkpoint
 from qexport.frontend.device import pick_device
 from qexport.frontend.inputs import CIFAR_FOLDER, Inputs, load_array, load_cifar10, load_demo
 from qexport.frontend.models.load import LoadReport, load_weights
-from qexport.frontend.models.network import ConvTable, is_quantized_conv, quantized_convs
+from qexport.frontend.models.network import ConvTable, conv_table, quantized_convs
 from qexport.frontend.models.quant import DEFAULT_ACT_CLIP, ActClip
+from qexport.frontend.models.resnet import ResNetArch
 from qexport.frontend.models.resolve import ModelArch, build_any, builtin_model, resolve_model
 from qexport.frontend.models.user import is_user_spec
 from qexport.frontend.models.vgg import DEFAULT_MODEL
@@ -102,6 +103,10 @@ def load(opts: SourceOptions) -> Loaded:
                 "--checkpoint (the demo is for the built-in models)"
             )
         arch = builtin_model(opts.model or DEFAULT_MODEL)
+        if isinstance(arch, ResNetArch):
+            raise InputError(
+                f"--model {arch.name} without --checkpoint: no ResNet demo yet; give a checkpoint"
+            )
         model = demo_model(arch, opts.act_clip)
         source = {"demo": True}
         demo_label = DEMO_LABEL
@@ -113,23 +118,6 @@ def load(opts: SourceOptions) -> Loaded:
     model.eval()
     model.to(pick_device(opts.device))
     return Loaded(model, arch, inputs, source, demo_label, notices, table, report)
-
-
-def conv_table(model: nn.Module, name: str) -> ConvTable:
-    """The model's quantized convs; a VGG's ``features`` kinds let messages say what an index is."""
-    features = getattr(model, "features", None)
-    kinds: tuple[str, ...] = ()
-    if isinstance(features, nn.Sequential):
-        kinds = tuple(_kind(m) for m in features)
-    return ConvTable.of(name, [n for n, _ in quantized_convs(model)], kinds)
-
-
-def _kind(module: nn.Module) -> str:
-    if is_quantized_conv(module):
-        return "qconv"
-    return {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.ReLU: "relu", nn.MaxPool2d: "maxpool"}.get(
-        type(module), type(module).__name__
-    )
 
 
 def _inputs(opts: SourceOptions, notices: list[str]) -> Inputs:

@@ -37,7 +37,7 @@ class IntLayer(LayerSettings):
     next_act_bit: int | None = None
 
 
-def _to_int(values: torch.Tensor, delta: float, layer: int, tensor: str) -> np.ndarray:
+def _to_int(values: torch.Tensor, delta: float, layer: str, tensor: str) -> np.ndarray:
     scaled = values.double() / delta
     rounded = torch.round(scaled)
     off = float((scaled - rounded).abs().max()) if scaled.numel() else 0.0
@@ -56,8 +56,8 @@ def integerize(t: LayerTensors) -> IntLayer:
     x_delta = t.act_alpha / (2**act_bit - 1)
     with torch.no_grad():
         x_q = quantize_act(t.x, _alpha(t.act_alpha, t.x), act_bit, t.act_clip)
-    w_int = _to_int(t.weight_q, w_delta, t.layer, "w_int")
-    x_int = _to_int(x_q, x_delta, t.layer, "x_int")
+    w_int = _to_int(t.weight_q, w_delta, t.label, "w_int")
+    x_int = _to_int(x_q, x_delta, t.label, "x_int")
     w_max = 2 ** (w_bit - 1) - 1
     if w_int.size and int(np.abs(w_int).max()) > w_max:
         raise BitWidthError(
@@ -93,7 +93,7 @@ def _next_layer(t: LayerTensors) -> dict[str, Any]:
         x_q = quantize_act(t.next_x, _alpha(alpha, t.next_x), bit, clip)
     delta = alpha / (2**bit - 1)
     return {
-        "next_x_int": _to_int(x_q, delta, t.layer + 2, "x_int"),
+        "next_x_int": _to_int(x_q, delta, f"{t.label} (the next conv's input)", "x_int"),
         "next_act_alpha": alpha,
         "next_act_bit": bit,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -39,7 +40,8 @@ class Study:
 
     @property
     def model(self) -> VGGQuant:
-        return self.loaded.model
+        # conv_infos refuses other families before any study runs (names by features index)
+        return cast(VGGQuant, self.loaded.model)
 
     def describe(self) -> str:
         """``VGG16_quant from model_best.pth.tar, 10000 CIFAR-10 test image(s), labels: cifar10``."""
@@ -98,7 +100,7 @@ def prepare(
             "class index per input row"
         )
     else:
-        labels = pseudo_labels(loaded.model, images, batch_size)
+        labels = pseudo_labels(cast(VGGQuant, loaded.model), images, batch_size)
         labels_from = "pseudo"
         who = loaded.demo_label or "demo images"
         note = f"{who}: accuracy vs the {PSEUDO_LABEL_BITS}-bit model's own predictions"

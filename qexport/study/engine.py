@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qexport.errors import InputError
 from qexport.frontend.capture import capture
 from qexport.frontend.device import device_of
 from qexport.precision import exact_math
@@ -79,9 +80,12 @@ def evaluate(study: Study, batch_size: int = 128, progress: Progress | None = No
 @torch.no_grad()
 def conv_infos(study: Study) -> list[ConvInfo]:
     """Every QuantConv2d with its input shape (C, H, W), from a forward pass of one image."""
-    return [
-        ConvInfo(t.conv_number, t.layer, tuple(t.x.shape[1:])) for t in capture(study.model, study.images[:1])
-    ]
+    infos = []
+    for t in capture(study.model, study.images[:1]):
+        if t.layer is None:
+            raise InputError(f"the study runs on VGG-style models; {t.name} is not a features conv")
+        infos.append(ConvInfo(t.conv_number, t.layer, tuple(t.x.shape[1:])))
+    return infos
 
 
 class Engine:

@@ -32,7 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from qexport.frontend.device import pick_device
-from qexport.frontend.models.quant import QuantConv2d, quantized_convs
+from qexport.frontend.models.network import quantized_convs
+from qexport.frontend.models.quant import QuantConv2d
 from qexport.tally import Tally
 from qexport.train.checkpoints import (
     BEST_NAME,

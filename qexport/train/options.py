@@ -8,8 +8,9 @@ from pathlib import Path
 from torch import nn
 
 from qexport.errors import InputError
-from qexport.frontend.bits import apply_act_bits, read_bits_config
-from qexport.frontend.models.quant import QuantConv2d, quantized_convs
+from qexport.frontend.bits import apply_bits, read_bits_config
+from qexport.frontend.models.network import conv_table, quantized_convs
+from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.resnet import RESNET_BUILTIN, build_resnet
 from qexport.frontend.models.vgg import BUILTIN, DEFAULT_MODEL, build_model
 from qexport.frontend.source import SourceOptions
@@ -76,15 +77,16 @@ def build_training_model(opts: TrainOptions) -> nn.Module:
     """
     _check_model(opts)
     name = opts.model
+    model: nn.Module
     if name in RESNET_BUILTIN:
-        resnet = build_resnet(RESNET_BUILTIN[name], opts.source.act_clip)
-        _set_widths(resnet, opts)
-        return resnet
-    vgg = build_model(BUILTIN[name], opts.source.act_clip)
-    _set_widths(vgg, opts)
+        model = build_resnet(RESNET_BUILTIN[name], opts.source.act_clip)
+    else:
+        model = build_model(BUILTIN[name], opts.source.act_clip)
+    _set_widths(model, opts)
     if opts.source.bits_config is not None:
-        apply_act_bits(vgg, read_bits_config(opts.source.bits_config, vgg.arch))
-    return vgg
+        table = conv_table(model, name)
+        apply_bits(model, read_bits_config(opts.source.bits_config, table), {})
+    return model
 
 
 def _set_widths(model: nn.Module, opts: TrainOptions) -> None:
@@ -107,12 +109,6 @@ def _check_model(opts: TrainOptions) -> None:
     name = opts.model
     if name not in BUILTIN and name not in RESNET_BUILTIN:
         raise InputError(f"unknown model {name!r}; qexport train builds {', '.join(TRAIN_MODELS)}")
-    if name in RESNET_BUILTIN and opts.source.bits_config is not None:
-        raise InputError(
-            f"--bits-config {opts.source.bits_config}: a bits config names VGG layers (a features "
-            f"index or a conv number) and {name} is a ResNet; train it with one width on every "
-            "quantized conv (--w-bit/--a-bit), or leave out --bits-config"
-        )
 
 
 def check_options(opts: TrainOptions) -> None:

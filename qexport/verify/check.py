@@ -112,7 +112,7 @@ def check_set(folder: Path, base: Path | None = None) -> CheckResult:
     return result
 
 
-def _first_difference(folder: Path, rel: str, fresh: bytes, entry: tuple[int, FileEntry] | None) -> str:
+def _first_difference(folder: Path, rel: str, fresh: bytes, entry: tuple[int | str, FileEntry] | None) -> str:
     """Name the first differing value of a data file, or the first differing line."""
     if entry is not None and entry[1].format in ("hex", "bin", "txt"):
         layer, spec = entry

@@ -45,7 +45,7 @@ class ValueDiff:
     file: str
     word: int
     lane: int
-    where: dict[str, int]
+    where: dict[str, int | str]
     expected: int
     got: int
     lane_bits: int

@@ -74,7 +74,7 @@ def find_checkpoint(record: CheckpointRecord, set_dir: Path) -> Path:
 def build_recipe(
     kind: RecipeKind,
     opts: SourceOptions,
-    layer_ids: Sequence[int] | None,
+    layer_ids: Sequence[int | str] | None,
     fmt: str,
     layout: LayoutOptions,
     prof: Profile,
@@ -129,7 +129,7 @@ def build_recipe(
 def _command_line(
     kind: str,
     source: dict[str, Any],
-    layer_ids: Sequence[int] | None,
+    layer_ids: Sequence[int | str] | None,
     fmt: str,
     layout: LayoutOptions,
     profile: str,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qexport.frontend.models.quant import QuantConv2d, quantized_convs
+from qexport.frontend.models.network import quantized_convs
+from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.resnet import RESNET_BUILTIN, ResNetArch, build_resnet
 from qexport.frontend.models.vgg import BUILTIN, build_model
 

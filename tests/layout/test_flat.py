@@ -215,7 +215,7 @@ def test_tiny_checkpoint_every_layer_round_trips(tmp_path: Path) -> None:
 
 def _render(tp: TensorPlan, fmt: str) -> tuple[dict[str, Any], bytes]:
     plan = ExportPlan()
-    ctx = MemoryContext("m", None, "flat", 0, 0, fmt, "exact", None)
+    ctx = MemoryContext("m", None, "flat", "0", "layer0", 0, fmt, "exact", None)
     rendered = render_memory(tp, ctx)
     entry = file_entry(tp, rendered.facts, write_hashed(plan, rendered.facts.path, rendered.content))
     return entry.to_json(), plan.files[entry.path]

@@ -28,7 +28,8 @@ from qexport.cli.common import MODELS
 from qexport.cli.train import RESNET_MODELS, train_command
 from qexport.errors import InputError
 from qexport.frontend.checkpoint import load_checkpoint
-from qexport.frontend.models.quant import QuantConv2d, quantized_convs
+from qexport.frontend.models.network import quantized_convs
+from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.resnet import RESNET_BUILTIN, build_resnet, infer_resnet, resolve_resnet
 from qexport.frontend.models.vgg import BUILTIN, build_model
 from qexport.train import EpochResult, TrainEvent, TrainOptions, build_training_model, lr_at, train

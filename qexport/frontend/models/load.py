@@ -52,7 +52,10 @@ def infer_w_bit(weight_q: torch.Tensor, wgt_alpha: float) -> int | None:
     for w_bit in W_BITS:
         levels = 2 ** (w_bit - 1) - 1
         steps = values * levels
-        if float((steps - steps.round()).abs().max()) <= _GRID_TOLERANCE and float(steps.abs().max()) <= levels + _GRID_TOLERANCE:
+        if (
+            float((steps - steps.round()).abs().max()) <= _GRID_TOLERANCE
+            and float(steps.abs().max()) <= levels + _GRID_TOLERANCE
+        ):
             return w_bit
     return None
 

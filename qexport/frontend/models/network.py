@@ -32,9 +32,7 @@ def quantized_convs(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def float_convs(model: nn.Module) -> list[str]:
     """Module paths of the plain ``nn.Conv2d``s (a float stem): listed, never exported."""
     return [
-        name
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Conv2d) and not is_quantized_conv(m)
+        name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and not is_quantized_conv(m)
     ]
 
 
@@ -139,3 +137,20 @@ class ConvTable:
             f"{what} {text} is not a quantized conv layer of {self.model}; valid layers are "
             f"{shown}{alias}, or a conv number like 'conv 3' (see `qexport layers`)"
         )
+
+
+def conv_table(model: nn.Module, name: str) -> ConvTable:
+    """The model's quantized convs; a VGG's ``features`` kinds let messages say what an index is."""
+    features = getattr(model, "features", None)
+    kinds: tuple[str, ...] = ()
+    if isinstance(features, nn.Sequential):
+        kinds = tuple(_kind(m) for m in features)
+    return ConvTable.of(name, [n for n, _ in quantized_convs(model)], kinds)
+
+
+def _kind(module: nn.Module) -> str:
+    if is_quantized_conv(module):
+        return "qconv"
+    return {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.ReLU: "relu", nn.MaxPool2d: "maxpool"}.get(
+        type(module), type(module).__name__
+    )

@@ -130,6 +130,7 @@ class QuantConv2d(nn.Conv2d):
         return self.weight_quant(self.weight)  # type: ignore[no-any-return]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight_q: torch.Tensor
         if self.stored_weight_q:
             weight_q = self.weight_q
         else:
@@ -138,17 +139,3 @@ class QuantConv2d(nn.Conv2d):
                 self.weight_q.copy_(weight_q.detach())
         x_q = quantize_act(x, self.act_alpha, self.act_bit, self.act_clip)
         return F.conv2d(x_q, weight_q, self.bias, self.stride, self.padding)
-
-
-def quantized_convs(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(module path, module) of every quantized conv, in ``named_modules()`` order.
-
-    A quantized conv is any module carrying ``act_alpha`` and ``weight_quant.wgt_alpha`` (duck
-    typing, so a renamed copy of the course ``QuantConv2d`` counts):
-    ``[("features.0", ...), ...]`` for a VGG, ``[("layer1.0.conv1", ...), ...]`` for a ResNet.
-    """
-    return [
-        (path, module)
-        for path, module in model.named_modules()
-        if hasattr(module, "act_alpha") and hasattr(getattr(module, "weight_quant", None), "wgt_alpha")
-    ]
