@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qexport.frontend.capture import LayerTensors
 from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.vgg import BUILTIN, Arch, VGGQuant, build_model
 
@@ -203,3 +204,46 @@ def write_fake_cifar10(
     meta = {"num_cases_per_batch": n_train, "label_names": CIFAR_LABEL_NAMES, "num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return test_images, test_labels
+
+
+def conv_tensors(
+    c_in: int,
+    c_out: int,
+    side: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    *,
+    seed: int = 0,
+    images: int = 1,
+    name: str = "layer2.0.conv1",
+    layer: int = 33,
+) -> LayerTensors:
+    """One captured conv of random 4-bit integers with any kernel, stride and padding, as capture
+    gives it: x = x_int / 15, weight_q = w_int / 7 (alphas 1), y their float64 conv in float32."""
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(seed)
+    x_int = rng.integers(0, 15, size=(images, c_in, side, side), endpoint=True)
+    w_int = rng.integers(-7, 7, size=(c_out, c_in, kernel, kernel), endpoint=True)
+    x = torch.from_numpy(x_int / 15.0)
+    w = torch.from_numpy(w_int / 7.0)
+    y = F.conv2d(x, w, stride=stride, padding=padding)
+    return LayerTensors(
+        name=name,
+        layer=layer,
+        conv_number=0,
+        in_channels=c_in,
+        out_channels=c_out,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        w_bit=4,
+        act_bit=4,
+        act_clip="relu",
+        act_alpha=1.0,
+        wgt_alpha=1.0,
+        weight_q=w.float(),
+        x=x.float(),
+        y=y.float(),
+    )

@@ -31,7 +31,7 @@ _MEANING = {
     "a": "activation tile, s*itiles + i",
     "i": "input-channel tile",
     "o": "output-channel tile",
-    "k": "kernel position, ki*3 + kj",
+    "k": "kernel position, ki*kernel + kj",
     "s": "spatial tile",
 }
 _GOLDEN_OPS = ("accumulate", "relu", "requantize")
@@ -62,6 +62,10 @@ class Profile:
     word_order: Literal["row_major"] = "row_major"
     header: Literal["tokens", "comment"] = "comment"
     golden: tuple[str, ...] = ("accumulate", "relu")
+    kernels: tuple[int, ...] = ()
+    """Kernel sizes the core takes (empty: any); the course core fixes 3."""
+    strides: tuple[int, ...] = ()
+    """Strides the core takes (empty: any); the course core fixes 1."""
     names: dict[str, str] = field(default_factory=dict)
     source: str = ""
     """The TOML text the profile was read from, recorded in manifests."""
@@ -157,6 +161,17 @@ def _checked(where: str, key: str, value: Any) -> Any:
             raise InputError(
                 f"{where}: key 'golden' = {value!r}; a list of {', '.join(_GOLDEN_OPS)} that includes "
                 "'accumulate'"
+            )
+        return tuple(value)
+    if key in ("kernels", "strides"):
+        if (
+            not isinstance(value, list)
+            or not value
+            or any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 15 for v in value)
+        ):
+            raise InputError(
+                f"{where}: key {key!r} = {value!r}; a non-empty list of integers in 1..15 (leave the key "
+                "out to take any)"
             )
         return tuple(value)
     if key == "names":

@@ -1,15 +1,24 @@
 """Layout for output-tiled systolic cores such as the course's 8×8 weight-stationary core.
 
-One tile = ``rows`` input channels × ``cols`` output channels × a ``tile``×``tile`` output window,
-given as its (tile+2)×(tile+2) input grid with the 1-pixel halo (zeros outside the map):
+One tile = ``rows`` input channels × ``cols`` output channels × a ``tile``×``tile`` output window.
+For a k×k conv with stride s and padding p its input is a G×G grid, G = (tile-1)*s + k (tile+2 for
+the course's 3×3 stride-1 convs), read from the padded map: tile row ty starts at input row
+ty*tile*s - p (zeros outside the map), likewise for columns.
 
     activation   grid position r*G+c a word, lane = input channel (channel 0 in the low bits)
-    weight       one file a kernel position k = ki*3+kj; output channel a word, lane = input channel
-    address      (weight-stationary only) per output pixel the 9 psum-memory addresses
-                 G*G*k + (orow+ki)*G + (ocol+kj), where kernel pass k wrote grid row n at G*G*k + n
+    weight       one file a kernel position kk = ki*k+kj (k*k files, one for a 1×1 conv); output
+                 channel a word, lane = input channel
+    address      (weight-stationary only) per output pixel (orow, ocol) its k*k psum-memory
+                 addresses G*G*kk + (orow*s+ki)*G + (ocol*s+kj), where kernel pass kk wrote grid
+                 position n at G*G*kk + n
     output       output pixel orow*tile+ocol a word, lane = output channel: ReLU(sum over taps and
                  all input channels) — the fully accumulated result
     psum         (layers with several input-channel tiles) one tile's partial sums, no ReLU
+
+Worked example: a 3×3 conv, stride 2, padding 1, tile 2: G = (2-1)*2+3 = 5; tile (0, 1) reads input
+rows -1..3 and columns 3..7; output pixel (1, 1) at kernel position (0, 2), kk = 2, reads grid
+position (1*2+0)*5 + (1*2+2) = 14, psum address 25*2 + 14 = 64. A 1×1 conv, stride 2, padding 0,
+tile 4: G = 7, one kernel pass; output pixel (orow, ocol) reads grid position 2*orow*7 + 2*ocol.
 
 Tiles ``s`` are numbered image-major, then tile row, then tile column; activation tile
 ``a = s * itiles + i`` for input-channel tile ``i``; ``o`` is the output-channel tile.
@@ -34,13 +43,23 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def grid_size(layer: IntLayer, tile: int) -> int:
+    """G, the side of a tile's input grid: (tile-1)*stride + kernel input pixels."""
+    return (tile - 1) * layer.stride + layer.kernel
+
+
 def check_systolic(layer: IntLayer, p: Profile) -> None:
     """Refuse layers and values the core of profile ``p`` cannot take (run before the reference's
     ``tiled_psums``, so these messages come first)."""
-    if layer.kernel != 3 or layer.stride != 1 or layer.padding != 1:
+    takes = (not p.kernels or layer.kernel in p.kernels) and (not p.strides or layer.stride in p.strides)
+    if not takes:
+        kernels = "/".join(f"{k}x{k}" for k in p.kernels) if p.kernels else "any"
+        strides = "/".join(str(s) for s in p.strides) if p.strides else "any"
         raise InputError(
-            f"layer {layer.label} is a {layer.kernel}x{layer.kernel} conv with stride {layer.stride}, "
-            f"padding {layer.padding}; the {p.name} core computes 3x3, stride 1, padding 1 convs only"
+            f"layer {layer.label} is a {layer.kernel}x{layer.kernel} conv with stride {layer.stride}; "
+            f"the {p.name} core takes {kernels} kernels with stride {strides} only (its input grid is "
+            f"fixed at {p.tile + 2}x{p.tile + 2} and its kernel passes at 9); use --profile systolic "
+            "(or a copy of it), which takes any kernel and stride"
         )
     act_spec, w_spec = _act_spec(p), _w_spec(p)
     check_fits(
@@ -74,14 +93,24 @@ def systolic_layout(
     """
     act_spec, w_spec = _act_spec(p), _w_spec(p)
     n, c_in, h, w = layer.x_int.shape
-    c_out = layer.out_channels
+    c_out, k, stride, pad = layer.out_channels, layer.kernel, layer.stride, layer.padding
     itiles, otiles = _ceil_div(c_in, p.rows), _ceil_div(c_out, p.cols)
-    ty_count, tx_count = _ceil_div(h, p.tile), _ceil_div(w, p.tile)
-    grid = p.tile + 2
-    # the conv's zero border, then zeros up to whole tiles and whole channel tiles
-    x = np.zeros((n, itiles * p.rows, ty_count * p.tile + 2, tx_count * p.tile + 2), dtype=np.int64)
-    x[:, :c_in, 1 : h + 1, 1 : w + 1] = layer.x_int
-    weights = np.zeros((otiles * p.cols, itiles * p.rows, 3, 3), dtype=np.int64)
+    _, _, h_out, w_out = tiled.total.shape  # the output map rounded up to whole tiles
+    ty_count, tx_count = h_out // p.tile, w_out // p.tile
+    grid = grid_size(layer, p.tile)
+    # the padded map (padded row r is input row r - pad), then zeros to the last tile's grid and
+    # up to whole channel tiles: the input the reference's tiled psums were summed over
+    x = np.zeros(
+        (
+            n,
+            itiles * p.rows,
+            max((ty_count - 1) * p.tile * stride + grid, h + pad),
+            max((tx_count - 1) * p.tile * stride + grid, w + pad),
+        ),
+        dtype=np.int64,
+    )
+    x[:, :c_in, pad : h + pad, pad : w + pad] = layer.x_int
+    weights = np.zeros((otiles * p.cols, itiles * p.rows, k, k), dtype=np.int64)
     weights[:c_out, :c_in] = layer.w_int
     # output channels up to whole output-channel tiles, as the zero weights above give them
     extra = ((0, 0), (0, otiles * p.cols - c_out), (0, 0), (0, 0))
@@ -101,16 +130,16 @@ def systolic_layout(
     for i in range(itiles):
         for o in range(otiles):
             block = weights[o * p.cols : (o + 1) * p.cols, i * p.rows : (i + 1) * p.rows]
-            for k in range(9):
-                taps = block[:, :, k // 3, k % 3].reshape(p.cols, 1, 1, p.rows)
+            for kk in range(k * k):
+                taps = block[:, :, kk // k, kk % k].reshape(p.cols, 1, 1, p.rows)
                 plans.append(
                     TensorPlan(
                         "weight",
-                        prefix + names["weight"].format(i=i, o=o, k=k),
+                        prefix + names["weight"].format(i=i, o=o, k=kk),
                         taps,
                         ("oc", "kh", "kw", "ic"),
                         w_spec,
-                        where=Placement(itile=i, otile=o, kij=k, ic=ic_range(i), oc=oc_range(o)),
+                        where=Placement(itile=i, otile=o, kij=kk, ic=ic_range(i), oc=oc_range(o)),
                     )
                 )
     out_bits = max(p.psum_bits, signed_bits_of(psums.psum))
@@ -119,8 +148,8 @@ def systolic_layout(
     if "requantize" in p.golden:
         out_spec = PackSpec(p.act_bits, p.cols, False, p.lane_order)
 
-    # the worst case of one tile's psums: its input channels (rows or fewer) x 9 taps at the extremes
-    worst = min(c_in, p.rows) * 9 * (2 ** (layer.w_bit - 1) - 1) * act_spec.value_range[1]
+    # the worst case of one tile's psums: its input channels (rows or fewer) x k*k taps at the extremes
+    worst = min(c_in, p.rows) * k * k * (2 ** (layer.w_bit - 1) - 1) * act_spec.value_range[1]
     worst_bits = smallest_signed_bits(-worst, worst)
     # the psums a file holds: each tile's partial sums, or the totals when there is one tile
     written = partial if itiles > 1 else total[None]
@@ -148,8 +177,8 @@ def systolic_layout(
                     y=(ty * p.tile, min((ty + 1) * p.tile, h)),
                     x=(tx * p.tile, min((tx + 1) * p.tile, w)),
                 )
-                rows = slice(ty * p.tile, ty * p.tile + grid)
-                cols = slice(tx * p.tile, tx * p.tile + grid)
+                rows = slice(ty * p.tile * stride, ty * p.tile * stride + grid)
+                cols = slice(tx * p.tile * stride, tx * p.tile * stride + grid)
                 # this tile's outputs in the reference's (n, oc, H, W) arrays
                 window = (
                     slice(image, image + 1),
@@ -200,7 +229,7 @@ def systolic_layout(
                     )
                 s += 1
     if p.dataflow == "weight_stationary":
-        plans.append(_address_plan(p, prefix + names["address"]))
+        plans.append(_address_plan(p, layer, prefix + names["address"]))
     return plans
 
 
@@ -209,16 +238,17 @@ def _by_pixel(total: np.ndarray, otile: int, p: Profile) -> np.ndarray:
     return total[:, otile * p.cols : (otile + 1) * p.cols].transpose(0, 2, 3, 1)
 
 
-def _address_plan(p: Profile, stem: str) -> TensorPlan:
-    grid = p.tile + 2
+def _address_plan(p: Profile, layer: IntLayer, stem: str) -> TensorPlan:
+    """Per output pixel (orow, ocol), its k*k addresses G*G*kk + (orow*s+ki)*G + (ocol*s+kj)."""
+    grid, k, stride = grid_size(layer, p.tile), layer.kernel, layer.stride
     o = np.arange(p.tile * p.tile)
-    k = np.arange(9)
+    kk = np.arange(k * k)
     orow, ocol = (o // p.tile)[:, None], (o % p.tile)[:, None]
-    ki, kj = (k // 3)[None, :], (k % 3)[None, :]
-    addresses = grid * grid * k[None, :] + (orow + ki) * grid + (ocol + kj)
+    ki, kj = (kk // k)[None, :], (kk % k)[None, :]
+    addresses = grid * grid * kk[None, :] + (orow * stride + ki) * grid + (ocol * stride + kj)
     if int(addresses.max()) >= 1 << p.address_bits:
         raise BitWidthError(
-            f"psum addresses reach {addresses.max()}; profile {p.name}'s {p.address_bits} address bits are "
-            "too few"
+            f"layer {layer.label}: psum addresses reach {addresses.max()}; profile {p.name}'s "
+            f"{p.address_bits} address bits are too few"
         )
     return TensorPlan("address", stem, addresses, ("pixel", "kij"), PackSpec(p.address_bits, 1, False))

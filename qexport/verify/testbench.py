@@ -17,6 +17,9 @@ def _need(value: int | None, tp: TensorPlan, key: str) -> int:
     return value
 
 
+_MAX_PASSES = 16  # the reference core's w_kij port is 4 bits
+
+
 def testbench_context(plan: LayerPlan, memory: MemoryContext, prof: Profile) -> dict[str, Any]:
     """``plan``'s tiles as the testbench template walks them; ``memory`` names the model and format."""
     by_kind: dict[str, list[TensorPlan]] = {}
@@ -39,6 +42,13 @@ def testbench_context(plan: LayerPlan, memory: MemoryContext, prof: Profile) -> 
         for tp in by_kind["weight"]
     }
     itiles = 1 + max(i for _, i in activation)
+    passes = 1 + max(k for _, _, k in weights)  # kernel passes, kernel * kernel
+    kernel = round(passes**0.5)
+    if passes > _MAX_PASSES:
+        raise InputError(
+            f"layer {plan.name} is a {kernel}x{kernel} conv: {passes} kernel passes; the testbench's "
+            f"w_kij port has 4 bits, so it drives at most {_MAX_PASSES} (a 4x4 kernel)"
+        )
     tiles = []
     for out in by_kind["output"]:
         at = out.where
@@ -61,12 +71,16 @@ def testbench_context(plan: LayerPlan, memory: MemoryContext, prof: Profile) -> 
                     {
                         "itile": i,
                         "activation": activation[(s, i)],
-                        "weights": [weights[(i, o, k)] for k in range(9)],
+                        "weights": [weights[(i, o, k)] for k in range(passes)],
                     }
                     for i in range(itiles)
                 ],
             }
         )
+    # the grid and stride as the layout wrote them: (1, G, G, rows) an activation file,
+    # G = (tile-1)*stride + kernel (with one output pixel a tile the stride changes no address)
+    grid = int(by_kind["input"][0].array.shape[1])
+    stride = (grid - kernel) // (prof.tile - 1) if prof.tile > 1 else 1
     address = by_kind["address"][0] if "address" in by_kind else None
     out_spec = by_kind["output"][0].spec
     return {
@@ -85,6 +99,9 @@ def testbench_context(plan: LayerPlan, memory: MemoryContext, prof: Profile) -> 
         "out_bits": out_spec.lane_bits,
         "out_signed": out_spec.signed,
         "tile": prof.tile,
+        "kernel": kernel,
+        "stride": stride,
+        "grid": grid,
         "address_bits": prof.address_bits,
         "weight_stationary": prof.dataflow == "weight_stationary",
         "relu": "relu" in prof.golden,

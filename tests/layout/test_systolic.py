@@ -72,3 +72,166 @@ def _assert_arranges(plans: list[Any], tiled: TiledPsums) -> None:
         source = tiled.partial[at.itile] if tp.tensor == "psum" else tiled.golden
         expected = source[at.n, oc : oc + 8, y : y + 4, x : x + 4].transpose(1, 2, 0)
         np.testing.assert_array_equal(tp.array[0], expected, err_msg=tp.stem)
+
+
+# issue 15 item 6: strided and 1x1 convs, G = (tile-1)*stride + kernel
+
+
+def _unrestricted(name: str) -> Any:
+    """A copy of a course profile without its kernels/strides limits (a core that takes any)."""
+    from qexport.layout.profile import parse_profile
+
+    text = load_profile(name).source
+    text = "\n".join(line for line in text.splitlines() if not line.startswith(("kernels", "strides")))
+    return parse_profile(text.replace(f'name = "{name}"', 'name = "mine"'), "mine")
+
+
+def _numpy_tiles(layer: IntLayer, rows: int, cols: int, tile: int) -> dict[str, Any]:
+    """The tiled files read straight off the spec, in plain int64 numpy (no qexport code)."""
+    n, c_in, h, w = layer.x_int.shape
+    k, s, p = layer.kernel, layer.stride, layer.padding
+    c_out = layer.out_channels
+    h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    ty, tx = -(-h_out // tile), -(-w_out // tile)
+    itiles, otiles = -(-c_in // rows), -(-c_out // cols)
+    g = (tile - 1) * s + k
+    big = 64  # room for every grid, zeros beyond the map
+    padded = np.zeros((n, itiles * rows, big, big), dtype=np.int64)
+    padded[:, :c_in, p : p + h, p : p + w] = layer.x_int
+    wts = np.zeros((otiles * cols, itiles * rows, k, k), dtype=np.int64)
+    wts[:c_out, :c_in] = layer.w_int
+    grids, psums, outs = {}, {}, {}
+    for img in range(n):
+        for r in range(ty):
+            for c in range(tx):
+                t = (img * ty + r) * tx + c
+                total = np.zeros((tile, tile, otiles * cols), dtype=np.int64)
+                for i in range(itiles):
+                    # input row r*tile*s - p of the map is row r*tile*s of the padded map
+                    grid = padded[img, i * rows : (i + 1) * rows, r * tile * s : r * tile * s + g]
+                    grid = grid[:, :, c * tile * s : c * tile * s + g]
+                    grids[t, i] = grid.transpose(1, 2, 0)
+                    part = np.zeros_like(total)
+                    for orow in range(tile):
+                        for ocol in range(tile):
+                            for ki in range(k):
+                                for kj in range(k):
+                                    xs = grid[:, orow * s + ki, ocol * s + kj]
+                                    ws = wts[:, i * rows : (i + 1) * rows, ki, kj]
+                                    part[orow, ocol] += ws @ xs
+                    psums[t, i] = part
+                    total += part
+                outs[t] = np.maximum(total, 0)
+                # where the tile lies inside the map, it is the plain conv of the whole layer
+                y1, x1 = min(tile, h_out - r * tile), min(tile, w_out - c * tile)
+                for orow in range(y1):
+                    for ocol in range(x1):
+                        ys, xs0 = (r * tile + orow) * s, (c * tile + ocol) * s
+                        window = padded[img, :c_in, ys : ys + k, xs0 : xs0 + k]
+                        conv = np.einsum("cij,ocij->o", window, layer.w_int.astype(np.int64))
+                        np.testing.assert_array_equal(total[orow, ocol, :c_out], conv)
+    addresses = np.array(
+        [
+            [
+                g * g * (ki * k + kj) + (orow * s + ki) * g + (ocol * s + kj)
+                for ki in range(k)
+                for kj in range(k)
+            ]
+            for orow in range(tile)
+            for ocol in range(tile)
+        ]
+    )
+    return {"weights": wts, "grids": grids, "psums": psums, "outs": outs, "addresses": addresses, "grid": g}
+
+
+STRIDED = [
+    # (c_in, c_out, side, kernel, stride, padding, images)
+    (8, 8, 16, 3, 2, 1, 1),  # 8x8 output: 2x2 tiles of a 9x9 grid
+    (16, 16, 16, 1, 2, 0, 1),  # 1x1, 8x8 output: one kernel pass, 7x7 grid
+    (16, 8, 12, 3, 2, 1, 2),  # 6x6 output rounded up to 8x8; two input-channel tiles on 8 rows
+    (8, 8, 9, 3, 1, 0, 1),  # stride 1, padding 0: 7x7 output rounded up to 8x8
+]
+
+
+@pytest.mark.parametrize("case", STRIDED, ids=["3x3s2", "1x1s2", "3x3s2-itiles", "3x3s1p0"])
+@pytest.mark.parametrize("profile", ["course", "course-os", "systolic"])
+def test_strided_tiles_match_an_independent_reading(case: tuple[int, ...], profile: str) -> None:
+    from helpers import conv_tensors
+
+    c_in, c_out, side, kernel, stride, padding, images = case
+    prof = load_profile("systolic") if profile == "systolic" else _unrestricted(profile)
+    layer = integerize(conv_tensors(c_in, c_out, side, kernel, stride, padding, images=images))
+    psums = conv_psum(layer)
+    check_systolic(layer, prof)
+    tiled = tiled_psums(layer, prof.rows, prof.tile, prof.golden)
+    check_tiled(layer, psums, tiled, prof.golden)
+    plans = systolic_layout(layer, psums, tiled, prof, "layer33/")
+    want = _numpy_tiles(layer, prof.rows, prof.cols, prof.tile)
+    kinds = [tp.tensor for tp in plans]
+    itiles, otiles = -(-c_in // prof.rows), -(-c_out // prof.cols)
+    assert kinds.count("weight") == itiles * otiles * kernel * kernel
+    assert kinds.count("input") == len(want["grids"])
+    assert kinds.count("output") == len(want["outs"]) * otiles
+    assert kinds.count("address") == (prof.dataflow == "weight_stationary")
+    rows, cols = prof.rows, prof.cols
+    for tp in plans:
+        at = tp.where
+        if tp.tensor == "weight":
+            assert at.itile is not None and at.otile is not None and at.kij is not None
+            ki, kj = divmod(at.kij, kernel)
+            block = want["weights"][
+                at.otile * cols : (at.otile + 1) * cols, at.itile * rows : (at.itile + 1) * rows
+            ]
+            np.testing.assert_array_equal(tp.array.reshape(cols, rows), block[:, :, ki, kj], err_msg=tp.stem)
+        elif tp.tensor == "input":
+            assert tp.array.shape == (1, want["grid"], want["grid"], rows)
+            np.testing.assert_array_equal(tp.array[0], want["grids"][at.tile, at.itile], err_msg=tp.stem)
+        elif tp.tensor in ("psum", "output"):
+            assert at.otile is not None
+            lanes = slice(at.otile * cols, (at.otile + 1) * cols)
+            source = want["psums"][at.tile, at.itile] if tp.tensor == "psum" else want["outs"][at.tile]
+            np.testing.assert_array_equal(tp.array[0], source[:, :, lanes], err_msg=tp.stem)
+        else:
+            np.testing.assert_array_equal(tp.array, want["addresses"], err_msg=tp.stem)
+
+
+def test_stride_two_address_table_worked_example() -> None:
+    """The docstring's example: 3x3, stride 2, tile 2 -> G = 5; pixel (1, 1) at kk = 2 reads 64."""
+    from helpers import conv_tensors
+
+    from qexport.layout.profile import parse_profile
+
+    text = load_profile("systolic").source.replace("tile = 4", "tile = 2")
+    prof = parse_profile(text, "tile2")
+    layer = integerize(conv_tensors(8, 8, 8, 3, 2, 1))
+    psums = conv_psum(layer)
+    tiled = tiled_psums(layer, prof.rows, prof.tile, prof.golden)
+    (address,) = [tp for tp in systolic_layout(layer, psums, tiled, prof, "") if tp.tensor == "address"]
+    assert address.array.shape == (4, 9)
+    assert address.array[3, 2] == 64
+    assert list(address.array[0]) == [0, 26, 52, 80, 106, 132, 160, 186, 212]  # 25*kk + ki*5 + kj
+
+
+@pytest.mark.parametrize("profile", ["course", "course-os"])
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(3, 2, 1), (1, 2, 0), (1, 1, 0), (5, 1, 2)])
+def test_course_core_refuses_what_its_fixed_grid_cannot_take(
+    profile: str, kernel: int, stride: int, padding: int
+) -> None:
+    from helpers import conv_tensors
+
+    from qexport.errors import InputError
+
+    layer = integerize(conv_tensors(8, 8, 8, kernel, stride, padding))
+    with pytest.raises(InputError) as err:
+        check_systolic(layer, load_profile(profile))
+    message = str(err.value)
+    assert message.startswith(f"layer layer2.0.conv1 is a {kernel}x{kernel} conv with stride {stride};")
+    assert f"the {profile} core takes 3x3 kernels with stride 1 only" in message
+    assert "6x6" in message and "--profile systolic" in message
+
+
+def test_course_core_still_takes_3x3_stride_1_at_any_padding() -> None:
+    from helpers import conv_tensors
+
+    for padding in (0, 1, 2):
+        check_systolic(integerize(conv_tensors(8, 8, 8, 3, 1, padding)), load_profile("course"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from qexport import api
 from qexport.api import SourceOptions
 from qexport.cli.main import main
 from qexport.errors import BitWidthError, InputError
-from qexport.layout.profile import load_profile, parse_profile
+from qexport.frontend.capture import LayerTensors
+from qexport.ir.integerize import integerize
+from qexport.layout.profile import Profile, load_profile, parse_profile
 
 pytestmark = [
     pytest.mark.sim,
@@ -130,3 +133,137 @@ def test_context_comes_from_the_layout_plan_not_the_manifest() -> None:
     assert named == {f.path for f in entry.files if f.tensor != "psum"}
     assert named <= set(files.files)
     assert len(context["tiles"]) == 4 and len(context["tiles"][0]["itiles"]) == 16
+
+
+# issue 15 item 6: strided and 1x1 convs through the rendered testbench and the reference core
+
+
+def _course_like(name: str) -> Profile:
+    """A copy of a course profile without its kernels/strides limits: an 8x8 core that takes any."""
+    text = load_profile(name).source
+    text = "\n".join(line for line in text.splitlines() if not line.startswith(("kernels", "strides")))
+    return parse_profile(text.replace(f'name = "{name}"', 'name = "mine"'), "mine")
+
+
+@pytest.fixture
+def strided_layer(monkeypatch: pytest.MonkeyPatch) -> Callable[..., LayerTensors]:
+    """Make layer 33 of the demo model a synthetic conv (any kernel, stride, padding)."""
+    from helpers import conv_tensors
+
+    def use(*args: int) -> LayerTensors:
+        t = conv_tensors(*args)
+        monkeypatch.setattr(api, "capture", lambda model, images, device=None: [t])
+        return t
+
+    return use
+
+
+STRIDED_TB = [
+    # (c_in, c_out, side, kernel, stride, padding), profile, output values compared
+    ((8, 8, 16, 3, 2, 1), "mine", 4 * 16 * 8),  # 8x8 output: four tiles of a 9x9 grid
+    ((8, 8, 16, 3, 2, 1), "mine-os", 4 * 16 * 8),
+    ((8, 8, 16, 3, 2, 1), "systolic", 4 * 16 * 16),  # 16 lanes, channels 8..15 padded
+    ((16, 16, 16, 1, 2, 0), "mine", 4 * 2 * 16 * 8),  # 1x1: one pass; 2 input and 2 output tiles
+    ((16, 16, 16, 1, 2, 0), "mine-os", 4 * 2 * 16 * 8),
+    ((16, 16, 16, 1, 2, 0), "systolic", 4 * 16 * 16),
+    ((8, 8, 12, 3, 2, 1), "mine", 4 * 16 * 8),  # 6x6 output rounded up to 8x8
+]
+
+
+@pytest.mark.parametrize(
+    ("conv", "profile", "values"),
+    STRIDED_TB,
+    ids=["3x3s2-ws", "3x3s2-os", "3x3s2-16x16", "1x1s2-ws", "1x1s2-os", "1x1s2-16x16", "3x3s2-6x6"],
+)
+def test_strided_testbench_passes_and_a_corrupted_golden_fails(
+    tmp_path: Path,
+    strided_layer: Callable[..., LayerTensors],
+    conv: tuple[int, ...],
+    profile: str,
+    values: int,
+) -> None:
+    import numpy as np
+
+    from qexport.verify.compare import compare
+    from qexport.verify.decode import decode_file
+    from qexport.writer.manifest import loads
+
+    ints = integerize(strided_layer(*conv))
+    prof = {"mine": _course_like("course"), "mine-os": _course_like("course-os")}.get(
+        profile
+    ) or load_profile(profile)
+    out = tmp_path / "tb"
+    api.testbench(SourceOptions(), 33, out, prof, "hex")
+    c_in, c_out, side, kernel, stride, padding = conv
+    grid = 3 * stride + kernel
+    tb = (out / "tb.sv").read_text()
+    assert f"localparam KERNEL = {kernel};" in tb and f"localparam STRIDE = {stride};" in tb
+    assert f"localparam GRID = {grid};" in tb
+    result = _run(out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"PASS layer 33: {values} output values match" in result.stdout
+    # `compare` reads the log as it reads any testbench's
+    log = tmp_path / "pass.log"
+    log.write_text(result.stdout)
+    assert compare(out, log).identical
+
+    # the written golden words, decoded, are the plain numpy conv of the layer (int64, in the test)
+    manifest = loads((out / "manifest.json").read_text())
+    (layer,) = manifest.layers
+    x = np.zeros((1, c_in, 64, 64), dtype=np.int64)
+    x[:, :, padding : padding + side, padding : padding + side] = ints.x_int
+    outputs = [f for f in layer.files if f.tensor == "output"]
+    assert outputs
+    for entry in outputs:
+        got = decode_file(out / entry.path, entry)  # (1, tile, tile, lanes)
+        assert entry.where.y is not None and entry.where.x is not None and entry.where.oc is not None
+        y0, x0, (oc0, oc1) = entry.where.y[0], entry.where.x[0], entry.where.oc
+        for orow in range(4):
+            for ocol in range(4):
+                ys, xs = (y0 + orow) * stride, (x0 + ocol) * stride
+                window = x[0, :, ys : ys + kernel, xs : xs + kernel]
+                want = np.maximum(np.einsum("cij,ocij->o", window, ints.w_int.astype(np.int64)), 0)
+                np.testing.assert_array_equal(
+                    got[0, orow, ocol, : oc1 - oc0], want[oc0:oc1], err_msg=entry.path
+                )
+                np.testing.assert_array_equal(got[0, orow, ocol, oc1 - oc0 :], 0, err_msg=entry.path)
+    # `check` regenerates the set from its recipe byte for byte
+    from qexport.verify.check import check_set
+
+    checked = check_set(out, tmp_path)
+    assert checked.identical, checked.problems
+
+    # one flipped bit in a golden word: the testbench fails naming it
+    golden = out / outputs[-1].path
+    lines = golden.read_text().splitlines()
+    data = [i for i, line in enumerate(lines) if not line.startswith("//")]
+    lines[data[5]] = f"{int(lines[data[5]], 16) ^ 1:0{len(lines[data[5]])}x}"
+    golden.write_text("\n".join(lines) + "\n")
+    run = _run(out)
+    assert run.returncode != 0
+    tile, otile = outputs[-1].where.tile, outputs[-1].where.otile
+    assert (
+        f"MISMATCH tile {tile} otile {otile} pixel (n=0, y={y0 + 1}, x={x0 + 1}) channel {oc0}" in run.stdout
+    )
+    assert f"FAIL layer 33: 1 of {values} output values differ" in run.stdout
+
+
+def test_testbench_refuses_more_kernel_passes_than_its_port_holds(
+    tmp_path: Path, strided_layer: Callable[..., LayerTensors]
+) -> None:
+    strided_layer(8, 8, 8, 5, 1, 2)
+    with pytest.raises(
+        InputError, match=r"5x5 conv: 25 kernel passes; the testbench's w_kij port has 4 bits"
+    ):
+        api.testbench(SourceOptions(), 33, tmp_path / "tb", load_profile("systolic"))
+    assert not (tmp_path / "tb").exists()
+
+
+def test_course_testbench_refuses_a_strided_layer(
+    tmp_path: Path, strided_layer: Callable[..., LayerTensors]
+) -> None:
+    strided_layer(8, 8, 16, 3, 2, 1)
+    with pytest.raises(
+        InputError, match=r"layer layer2.0.conv1 is a 3x3 conv with stride 2; the course core"
+    ):
+        api.testbench(SourceOptions(), 33, tmp_path / "tb", "course")
