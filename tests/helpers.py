@@ -217,7 +217,7 @@ def conv_tensors(
     seed: int = 0,
     images: int = 1,
     name: str = "layer2.0.conv1",
-    layer: int = 33,
+    layer: int | None = None,
 ) -> LayerTensors:
     """One captured conv of random 4-bit integers with any kernel, stride and padding, as capture
     gives it: x = x_int / 15, weight_q = w_int / 7 (alphas 1), y their float64 conv in float32."""

@@ -8,12 +8,11 @@ from qexport.errors import InputError
 from qexport.layout.profile import load_profile, parse_profile
 
 
-def test_course_profiles_fix_3x3_stride_1_and_the_generic_one_takes_any() -> None:
-    for name in ("course", "course-os"):
+def test_the_builtin_profiles_tile_any_kernel_and_stride() -> None:
+    # the course core's grid and passes follow from the conv's geometry (README: Tiling)
+    for name in ("course", "course-os", "systolic"):
         prof = load_profile(name)
-        assert (prof.kernels, prof.strides) == ((3,), (1,))
-    prof = load_profile("systolic")
-    assert (prof.kernels, prof.strides) == ((), ())
+        assert (prof.kernels, prof.strides) == ((), ())
 
 
 @pytest.mark.parametrize("value", ["[]", "[0]", "[3, true]", '"3"', "3", "[16]"])

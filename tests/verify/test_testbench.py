@@ -123,7 +123,7 @@ def test_context_comes_from_the_layout_plan_not_the_manifest() -> None:
     ((plan, memory),) = plans
     assert (plan.name, plan.layer) == ("features.27", 27)
     context = testbench_context(plan, memory, prof)
-    assert (context["layer"], context["model"], context["radix"]) == (27, manifest.model, "h")
+    assert (context["layer"], context["model"], context["radix"]) == ("27", manifest.model, "h")
     named = {context["address_file"]}
     for tile in context["tiles"]:
         named.add(tile["out"])
@@ -139,9 +139,8 @@ def test_context_comes_from_the_layout_plan_not_the_manifest() -> None:
 
 
 def _course_like(name: str) -> Profile:
-    """A copy of a course profile without its kernels/strides limits: an 8x8 core that takes any."""
+    """A course profile under another name: the 8x8 core, which tiles any kernel and stride."""
     text = load_profile(name).source
-    text = "\n".join(line for line in text.splitlines() if not line.startswith(("kernels", "strides")))
     return parse_profile(text.replace(f'name = "{name}"', 'name = "mine"'), "mine")
 
 
@@ -151,8 +150,8 @@ def strided_layer(monkeypatch: pytest.MonkeyPatch) -> Callable[..., LayerTensors
     from helpers import conv_tensors
 
     def use(*args: int) -> LayerTensors:
-        t = conv_tensors(*args)
-        monkeypatch.setattr(api, "capture", lambda model, images, device=None: [t])
+        t = conv_tensors(*args, name="features.33", layer=33)
+        monkeypatch.setattr(api, "capture", lambda model, images, device=None, bits=None: [t])
         return t
 
     return use
@@ -257,13 +256,3 @@ def test_testbench_refuses_more_kernel_passes_than_its_port_holds(
     ):
         api.testbench(SourceOptions(), 33, tmp_path / "tb", load_profile("systolic"))
     assert not (tmp_path / "tb").exists()
-
-
-def test_course_testbench_refuses_a_strided_layer(
-    tmp_path: Path, strided_layer: Callable[..., LayerTensors]
-) -> None:
-    strided_layer(8, 8, 16, 3, 2, 1)
-    with pytest.raises(
-        InputError, match=r"layer layer2.0.conv1 is a 3x3 conv with stride 2; the course core"
-    ):
-        api.testbench(SourceOptions(), 33, tmp_path / "tb", "course")
