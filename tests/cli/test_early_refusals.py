@@ -23,7 +23,8 @@ from qexport.cli.train import train_command
 from qexport.errors import InputError
 from qexport.frontend.bits import read_bits_config
 from qexport.frontend.checkpoint import load_checkpoint
-from qexport.frontend.models.vgg import BUILTIN, _from_cfg
+from qexport.frontend.models.network import conv_table
+from qexport.frontend.models.vgg import BUILTIN, _from_cfg, build_model
 from qexport.train import checkpoints, loop
 
 SMALL = _from_cfg("small_course", [16, "M", 32, "M", 8, "S8", 32, "M", 32, "M", 32, "M"])
@@ -335,19 +336,27 @@ def _config(tmp_path: Path, content: object) -> Path:
 
 
 CONV_OF_33 = GRADUAL.qconv_indices().index(33)
+TABLE = conv_table(build_model(GRADUAL), GRADUAL.name)
+EVERY = {name: 3 for name in TABLE.names()}
 
 VALID = {
-    "act_bits-index": ({"act_bits": {"33": 2}}, {33: 2}),
-    "act_bits-conv-number": ({"act_bits": {f"conv {CONV_OF_33}": 3}}, {33: 3}),
-    "act_bits-features-bracket": ({"act_bits": {"features[33]": 1}}, {33: 1}),
-    "flat": ({"33": 8, "conv 0": 4}, {33: 8, 0: 4}),
-    "empty": ({"act_bits": {}}, {}),
+    "act_bits-index": ({"act_bits": {"33": 2}}, {"features.33": 2}, {}),
+    "act_bits-conv-number": ({"act_bits": {f"conv {CONV_OF_33}": 3}}, {"features.33": 3}, {}),
+    "act_bits-features-bracket": ({"act_bits": {"features[33]": 1}}, {"features.33": 1}, {}),
+    "act_bits-module-path": ({"act_bits": {"features.33": 1}}, {"features.33": 1}, {}),
+    "flat": ({"33": 8, "conv 0": 4}, {"features.33": 8, "features.0": 4}, {}),
+    "empty": ({"act_bits": {}}, {}, {}),
+    "w_bits": ({"w_bits": {"33": 2}}, {}, {"features.33": 2}),
+    "every-layer-and-one": ({"act_bits": {"*": 3, "33": 2}}, EVERY | {"features.33": 2}, {}),
 }
 
 
-@pytest.mark.parametrize(("content", "want"), VALID.values(), ids=VALID.keys())
-def test_valid_configs_still_read(tmp_path: Path, content: object, want: dict[int, int]) -> None:
-    assert read_bits_config(_config(tmp_path, content), GRADUAL) == want
+@pytest.mark.parametrize(("content", "act", "w"), VALID.values(), ids=VALID.keys())
+def test_valid_configs_still_read(
+    tmp_path: Path, content: object, act: dict[str, int], w: dict[str, int]
+) -> None:
+    config = read_bits_config(_config(tmp_path, content), TABLE)
+    assert (config.act, config.w) == (act, w)
 
 
 INVALID = {
@@ -365,7 +374,7 @@ INVALID = {
     ),
     "extra-key-beside-act_bits": (
         {"act_bits": {"33": 2}, "comment": "mine"},
-        r"unknown top-level key 'comment'; the only one is 'act_bits'",
+        r"unknown top-level key 'comment'; the only ones are 'act_bits' and 'w_bits'",
     ),
     "string-width": (
         {"act_bits": {"33": "2"}},
@@ -393,7 +402,11 @@ INVALID = {
         r"'act_bits' holds \[2, 2\] \(a list\); expected an object",
     ),
     "not-an-object": ([{"33": 2}], r"expected a JSON object, \{\"act_bits\": "),
-    "bad-layer-name": ({"act_bits": {"last": 2}}, r"'last' names no layer; use a features index"),
+    "bad-layer-name": (
+        {"act_bits": {"last": 2}},
+        r"layer last is not a quantized conv layer of VGG16_quant_gradual",
+    ),
+    "w_bits-1": ({"w_bits": {"33": 1}}, r"layer '33' \(features\[33\]\): w_bits 1 is outside 2\.\.8; "),
     "broken-json": ('{"act_bits": {"33": 2}', r"is not valid JSON \(line 1 column 23: "),
 }
 
@@ -402,25 +415,25 @@ INVALID = {
 def test_invalid_configs_say_what_and_where(tmp_path: Path, content: object, message: str) -> None:
     path = _config(tmp_path, content)
     with pytest.raises(InputError, match=rf"^--bits-config {re.escape(str(path))}[: ].*{message}"):
-        read_bits_config(path, GRADUAL)
+        read_bits_config(path, TABLE)
 
 
 def test_a_missing_config_does_not_exist(tmp_path: Path) -> None:
     path = tmp_path / "nope.json"
     with pytest.raises(InputError, match=rf"^--bits-config {re.escape(str(path))} does not exist; check the"):
-        read_bits_config(path, GRADUAL)
+        read_bits_config(path, TABLE)
 
 
 def test_a_folder_is_not_a_config(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r" is a folder; give the JSON file, e\.g\. .*/bits_config\.json$"):
-        read_bits_config(tmp_path, GRADUAL)
+        read_bits_config(tmp_path, TABLE)
 
 
 def test_a_binary_config_is_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "cfg.json"
     path.write_bytes(b"\xff\xfe{}")
     with pytest.raises(InputError, match=r" is not UTF-8 text; give a JSON file$"):
-        read_bits_config(path, GRADUAL)
+        read_bits_config(path, TABLE)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import StateDict, course_checkpoint, course_state_dict, randomised_model
 
+from qexport import api
 from qexport.api import Loaded, SourceOptions, load
 from qexport.errors import InputError
 from qexport.frontend.checkpoint import load_checkpoint
@@ -30,6 +31,24 @@ SMALL = _from_cfg("small_course", [16, "M", 32, "M", 8, "S8", 32, "M", 32, "M", 
 
 def _load(path: Path, *, model: str | None = None, trust_recomputed: bool = False) -> Loaded:
     return load(SourceOptions(checkpoint=path, model=model, trust_recomputed=trust_recomputed))
+
+
+def _refused(path: Path, layer: int, match: str) -> str:
+    """Loading succeeds; the bad layer (and every later one) is refused by name, the earlier
+    convs still verify. Returns the refusal."""
+    loaded = _load(path)
+    name = f"features.{layer}"
+    assert re.search(match, loaded.blocked()[name]), loaded.blocked()[name]
+    with pytest.raises(InputError, match=match) as info:
+        api.verify(SourceOptions(checkpoint=path), [layer])
+    earlier = [ref.index for ref in loaded.table.convs if ref.name not in loaded.blocked()]
+    assert earlier == [ref.index for ref in loaded.table.convs[: loaded.table.names().index(name)]]
+    if earlier:
+        _, checks = api.verify(SourceOptions(checkpoint=path), earlier)
+        assert [c.layer for c in checks] == earlier and all(c.checks.passed for c in checks)
+    with pytest.raises(InputError, match=rf"cannot be exported \({name}\).*--skip-invalid"):
+        api.verify(SourceOptions(checkpoint=path))
+    return str(info.value)
 
 
 # --- the course's own formats ------------------------------------------------------------------
@@ -139,10 +158,9 @@ def _shift_weight_q(layer: int, steps: float) -> Callable[[StateDict], None]:
 )
 def test_stale_weight_q_is_refused_naming_the_layer(tmp_path: Path, arch: str | Arch, layer: int) -> None:
     path = course_checkpoint(tmp_path / "c.pth", arch, mutate=_shift_weight_q(layer, 2))
-    with pytest.raises(InputError, match=rf"^layer {layer}: stored weight_q disagrees") as info:
-        _load(path)
-    assert "2.00 quantization steps" in str(info.value)
-    assert "--trust-recomputed" in str(info.value)
+    message = _refused(path, layer, rf"^layer {layer}: stored weight_q disagrees")
+    assert "2.00 quantization steps" in message
+    assert "--trust-recomputed" in message
 
 
 def test_stale_weight_q_is_replaced_with_trust_recomputed(tmp_path: Path) -> None:
@@ -381,7 +399,13 @@ def _torchvision_resnet18() -> StateDict:
 def test_other_architecture(tmp_path: Path, state: Callable[[], StateDict]) -> None:
     path = tmp_path / "resnet.pth"
     torch.save({"epoch": 1, "state_dict": state()}, path)
-    with pytest.raises(InputError, match=r"no 'features\.<i>\.…' or 'classifier\.weight' keys"):
+    # ResNet-shaped keys are judged as a ResNet-CIFAR course model: which keys do not fit
+    with pytest.raises(
+        InputError,
+        match=r"cannot infer a ResNet architecture: no block convs in layer2, layer3|"
+        r"does not fit the ResNet resnet14 .*missing keys layer1\.0\.conv1\.act_alpha.*"
+        r"unexpected keys layer4\..*the closest variant is",
+    ):
         _load(path)
     with pytest.raises(
         InputError,
@@ -475,8 +499,14 @@ NON_FINITE = {
 @pytest.mark.parametrize(("key", "value"), NON_FINITE.values(), ids=NON_FINITE.keys())
 def test_nan_and_inf_are_refused_naming_the_tensor(tmp_path: Path, key: str, value: float) -> None:
     path = course_checkpoint(tmp_path / "c.pth", SMALL, mutate=_set(key, value))
-    with pytest.raises(InputError, match=rf"checkpoint tensor {key} holds 1 NaN/Inf value\(s\)"):
-        _load(path)
+    message = rf"checkpoint tensor {key} holds 1 NaN/Inf value\(s\)"
+    part = key.split(".")[1]
+    if part.isdigit() and SMALL.features[int(part)].kind == "qconv":
+        layer = int(part)
+        _refused(path, layer, message)  # a quantized conv's own tensor: that layer is bad
+    else:  # a BatchNorm or the classifier: every later layer sees it
+        with pytest.raises(InputError, match=message):
+            _load(path)
 
 
 BAD_ALPHAS = {
@@ -490,8 +520,7 @@ BAD_ALPHAS = {
 @pytest.mark.parametrize(("key", "value"), BAD_ALPHAS.values(), ids=BAD_ALPHAS.keys())
 def test_alpha_not_positive_is_refused(tmp_path: Path, key: str, value: float) -> None:
     path = course_checkpoint(tmp_path / "c.pth", SMALL, mutate=_set(key, value))
-    with pytest.raises(InputError, match=rf"checkpoint {key} = {value:g}; an alpha must be > 0"):
-        _load(path)
+    _refused(path, int(key.split(".")[1]), rf"checkpoint {key} = {value:g}; an alpha must be > 0")
 
 
 def test_conv_with_all_equal_weights_cannot_be_quantized(tmp_path: Path) -> None:
@@ -499,16 +528,15 @@ def test_conv_with_all_equal_weights_cannot_be_quantized(tmp_path: Path) -> None
     path = course_checkpoint(
         tmp_path / "c.pth", SMALL, mutate=_set("features.11.weight", 0.0, everywhere=True)
     )
-    with pytest.raises(InputError, match=r"^layer 11: the course's weight quantizer gives NaN"):
-        _load(path)
+    _refused(path, 11, r"^layer 11: the course's weight quantizer gives NaN")
 
 
 def test_load_weights_alone_leaves_the_model_untouched_on_refusal() -> None:
     model = build_model(SMALL)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = course_state_dict(SMALL)
-    state["features.11.act_alpha"] = torch.tensor(-1.0)
-    with pytest.raises(InputError, match=r"features\.11\.act_alpha = -1; an alpha must be > 0"):
+    state["features.14.running_var"] = torch.full_like(state["features.14.running_var"], float("nan"))
+    with pytest.raises(InputError, match=r"features\.14\.running_var holds 32 NaN/Inf"):
         load_weights(model, state)
     after = model.state_dict()
     assert [k for k in before if not torch.equal(before[k], after[k])] == []

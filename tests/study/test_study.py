@@ -36,6 +36,7 @@ from qexport.api import Loaded
 from qexport.cli import study as cli_study
 from qexport.frontend.bits import read_bits_config
 from qexport.frontend.inputs import Inputs
+from qexport.frontend.models.network import conv_table
 from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.vgg import VGGQuant, _from_cfg, build_model
 
@@ -338,9 +339,9 @@ def test_search_prints_seed_decisions_and_writes_a_readable_bits_config(
     assert str(seed_run["precisions"]) in lines
     assert f"Final mixed-precision accuracy      : {seed_run['final']:.2f}%" in lines
 
-    arch = tiny[0].arch
-    bits = read_bits_config(out / "bits_config.json", arch)
-    assert [bits[i] for i in arch.qconv_indices()] == seed_run["precisions"]
+    table = conv_table(tiny[0], "tiny")
+    bits = read_bits_config(out / "bits_config.json", table).act
+    assert [bits[name] for name in table.names()] == seed_run["precisions"]
     summary = json.loads((out / "summary.json").read_text())
     low = seed_run["precisions"].count(2)
     assert summary["low_bit_layers"] == low and summary["low_bit_share"] == low / 5

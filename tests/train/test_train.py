@@ -276,7 +276,8 @@ def test_a_bits_config_naming_no_conv_is_refused(
     config.write_text(json.dumps({"34": 2}))
     result = _train("--data-dir", reference.data, "--bits-config", config, "--out", tmp_path, *TINY)
     assert result.exit_code == 2
-    assert "features[34], which is not a quantized conv" in result.output
+    assert "layer 34 is not a quantized conv layer" in result.output
+    assert "features[34] is a relu" in result.output
 
 
 RESNET = "resnet20_quant"
@@ -348,17 +349,21 @@ def test_a_resnet_run_resumes_and_refuses_another_depth(
     assert _load(out / RESNET / "checkpoint.pth")["epoch"] == 2
 
 
-def test_width_options_reach_every_resnet_conv_and_a_bits_config_is_refused(tmp_path: Path) -> None:
+def test_width_options_and_a_bits_config_reach_resnet_convs_by_module_path(tmp_path: Path) -> None:
     model = build_training_model(TrainOptions(SourceOptions(model=RESNET), w_bit=3, a_bit=2))
     convs = [m for _, m in quantized_convs(model)]
     assert len(convs) == len(RESNET_BUILTIN[RESNET].qconv_names()) == 20
     assert {(m.w_bit, m.weight_quant.w_bit, m.act_bit) for m in convs} == {(3, 3, 2)}
     config = tmp_path / "bits.json"
+    config.write_text(json.dumps({"act_bits": {"layer2.0.downsample.0": 2, "*": 3}, "w_bits": {"conv 0": 2}}))
+    model = build_training_model(TrainOptions(SourceOptions(model=RESNET, bits_config=config)))
+    widths = {name: (m.w_bit, m.act_bit) for name, m in quantized_convs(model)}
+    assert widths["layer2.0.downsample.0"] == (4, 2)
+    assert widths["layer1.0.conv1"] == (2, 3)  # conv 0: the float stem is not a quantized conv
+    assert {widths[n] for n in widths if n not in ("layer2.0.downsample.0", "layer1.0.conv1")} == {(4, 3)}
     config.write_text(json.dumps({"act_bits": {"33": 2}}))
-    result = _train("--model", RESNET, "--bits-config", config, "--out", tmp_path / "out", *TINY)
-    assert result.exit_code == 2
-    assert f"{RESNET} is a ResNet; train it with one width on every quantized conv" in result.output
-    assert not (tmp_path / "out").exists()  # refused before any work
+    with pytest.raises(InputError, match=r"layer 33 is not a quantized conv layer of resnet20_quant"):
+        build_training_model(TrainOptions(SourceOptions(model=RESNET, bits_config=config)))
 
 
 def test_curves_skip_a_diverged_loss() -> None:

@@ -133,7 +133,7 @@ DAMAGE = {
     "recipe-missing": (lambda d: d["recipe"].pop("command"), "recipe: 'command' is missing"),
     "recipe-layers": (
         lambda d: d["recipe"].update(layers="some"),
-        "recipe: 'layers' is a string (\"some\"), expected a list of integers",
+        "recipe: 'layers' is a string (\"some\"), expected a list of features indices or module paths",
     ),
     "recipe-no-profile": (
         lambda d: d["recipe"].update(profile=None, profile_toml=None),

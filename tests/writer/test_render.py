@@ -111,7 +111,9 @@ def _rendered(
     fmt: str, template_dir: Path | None = None, tp: TensorPlan | None = None
 ) -> tuple[str, dict[str, object]]:
     tp = tp or _plan()
-    ctx = MemoryContext("VGG16_quant_gradual", "demo, untrained", "flat", "33", "layer33", 10, fmt, "exact", template_dir)
+    ctx = MemoryContext(
+        "VGG16_quant_gradual", "demo, untrained", "flat", "33", "layer33", 10, fmt, "exact", template_dir
+    )
     sink = ExportPlan()
     rendered = render_memory(tp, ctx)
     entry = file_entry(tp, rendered.facts, write_hashed(sink, rendered.facts.path, rendered.content))

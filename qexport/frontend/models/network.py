@@ -125,7 +125,7 @@ class ConvTable:
 
     def unknown(self, text: str, what: str, why: str = "") -> InputError:
         names = self.names()
-        if why:
+        if why and "." not in text:  # typed as an index: list the indices
             indices = [str(c.index) for c in self.convs if c.index is not None]
             return InputError(
                 f"{what} {text} is not a quantized conv layer of {self.model} ({why}); valid layers "
@@ -133,8 +133,9 @@ class ConvTable:
             )
         shown = ", ".join(names) if len(names) <= 24 else ", ".join(names[:24]) + f", … ({len(names)} in all)"
         alias = " (or their features indices)" if any(c.index is not None for c in self.convs) else ""
+        because = f" ({why})" if why else ""
         return InputError(
-            f"{what} {text} is not a quantized conv layer of {self.model}; valid layers are "
+            f"{what} {text} is not a quantized conv layer of {self.model}{because}; valid layers are "
             f"{shown}{alias}, or a conv number like 'conv 3' (see `qexport layers`)"
         )
 
