@@ -25,7 +25,11 @@ for _digit, _char in enumerate("0123456789abcdef"):
     _VALUE_OF[ord(_char)] = _digit
     _VALUE_OF[ord(_char.upper())] = _digit
 
+_VALUE_TABLE = _VALUE_OF.tobytes()  # for bytes.translate: one C pass, ~4x numpy's gather
 _NEWLINE, _SLASH = ord("\n"), ord("/")
+# eight '0'/'1' characters (bit 0 of each byte of a little-endian uint64, the first most significant)
+# times this: the eight bits land in the top byte, first bit highest, without carries
+_GATHER_BITS = np.uint64(0x8040201008040201)
 _SYNTAX = ("coe", "mif", "h")  # formats whose word lines carry syntax around the digits
 
 
@@ -50,15 +54,17 @@ def _is(codes: np.ndarray, chars: str | None) -> np.ndarray:
     return np.asarray(_table(chars, _WIDE)[np.minimum(codes, _WIDE - 1)])
 
 
-def _codes(data: str | bytes) -> np.ndarray:
-    """Text as one array of character codes: bytes when it is ASCII (no copy), else code points."""
+def _codes(data: str | bytes) -> tuple[np.ndarray, bytes]:
+    """Text as one array of character codes: bytes when it is ASCII (no copy), else code points;
+    and the ASCII bytes (empty if the text is not ASCII)."""
     if isinstance(data, bytes):
         if data.isascii():
-            return np.frombuffer(data, dtype=np.uint8)
+            return np.frombuffer(data, dtype=np.uint8), data
         data = data.decode("utf-8", errors="replace")
     if data.isascii():
-        return np.frombuffer(data.encode("ascii"), dtype=np.uint8)
-    return np.frombuffer(data.encode("utf-32-le"), dtype="<u4")
+        raw = data.encode("ascii")
+        return np.frombuffer(raw, dtype=np.uint8), raw
+    return np.frombuffer(data.encode("utf-32-le"), dtype="<u4"), b""
 
 
 def _digit_values(codes: np.ndarray) -> np.ndarray:
@@ -124,16 +130,25 @@ class _Words:
         self.line_of = line_of
 
 
-def _uniform_words(codes: np.ndarray, start: int, width: int, first_line: int) -> _Words | None:
-    """The words of a text that is nothing but ``width``-digit lines, each with its newline, as a
-    view; None when it is anything else (blank or comment lines, other widths, ``\\r``...)."""
+def _uniform_words(data: bytes, codes: np.ndarray, start: int, width: int, radix: str) -> np.ndarray | None:
+    """The digit values of a text that is nothing but ``width``-digit lines, each with its newline,
+    as a (words, width) view; None when it is anything else (a bad digit, blank or comment lines,
+    other widths, ``\\r``...): the general path then reads it, or names what is wrong."""
     region = codes[start:]
-    if region.size % (width + 1):
+    if region.size % (width + 1) or not data:
         return None
-    rows = region.reshape(-1, width + 1)
-    if not (rows[:, width] == _NEWLINE).all():
+    rows = region.size // (width + 1)
+    if not (region.reshape(rows, width + 1)[:, width] == _NEWLINE).all():
         return None
-    return _Words(rows[:, :width], lambda row: first_line + row)
+    if radix == "bin":
+        values = region ^ np.uint8(ord("0"))
+    else:
+        values = np.frombuffer(data.translate(_VALUE_TABLE), dtype=np.uint8)[start:].copy()
+    matrix = values.reshape(rows, width + 1)
+    matrix[:, width] = 0  # the newlines: then one contiguous max checks every digit
+    if values.size and int(values.max()) >= (2 if radix == "bin" else 16):
+        return None
+    return matrix[:, :width]
 
 
 def _word_lines(
@@ -221,18 +236,18 @@ def word_digits(data: str | bytes, radix: str, word_bits: int, header_lines: int
     After ``header_lines`` lines, each line is stripped of white space and blank lines and ``//``
     comment lines are skipped, as $readmemh does. Raises InputError naming the line.
     """
-    codes = _codes(data)
+    codes, raw = _codes(data)
     width = _width(radix, word_bits)
     start = _header_end(codes, header_lines)
     if start is None:
         return np.zeros((0, width), dtype=np.uint8)
     first_line = header_lines + 1
-    fast = _uniform_words(codes, start, width, first_line)
+    fast = _uniform_words(raw, codes, start, width, radix)
     if fast is not None:
-        digits = _digits(fast, radix)
-        if digits is not None:
-            _check_top(fast, digits, radix, word_bits, where)
-            return digits
+        rows = fast.shape[0]
+        chars = codes[start:].reshape(rows, width + 1)[:, :width]
+        _check_top(_Words(chars, lambda row: first_line + row), fast, radix, word_bits, where)
+        return fast
     words = _word_lines(codes, start, width, first_line, radix, word_bits, where)
     digits = _digits(words, radix)
     if digits is None:
@@ -248,7 +263,7 @@ def syntax_digits(data: str | bytes, entry: FileEntry, where: str) -> np.ndarray
     coe ``0a1b,`` / ``ffff;``; mif ``    0a : 0a1b;``; C ``    0x0a1b,`` or ``    {0x…, 0x…},``
     (32-bit limbs, least significant first, the zeros above the word dropped).
     """
-    codes = _codes(data)
+    codes, _ = _codes(data)
     width = _width("hex", entry.word_bits)
     start = _header_end(codes, entry.header_lines)
     if start is None:
@@ -328,6 +343,43 @@ def _little_bytes(digits: np.ndarray, radix: str) -> np.ndarray:
     return out
 
 
+def _word_ints(digits: np.ndarray, radix: str) -> np.ndarray:
+    """(words, digits) of words up to 64 bits -> (words,) unsigned integers of the narrowest size.
+
+    A pass a hex digit column, or a pass eight bits (one multiply, see _eight_bits), over every word.
+    """
+    rows, width = digits.shape
+    per = 1 if radix == "bin" else 4
+    kind = np.dtype(f"u{next(size for size in (1, 2, 4, 8) if width * per <= 8 * size)}")
+    word = np.zeros(rows, dtype=kind)
+    if radix == "hex" or width < 8:
+        for column in range(width):
+            if column:
+                np.left_shift(word, kind.type(per), out=word)
+            np.bitwise_or(word, digits[:, column], out=word)
+        return word
+    if digits.strides[1] != 1:
+        digits = np.ascontiguousarray(digits)
+    top = width % 8  # the bits above the last whole groups of eight: the first eight's leading ones
+    scratch = np.empty(rows, dtype=np.uint64)
+    if top:
+        np.right_shift(_eight_bits(digits, 0, scratch), np.uint64(8 - top), out=scratch)
+        np.bitwise_or(word, scratch, out=word, casting="unsafe")  # the bits fit the word
+    for start in range(top, width, 8):
+        if start:
+            np.left_shift(word, kind.type(8), out=word)
+        np.bitwise_or(word, _eight_bits(digits, start, scratch), out=word, casting="unsafe")
+    return word
+
+
+def _eight_bits(digits: np.ndarray, start: int, out: np.ndarray) -> np.ndarray:
+    """Bit columns start..start+7 (each 0 or 1, the first most significant) -> one byte a word, in ``out``."""
+    group = digits[:, start : start + 8].view("<u8")[:, 0]  # eight bytes a word, in place
+    np.multiply(group, _GATHER_BITS, out=out)
+    np.right_shift(out, np.uint64(56), out=out)
+    return out
+
+
 def _uint64(columns: np.ndarray) -> np.ndarray:
     """(words, up to 8) little-endian bytes -> (words,) uint64."""
     word = np.zeros((columns.shape[0], 8), dtype=np.uint8)
@@ -347,26 +399,52 @@ def lanes_from_digits(
         shown = digits[:, width - lanes :]
         values = np.array(shown if lane_order == "msb_first" else shown[:, ::-1], dtype=np.int64)
     else:
-        little = _little_bytes(digits, radix)
-        mask = np.uint64((1 << lane_bits) - 1)
-        values = np.empty((rows, lanes), dtype=np.int64)
-        word = _uint64(little) if little.shape[1] <= 8 else None
-        for lane in range(lanes):  # a pass a lane, over every word at once
-            low = lane * lane_bits
-            if word is not None:
-                part = word >> np.uint64(low) if low else word
-            else:  # wide words: the lane's own bytes (at most 9: 62 bits, 7 bits in)
-                first, skip = divmod(low, 8)
-                span = (skip + lane_bits + 7) // 8
-                part = _uint64(little[:, first : first + min(span, 8)]) >> np.uint64(skip)
-                if span > 8:
-                    part |= little[:, first + 8].astype(np.uint64) << np.uint64(64 - skip)
-            column = lanes - 1 - lane if lane_order == "msb_first" else lane
-            values[:, column] = part & mask
+        word = _word_ints(digits, radix) if width * (1 if radix == "bin" else 4) <= 64 else None
+        if word is not None and lanes == 1:
+            return _one_lane(word, lane_bits, signed)
+        values = _lanes_of(digits, radix, word, lanes, lane_bits, lane_order)
     if signed:  # two's complement
         sign = np.int64(1 << (lane_bits - 1))
         np.bitwise_xor(values, sign, out=values)
         np.subtract(values, sign, out=values)
+    return values
+
+
+def _one_lane(word: np.ndarray, lane_bits: int, signed: bool) -> np.ndarray:
+    """One lane a word: the word's low ``lane_bits``, two's complement if signed -> (words, 1) int64."""
+    kind = word.dtype.type
+    if lane_bits < 8 * word.dtype.itemsize:
+        np.bitwise_and(word, kind((1 << lane_bits) - 1), out=word)
+    if signed:  # in the word's own size, before widening
+        sign = kind(1 << (lane_bits - 1))
+        np.bitwise_xor(word, sign, out=word)
+        np.subtract(word, sign, out=word)  # wraps below zero: the two's complement of the value
+        return word.view(f"i{word.dtype.itemsize}").astype(np.int64)[:, None]
+    return word.astype(np.int64)[:, None]
+
+
+def _lanes_of(
+    digits: np.ndarray, radix: str, word: np.ndarray | None, lanes: int, lane_bits: int, lane_order: str
+) -> np.ndarray:
+    """(words, lanes) unsigned lane values, a pass a lane: from ``word`` (words up to 64 bits), else
+    from each lane's own bytes (at most 9: 62 bits, 7 bits in)."""
+    rows = digits.shape[0]
+    mask = (1 << lane_bits) - 1
+    values = np.empty((rows, lanes), dtype=np.int64)
+    little = _little_bytes(digits, radix) if word is None else digits
+    for lane in range(lanes):
+        column = lanes - 1 - lane if lane_order == "msb_first" else lane
+        low = lane * lane_bits
+        if word is not None:
+            kind = word.dtype.type
+            values[:, column] = (word >> kind(low) if low else word) & kind(mask)
+            continue
+        first, skip = divmod(low, 8)
+        span = (skip + lane_bits + 7) // 8
+        part = _uint64(little[:, first : first + min(span, 8)]) >> np.uint64(skip)
+        if span > 8:
+            part |= little[:, first + 8].astype(np.uint64) << np.uint64(64 - skip)
+        values[:, column] = part & np.uint64(mask)
     return values
 
 
