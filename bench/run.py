@@ -1,6 +1,7 @@
 """qexport's benchmark: every figure measured in this run beside its comparison point.
 
-Sections: 1. packing throughput, 2. whole-model export, 3. CLI start-up, 4. reference conv.
+Sections: 1. packing throughput, 2. whole-model export, 3. CLI start-up, 4. reference conv,
+5. decoding throughput (beside the encoder writing the same file).
 Each prints a table and PASS/FAIL lines against its targets; a summary of them closes the run.
 Speed never fails the run: the exit code is 1 only when a correctness cross-check fails (our
 text against a naive loop's and bitstring's, integer_conv against torch's float64 conv, the
@@ -10,6 +11,7 @@ Not collected by pytest (bench/ lies outside testpaths); tests/test_bench_smoke.
     python bench/run.py                      # full run, a few minutes
     python bench/run.py --quick              # small sizes, no batch 128, fewer repeats
     python bench/run.py --skip-export --out figures.json
+    python bench/run.py --only decode          # one section (packing, export, startup, conv, decode)
 """
 
 from __future__ import annotations
@@ -42,13 +44,20 @@ from qexport.frontend.demo import demo_model
 from qexport.frontend.inputs import load_demo
 from qexport.frontend.models.vgg import BUILTIN
 from qexport.ir.reference import conv_plan, integer_conv
-from qexport.verify.decode import decode_file
+from qexport.verify.decode import decode_file, lanes_from_digits, word_digits
 from qexport.writer.manifest import loads as manifest_loads
 from qexport.writer.pack import PackSpec, Radix, line_blocks, to_words
 
 T = TypeVar("T")
 
-SECTIONS = ("1. Packing throughput", "2. Whole-model export", "3. CLI start-up", "4. Reference conv")
+SECTIONS = (
+    "1. Packing throughput",
+    "2. Whole-model export",
+    "3. CLI start-up",
+    "4. Reference conv",
+    "5. Decoding throughput",
+)
+SECTION_NAMES = ("packing", "export", "startup", "conv", "decode")  # for --only
 MODEL = "VGG16_quant_gradual"
 
 
@@ -67,6 +76,7 @@ class Settings:
     slow_repeats: int  # ... and for the slow comparison points
     conv_batches: tuple[int, ...]
     export_batches: tuple[tuple[str, str], ...]  # (label, --images spec)
+    only: tuple[str, ...] = ()  # the sections to run (SECTION_NAMES); empty: every one
 
 
 @dataclass(frozen=True)
@@ -739,6 +749,116 @@ def _conv_row(
     }
 
 
+# ---------------------------------------------------------------- 5. decoding
+
+# (label, spec, radix, target M values/s): 4-bit lanes (a hex digit is a lane), bin, one-lane psums
+DECODE_ROWS: tuple[tuple[str, PackSpec, Radix, float | None], ...] = (
+    ("4-bit signed x8", PackSpec(4, 8, True), "hex", 100),
+    ("4-bit signed x8", PackSpec(4, 8, True), "bin", 50),
+    ("2-bit unsigned x16", PackSpec(2, 16, False), "bin", 50),
+    ("18-bit signed x1 (psum)", PackSpec(18, 1, True), "hex", 50),
+    ("18-bit signed x1 (psum)", PackSpec(18, 1, True), "bin", 50),
+    ("16-bit signed x4", PackSpec(16, 4, True), "hex", None),
+    ("24-bit signed x4", PackSpec(24, 4, True), "hex", None),
+)
+
+
+def ours_decode(path: Path, spec: PackSpec, radix: Radix) -> np.ndarray:
+    """qexport's decoder on a file: read it, digits, lanes (what decode_file does past the manifest)."""
+    digits = word_digits(path.read_bytes(), radix, spec.word_bits, 0, str(path))
+    return lanes_from_digits(digits, radix, spec.lanes, spec.lane_bits, spec.signed, spec.lane_order)
+
+
+def bitstring_decode(text: bytes, spec: PackSpec, radix: Radix) -> list[int]:
+    """A per-line bitstring reader (one Bits a word, a slice a lane): the independent decoder."""
+    values: list[int] = []
+    for line in text.decode("ascii").split():
+        word = bitstring.Bits(hex=line) if radix == "hex" else bitstring.Bits(bin=line)
+        used = word[len(word) - spec.lanes * spec.lane_bits :]
+        lanes = [used[k * spec.lane_bits : (k + 1) * spec.lane_bits] for k in range(spec.lanes)][::-1]
+        values.extend(lane.int if spec.signed else lane.uint for lane in lanes)
+    return values
+
+
+def _decode_row(
+    label: str,
+    spec: PackSpec,
+    radix: Radix,
+    target: float | None,
+    count: int,
+    prefix: int,
+    path: Path,
+    settings: Settings,
+    report: Report,
+) -> dict[str, Any]:
+    """One spec and radix: our encoder writes the file, our decoder reads it back, bitstring checks it."""
+    low, high = spec.value_range
+    values = np.random.default_rng(0).integers(low, high, count, endpoint=True)
+    encode_s, _ = timed(settings.pack_repeats, lambda: ours_text(values, spec, radix, path), path)
+    decode_s, decoded = timed(settings.pack_repeats, lambda: ours_decode(path, spec, radix))
+    name = f"{label} {radix}"
+    report.cross_check(f"{name}: decoded == the values encoded", np.array_equal(decoded.reshape(-1), values))
+    text = path.read_bytes()
+    head = text[: prefix // spec.lanes * (text.index(b"\n") + 1)]  # every line is as long
+    report.cross_check(
+        f"{name}: decoded == bitstring's decode",
+        decoded.reshape(-1)[:prefix].tolist() == bitstring_decode(head, spec, radix),
+        f"first {prefix:,} values",
+    )
+    return {
+        "spec": label,
+        "radix": radix,
+        "values": count,
+        "bytes": len(text),
+        "encode_s": encode_s,
+        "decode_s": decode_s,
+        "encode_mvps": count / encode_s / 1e6,
+        "decode_mvps": count / decode_s / 1e6,
+        "target_mvps": target,
+    }
+
+
+def section_decode(settings: Settings, report: Report) -> None:
+    section_header(SECTIONS[4])
+    count = settings.values - settings.values % _WHOLE_WORDS
+    prefix = min(count, settings.bitstring_values - settings.bitstring_values % _WHOLE_WORDS)
+    print(
+        f"  {count:,} values a row; encode (ours, writing the file) and decode (ours, reading it) best of "
+        f"{settings.pack_repeats}; the encoder is the comparison point: reading a set back should not "
+        "cost more than writing it"
+    )
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "words.txt"
+        for label, spec, radix, target in DECODE_ROWS:
+            rows.append(_decode_row(label, spec, radix, target, count, prefix, path, settings, report))
+    report.figures["decoding"] = rows
+    print_table(
+        ["spec", "encode M/s", "decode M/s", "decode/encode", "target"],
+        [
+            [
+                f"{r['spec']} {r['radix']}",
+                fmt(r["encode_mvps"], 1),
+                fmt(r["decode_mvps"], 1),
+                fmt(r["decode_mvps"] / r["encode_mvps"], 2),
+                "-" if r["target_mvps"] is None else f">= {r['target_mvps']:.0f} M/s",
+            ]
+            for r in rows
+        ],
+    )
+    print("  decode/encode: values a second read back over values a second written (1 = the same speed)")
+    print("  targets:")
+    for r in rows:
+        if r["target_mvps"] is not None and not settings.quick:
+            rate = r["decode_mvps"]
+            report.target(
+                "decoding",
+                f"{r['spec']} {r['radix']}: decode >= {r['target_mvps']:.0f} M values/s",
+                rate >= r["target_mvps"],
+                f"{rate:.1f}",
+            )
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -752,6 +872,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[Settings, Path | 
     parser.add_argument("--quick", action="store_true", help="small sizes, no batch 128, fewer repeats")
     parser.add_argument("--skip-export", action="store_true", help="skip section 2 (the subprocess exports)")
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument(
+        "--only", choices=SECTION_NAMES, action="append", help="run only this section (repeatable)"
+    )
     args = parser.parse_args(argv)
     if args.values is not None and args.values < _WHOLE_WORDS:
         parser.error(f"--values {args.values}: need at least {_WHOLE_WORDS}, one word of every spec")
@@ -768,6 +891,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[Settings, Path | 
         slow_repeats=1 if quick else 2,
         conv_batches=(1, 16) if quick else (1, 128),
         export_batches=batches,
+        only=tuple(args.only or ()),
     )
     return settings, args.out
 
@@ -796,8 +920,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         (section_export, "dump exits 0; the notebook way's integers == dump's files"),
         (section_startup, "commands exit 0; qexport.cli.main imports no torch"),
         (section_conv, "integer_conv == torch float64 conv"),
+        (section_decode, "decoded == the values encoded == bitstring's decode"),
     )
-    for run_section, checked in sections:
+    for (run_section, checked), name in zip(sections, SECTION_NAMES, strict=True):
+        if settings.only and name not in settings.only:
+            continue
         first, start = len(report.checks), time.perf_counter()
         run_section(settings, report)
         if len(report.checks) > first:

@@ -18,6 +18,7 @@ SECTION_HEADERS = (
     "== 2. Whole-model export ==",
     "== 3. CLI start-up ==",
     "== 4. Reference conv ==",
+    "== 5. Decoding throughput ==",
     "== Summary ==",
 )
 

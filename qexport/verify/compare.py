@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from qexport.errors import InputError
-from qexport.verify.decode import lanes_from_bits, parse_words, plain_words, stored_shape
+from qexport.verify.decode import lanes_from_digits, radix_of, stored_shape, syntax_digits, word_digits
 from qexport.writer.manifest import MANIFEST_NAME, FileEntry, Manifest, loads
 
 DETAIL = 20  # differing values listed one by one; all of them are counted and summarised
@@ -180,7 +180,7 @@ def _entries(manifest: Manifest) -> list[Entry]:
 
 
 def _token_header_lines(text: str) -> int:
-    # the course files open with `#…#` tokens; `//` comments ($writememh's addresses) parse_words skips
+    # the course files open with `#…#` tokens; `//` comments ($writememh's addresses) word_digits skips
     count = 0
     for line in text.split("\n"):
         if not line.lstrip().startswith("#"):
@@ -193,18 +193,19 @@ _MARKERS = {"coe": "memory_initialization_vector=", "mif": "CONTENT BEGIN", "h":
 
 
 def _bits(text: str, entry: FileEntry, where: str) -> np.ndarray:
-    """A file's words as (words, word_bits) bits; coe / mif / C-header files written by us are read
-    past their syntax, any other text (e.g. a simulator's $writememh dump of such a memory) as bare
-    words."""
+    """A file's words as (words, digits) digit values; coe / mif / C-header files written by us are
+    read past their syntax, any other text (e.g. a simulator's $writememh dump of such a memory) as
+    bare words."""
     fmt = entry.format
-    radix = "bin" if fmt in ("bin", "txt") else "hex"
     if fmt in _MARKERS and _MARKERS[fmt] in text:
-        return parse_words(plain_words(text, entry), radix, entry.word_bits, 0, where)
-    return parse_words(text, radix, entry.word_bits, _token_header_lines(text), where)
+        return syntax_digits(text, entry, where)
+    return word_digits(text, radix_of(entry), entry.word_bits, _token_header_lines(text), where)
 
 
-def _lanes(bits: np.ndarray, entry: FileEntry) -> np.ndarray:
-    return lanes_from_bits(bits, entry.lanes, entry.lane_bits, entry.signed, entry.lane_order)
+def _lanes(digits: np.ndarray, entry: FileEntry) -> np.ndarray:
+    return lanes_from_digits(
+        digits, radix_of(entry), entry.lanes, entry.lane_bits, entry.signed, entry.lane_order
+    )
 
 
 def _coordinates(entry: FileEntry, words: np.ndarray, lanes: np.ndarray) -> dict[str, np.ndarray]:
