@@ -1,4 +1,5 @@
-// qexport behavioural reference core: a tile of a 3x3, stride-1 conv on a ROWS x COLS array.
+// qexport behavioural reference core: a tile of a KERNEL x KERNEL conv with stride STRIDE on a
+// ROWS x COLS array, over a GRID x GRID input grid, GRID = (TILE-1)*STRIDE + KERNEL.
 // Not synthesizable; it computes in one clock what the real array computes over many, so a
 // testbench rendered by `qexport testbench` runs out of the box. Replace it with your DUT: the
 // testbench drives these ports and this handshake, and nothing else.
@@ -6,8 +7,9 @@
 // Interface (all inputs are sampled on the rising edge of clk; the testbench changes them just
 // after a falling edge):
 //   act_we,  act_addr  (grid position r*GRID+c), act_data  (ROWS lanes, channel 0 in the low bits)
-//   w_we,    w_kij (kernel position ki*3+kj), w_col (output channel), w_data (ROWS lanes)
-//   addr_we, addr_index, addr_data   weight-stationary only: acc_address table (pixel*9 + k)
+//   w_we,    w_kij (kernel position ki*KERNEL+kj), w_col (output channel), w_data (ROWS lanes)
+//   addr_we, addr_index, addr_data   weight-stationary only: acc_address table
+//            (pixel*KERNEL*KERNEL + kernel position)
 //   clear    high for one rising edge: zero the accumulators
 //   start    high for one rising edge: add the loaded input-channel tile's conv to the accumulators
 //   done     high for at least one clock once that sum is in the accumulators
@@ -33,6 +35,9 @@ module qexport_ref_core #(
     parameter PSUM_BITS = 16,
     parameter OUT_BITS = 16,
     parameter TILE = 4,
+    parameter KERNEL = 3,
+    parameter STRIDE = 1,
+    parameter GRID = (TILE - 1) * STRIDE + KERNEL,
     parameter ADDR_BITS = 11,
     parameter WEIGHT_STATIONARY = 1,
     parameter RELU = 1
@@ -54,14 +59,14 @@ module qexport_ref_core #(
     input  wire [15:0] out_addr,
     output wire [COLS*OUT_BITS-1:0] out_data
 );
-    localparam GRID = TILE + 2;
     localparam PIXELS = TILE * TILE;
+    localparam PASSES = KERNEL * KERNEL;
 
     reg [ROWS*ACT_BITS-1:0] act [0:GRID*GRID-1];
-    reg [ROWS*W_BITS-1:0] wgt [0:9*COLS-1];
-    reg [ADDR_BITS-1:0] addr_table [0:PIXELS*9-1];
-    // psum memory of the weight-stationary core: kernel pass k writes grid row n at GRID*GRID*k + n
-    reg signed [PSUM_BITS-1:0] psum_mem [0:9*GRID*GRID*COLS-1];
+    reg [ROWS*W_BITS-1:0] wgt [0:PASSES*COLS-1];
+    reg [ADDR_BITS-1:0] addr_table [0:PIXELS*PASSES-1];
+    // psum memory of the weight-stationary core: kernel pass k writes grid position n at GRID*GRID*k + n
+    reg signed [PSUM_BITS-1:0] psum_mem [0:PASSES*GRID*GRID*COLS-1];
     reg signed [63:0] acc [0:PIXELS*COLS-1];
 
     integer k, n, oc, ic, p, ki, kj;
@@ -91,15 +96,15 @@ module qexport_ref_core #(
         if (clear) for (p = 0; p < PIXELS*COLS; p = p + 1) acc[p] = 0;
         if (start) begin
             if (WEIGHT_STATIONARY) begin
-                for (k = 0; k < 9; k = k + 1)
+                for (k = 0; k < PASSES; k = k + 1)
                     for (n = 0; n < GRID*GRID; n = n + 1)
                         for (oc = 0; oc < COLS; oc = oc + 1)
                             psum_mem[(GRID*GRID*k + n)*COLS + oc] = mac_row(n, k, oc);
                 for (p = 0; p < PIXELS; p = p + 1)
                     for (oc = 0; oc < COLS; oc = oc + 1) begin
                         sum = 0;
-                        for (k = 0; k < 9; k = k + 1)
-                            sum = sum + psum_mem[addr_table[p*9 + k]*COLS + oc];
+                        for (k = 0; k < PASSES; k = k + 1)
+                            sum = sum + psum_mem[addr_table[p*PASSES + k]*COLS + oc];
                         acc[p*COLS + oc] = acc[p*COLS + oc] + sum;
                     end
             end else begin
@@ -107,9 +112,10 @@ module qexport_ref_core #(
                 for (p = 0; p < PIXELS; p = p + 1)
                     for (oc = 0; oc < COLS; oc = oc + 1) begin
                         sum = 0;
-                        for (ki = 0; ki < 3; ki = ki + 1)
-                            for (kj = 0; kj < 3; kj = kj + 1)
-                                sum = sum + mac_row((p/TILE + ki)*GRID + (p%TILE + kj), ki*3 + kj, oc);
+                        for (ki = 0; ki < KERNEL; ki = ki + 1)
+                            for (kj = 0; kj < KERNEL; kj = kj + 1)
+                                sum = sum + mac_row((p/TILE*STRIDE + ki)*GRID + (p%TILE*STRIDE + kj),
+                                                    ki*KERNEL + kj, oc);
                         acc[p*COLS + oc] = acc[p*COLS + oc] + sum;
                     end
             end

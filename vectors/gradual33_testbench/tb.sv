@@ -16,7 +16,10 @@ module tb;
     localparam PSUM_BITS = 16;
     localparam OUT_BITS = 16;
     localparam TILE = 4;
-    localparam GRID = TILE + 2;
+    localparam KERNEL = 3;
+    localparam STRIDE = 1;
+    localparam GRID = 6;  // (TILE-1)*STRIDE + KERNEL input pixels a side
+    localparam PASSES = KERNEL * KERNEL;
     localparam ADDR_BITS = 11;
 
     reg clk = 0;
@@ -33,7 +36,7 @@ module tb;
 
     qexport_ref_core #(
         .ROWS(ROWS), .COLS(COLS), .ACT_BITS(ACT_BITS), .W_BITS(W_BITS), .PSUM_BITS(PSUM_BITS),
-        .OUT_BITS(OUT_BITS), .TILE(TILE), .ADDR_BITS(ADDR_BITS),
+        .OUT_BITS(OUT_BITS), .TILE(TILE), .KERNEL(KERNEL), .STRIDE(STRIDE), .GRID(GRID), .ADDR_BITS(ADDR_BITS),
         .WEIGHT_STATIONARY(1), .RELU(1)
     ) dut (
         .clk(clk), .act_we(act_we), .act_addr(act_addr), .act_data(act_data),
@@ -44,7 +47,7 @@ module tb;
 
     reg [ROWS*ACT_BITS-1:0] act_words [0:GRID*GRID-1];
     reg [ROWS*W_BITS-1:0] w_words [0:COLS-1];
-    reg [ADDR_BITS-1:0] addr_words [0:TILE*TILE*9-1];
+    reg [ADDR_BITS-1:0] addr_words [0:TILE*TILE*PASSES-1];
     reg [COLS*OUT_BITS-1:0] golden [0:TILE*TILE-1];
     integer i, lane, errors, checked;
 
@@ -71,7 +74,7 @@ module tb;
     task automatic load_addresses(input string file);
         begin
             $readmemh(file, addr_words);
-            for (i = 0; i < TILE*TILE*9; i = i + 1) begin
+            for (i = 0; i < TILE*TILE*PASSES; i = i + 1) begin
                 @(negedge clk) addr_we = 1; addr_index = i; addr_data = addr_words[i];
             end
             @(negedge clk) addr_we = 0;
