@@ -39,7 +39,7 @@ TEXT_FORMATS = ("hex", "bin", "txt", "coe", "mif", "h")
 
 def _rendered(fmt: str, values: np.ndarray, spec: PackSpec, depth: str = "exact") -> tuple[bytes, FileEntry]:
     tp = TensorPlan("weight", "layer33/weight", values.reshape(1, -1), ("n", "c"), spec)
-    ctx = MemoryContext("VGG16_quant_gradual", None, "flat", 33, 10, fmt, depth, None)  # type: ignore[arg-type]
+    ctx = MemoryContext("VGG16_quant_gradual", None, "flat", "33", "layer33", 10, fmt, depth, None)  # type: ignore[arg-type]
     sink = ExportPlan()
     rendered = render_memory(tp, ctx)
     entry = file_entry(tp, rendered.facts, write_hashed(sink, rendered.facts.path, rendered.content))
