@@ -12,7 +12,7 @@ from typing import cast
 from qexport import __version__
 from qexport.errors import CheckFailed, InputError
 from qexport.frontend.capture import LayerSettings, LayerTensors, capture
-from qexport.frontend.models.network import ConvRef
+from qexport.frontend.models.network import ConvRef, layer_label
 from qexport.frontend.models.quant import ActClip
 from qexport.frontend.source import Loaded as Loaded  # re-exported, as SourceOptions and load
 from qexport.frontend.source import SourceOptions as SourceOptions
@@ -50,10 +50,17 @@ class LayerInfo(LayerSettings):
 
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    next_check: bool
+    """Whether the seeds' ReLU(recovered) vs next-conv-input check applies (only a ReLU between)."""
 
     @classmethod
     def of(cls, t: LayerTensors) -> LayerInfo:
-        return cls(**t.settings(), input_shape=tuple(t.x.shape[1:]), output_shape=tuple(t.y.shape[1:]))
+        return cls(
+            **t.settings(),
+            input_shape=tuple(t.x.shape[1:]),
+            output_shape=tuple(t.y.shape[1:]),
+            next_check=t.next_x is not None,
+        )
 
 
 def layers(opts: SourceOptions) -> tuple[Loaded, list[LayerInfo]]:
@@ -96,6 +103,10 @@ class LayerCheck:
     layer: int | None
     conv_number: int
     checks: LayerChecks
+
+    @property
+    def label(self) -> str:
+        return layer_label(self.name, self.layer)
 
 
 def verify(

@@ -117,25 +117,29 @@ def _describe_source(loaded: Loaded) -> str:
 
 
 _MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.\w+)+")
+_CONV_NUMBER = re.compile(r"conv\s*\d+")
 """A layer's module path, as ``features.33`` or ``layer1.0.conv2``."""
 
 
 def _parse_layers(text: str) -> list[int | str]:
-    """Features indices (``33``) and module paths (``features.33``), comma separated."""
+    """Features indices (``33``), module paths (``features.33``, ``layer1.0.conv2``) and conv
+    numbers (``conv 9``), comma separated."""
     layers: list[int | str] = []
     for part in (p.strip() for p in text.split(",")):
-        if _MODULE_PATH.fullmatch(part):
+        if _MODULE_PATH.fullmatch(part) or _CONV_NUMBER.fullmatch(part):
             layers.append(part)
             continue
         try:
             layers.append(int(part))
         except ValueError:
             raise click.BadParameter(
-                f"{text!r} is not a features index (33), a module path (features.33) or a comma list of them"
+                f"{text!r} is not a features index (33), a module path (features.33, layer1.0.conv2), "
+                "a conv number (conv 9) or a comma list of them"
             ) from None
     return layers
 
 
-def _alias(layer: int | str) -> str:
-    """A layer as a folder name shows it: features.33 as 33, the VGG alias."""
-    return str(layer).removeprefix("features.")
+def _default_folder(layers: list[int | str]) -> str:
+    """``layer33_35`` for VGG layers (features.33 as 33, the alias), else the names joined."""
+    texts = [str(layer).removeprefix("features.").replace(" ", "") for layer in layers]
+    return "layer" + "_".join(texts) if all(t.isdigit() for t in texts) else "_".join(texts)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from qexport.cli.common import (
-    _alias,
+    _default_folder,
     _describe_source,
     _fail,
     _parse_layers,
@@ -24,6 +24,7 @@ from qexport.cli.common import (
 from qexport.errors import CheckFailed
 
 if TYPE_CHECKING:
+    from qexport.api import LayerInfo, Loaded
     from qexport.writer.manifest import Manifest
 
 __all__ = ["dump", "layers", "testbench_command", "verify"]
@@ -44,19 +45,53 @@ def layers(**kwargs: Any) -> None:
 
     loaded, infos = api.layers(_source(kwargs))
     click.echo(f"# {_describe_source(loaded)}")
+    width = max([5, *(len(info.label) for info in infos)])
     header = (
-        f"{'layer':>5} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} "
-        f"{'act_alpha':>9} {'wgt_alpha':>9}  input -> output"
+        f"{'layer':>{width}} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} "
+        f"{'act_alpha':>9} {'wgt_alpha':>9}  input -> output  notes"
     )
     click.echo(header)
+    blocked = loaded.blocked()
     for info in infos:
         ksp = f"{info.kernel}/{info.stride}/{info.padding}"
         shapes = f"{'x'.join(map(str, info.input_shape))} -> {'x'.join(map(str, info.output_shape))}"
         click.echo(
-            f"{info.layer:>5} {info.conv_number:>4} {info.in_channels:>4} {info.out_channels:>4} "
+            f"{info.label:>{width}} {info.conv_number:>4} {info.in_channels:>4} {info.out_channels:>4} "
             f"{ksp:>7} {info.w_bit:>5} {info.act_bit:>7} {info.act_alpha:>9.4f} "
-            f"{info.wgt_alpha:>9.4f}  {shapes}"
+            f"{info.wgt_alpha:>9.4f}  {shapes}  {_notes(info, loaded, blocked)}".rstrip()
         )
+    bits = {(b.w_source, b.act_source) for b in loaded.bits.values()}
+    if len(bits) == 1:
+        ((w_source, act_source),) = bits
+        click.echo(f"# w_bit: {w_source}; act_bit: {act_source}")
+    floats = loaded.float_convs
+    if floats:
+        click.echo(f"# float convs (plain nn.Conv2d, listed, not exported): {', '.join(floats)}")
+    if blocked:
+        click.echo(
+            f"# {len(blocked)} layer(s) cannot be exported "
+            "(`qexport dump --all --skip-invalid` leaves them out):"
+        )
+        for name, why in blocked.items():
+            click.echo(f"#   {name}: {why}")
+
+
+def _notes(info: LayerInfo, loaded: Loaded, blocked: dict[str, str]) -> str:
+    """Per layer: where its bits came from (when layers differ), ties, the next-input check, refusals."""
+    notes = []
+    if info.name != info.label:
+        notes.append(info.name)
+    bits = loaded.bits.get(info.name)
+    if bits is not None and len({(b.w_source, b.act_source) for b in loaded.bits.values()}) > 1:
+        notes.append(f"w_bit {bits.w_source}, act_bit {bits.act_source}")
+    ties = loaded.report.ties.get(info.name)
+    if ties:
+        notes.append(f"{ties} weight_q rounding tie(s): stored values used")
+    if info.next_check:
+        notes.append("ReLU check vs next conv")
+    if info.name in blocked:
+        notes.append("CANNOT EXPORT" if info.name in loaded.report.problems else "after a bad layer")
+    return "; ".join(notes)
 
 
 @click.command("dump")
@@ -166,7 +201,7 @@ def dump(
     layer_ids = None if all_layers else _parse_layers(layer_text or "")
     if out_dir is None:
         out_dir = Path("qexport-out") / (
-            "all" if layer_ids is None else "layer" + "_".join(_alias(layer) for layer in layer_ids)
+            "all" if layer_ids is None else _default_folder(layer_ids)
         )
     layout = LayoutOptions(
         lanes=lanes,
@@ -194,7 +229,7 @@ def dump(
     manifest = result.manifest
     label = f" ({manifest.label})" if manifest.label is not None else ""
     files = sum(len(entry.files) for entry in manifest.layers)
-    layers_written = ", ".join(str(entry.index) for entry in manifest.layers)
+    layers_written = ", ".join(str(entry.key) for entry in manifest.layers)
     click.echo(
         f"wrote {files} {manifest.format} files + manifest.json for layer(s) {layers_written} of "
         f"{manifest.model}{label} to the vector set {out_dir}:"
@@ -256,7 +291,7 @@ def _set_lines(out_dir: Path, manifest: Manifest) -> list[str]:
         names = [PurePosixPath(f.path) for f in entry.files]
         folder = out_dir / names[0].parent  # layer<index>/: every file of a layer is in it
         listed = ": " + ", ".join(sorted(n.name for n in names)) if len(names) <= 6 else ""
-        lines.append(f"layer {entry.index:<3} {folder}/  {len(names)} files{listed}")
+        lines.append(f"layer {entry.key!s:<3} {folder}/  {len(names)} files{listed}")
     return lines
 
 
@@ -281,22 +316,21 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
     layer_ids = _parse_layers(layer_text) if layer_text else None
     loaded, results = api.verify(_source(kwargs), layer_ids)
     click.echo(f"# {_describe_source(loaded)}, {len(loaded.inputs.indices)} image(s)")
-    click.echo(
-        f"{'layer':>5} {'conv':>4} {'mean_err':>10} {'max_err':>10} "
-        f"{'next_mean':>10} {'next_max':>10}  result"
-    )
+    header = f"{'mean_err':>10} {'max_err':>10} {'next_mean':>10} {'next_max':>10}  result"
 
     def fmt(value: object) -> str:
         return f"{value:10.2e}" if isinstance(value, float) else f"{'-':>10}"
 
-    failed = []
+    failed: list[int | str] = []
+    width = max([5, *(len(r.label) for r in results)])
+    click.echo(f"{'layer':>{width}} {'conv':>4} {header}")
     for r in results:
         c = r.checks
         verdict = "PASS" if c.passed else "FAIL"
         if not c.passed:
-            failed.append(r.layer)
+            failed.append(r.layer if r.layer is not None else r.name)
         click.echo(
-            f"{r.layer:>5} {r.conv_number:>4} {fmt(c.output_mean_error)} {fmt(c.output_max_error)} "
+            f"{r.label:>{width}} {r.conv_number:>4} {fmt(c.output_mean_error)} {fmt(c.output_max_error)} "
             f"{fmt(c.next_input_mean_error)} {fmt(c.next_input_max_error)}  {verdict}"
         )
     if failed:

@@ -19,7 +19,7 @@ from qexport.frontend.checkpoint import load_checkpoint
 from qexport.frontend.device import pick_device
 from qexport.frontend.inputs import CIFAR_FOLDER, Inputs, load_array, load_cifar10, load_demo
 from qexport.frontend.models.load import LoadReport, load_weights
-from qexport.frontend.models.network import ConvTable, conv_table, quantized_convs
+from qexport.frontend.models.network import ConvTable, conv_table, float_convs, quantized_convs
 from qexport.frontend.models.quant import DEFAULT_ACT_CLIP, ActClip
 from qexport.frontend.models.resnet import ResNetArch
 from qexport.frontend.models.resolve import ModelArch, build_any, builtin_model, resolve_model
@@ -60,6 +60,11 @@ class Loaded:
     @property
     def bits(self) -> dict[str, ConvBits]:
         return self.report.bits
+
+    @property
+    def float_convs(self) -> list[str]:
+        """Plain ``nn.Conv2d``s (a float stem): listed by ``qexport layers``, never exported."""
+        return float_convs(self.model)
 
     def blocked(self) -> dict[str, str]:
         """Layers that cannot be exported: each bad one, and every later one its output reaches.

@@ -41,7 +41,7 @@ def test_layers_lists_the_gradual_convs(runner: CliRunner) -> None:
     result = runner.invoke(main, ["layers"])
     assert result.exit_code == 0, result.output
     assert "demo, untrained" in result.output
-    rows = [line.split() for line in result.output.splitlines()[2:]]
+    rows = [line.split() for line in result.output.splitlines()[2:] if not line.startswith("#")]
     assert [int(r[0]) for r in rows] == [
         0,
         4,
@@ -121,7 +121,7 @@ def test_layer_by_module_path_default_folder_and_refusal(runner: CliRunner, tmp_
     assert "features.0, features.4" in bad.output and "features.33" in bad.output
     assert not (tmp_path / "x").exists()
     junk = runner.invoke(main, ["dump", "--layer", "33,x-y", "-o", str(tmp_path / "y")])
-    assert junk.exit_code == 2 and "module path (features.33)" in junk.output
+    assert junk.exit_code == 2 and "module path (features.33, layer1.0.conv2)" in junk.output
 
 
 def test_dump_needs_layer_or_all(runner: CliRunner) -> None:
