@@ -200,9 +200,7 @@ def dump(
         raise click.UsageError("give exactly one of --layer L or --all")
     layer_ids = None if all_layers else _parse_layers(layer_text or "")
     if out_dir is None:
-        out_dir = Path("qexport-out") / (
-            "all" if layer_ids is None else _default_folder(layer_ids)
-        )
+        out_dir = Path("qexport-out") / ("all" if layer_ids is None else _default_folder(layer_ids))
     layout = LayoutOptions(
         lanes=lanes,
         psum_lanes=psum_lanes,

@@ -17,8 +17,8 @@ from typing import Any, Literal
 from qexport.errors import InputError
 
 _NAME_KEYS = ("activation", "weight", "address", "output", "output_tiled", "psum")
-# the placeholders each [names] pattern is formatted with (systolic.py); address and output name
-# one file each and are used as written
+# the placeholders each [names] pattern is formatted with (systolic.py); every pattern may also
+# use {layer}, the layer's folder tag (layer33, layer1.0.conv2); address and output name one file each
 _PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "activation": ("a",),
     "weight": ("i", "o", "k"),
@@ -27,12 +27,14 @@ _PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "output_tiled": ("s", "o"),
     "psum": ("s", "i", "o"),
 }
+LAYER_PLACEHOLDER = "layer"
 _MEANING = {
     "a": "activation tile, s*itiles + i",
     "i": "input-channel tile",
     "o": "output-channel tile",
     "k": "kernel position, ki*kernel + kj",
     "s": "spatial tile",
+    LAYER_PLACEHOLDER: "the layer, layer33 or layer1.0.conv2",
 }
 _GOLDEN_OPS = ("accumulate", "relu", "requantize")
 
@@ -188,9 +190,10 @@ def _checked(where: str, key: str, value: Any) -> Any:
 
 
 def _valid_placeholders(key: str) -> str:
-    valid = _PLACEHOLDERS[key]
-    if not valid:
-        return f"{key} names a single file and takes no placeholders"
+    valid = (*_PLACEHOLDERS[key], LAYER_PLACEHOLDER)
+    if not _PLACEHOLDERS[key]:
+        only = f"{{{LAYER_PLACEHOLDER}}} ({_MEANING[LAYER_PLACEHOLDER]})"
+        return f"{key} names a single file and takes only {only}"
     shown = ", ".join(f"{{{p}}} ({_MEANING[p]})" for p in valid)
     return f"valid placeholders for {key} are {shown}"
 
@@ -201,7 +204,7 @@ def _check_pattern(where: str, key: str, pattern: str) -> None:
     ``weight = "w_{i}_{o}_k{k:02d}"`` is fine; ``"w_{b}"``, ``"w_{"``, ``"w_{}"``, ``"w_{i!x}"`` are not.
     """
     what = f"{where}: [names] {key} = {pattern!r}"
-    valid, fix = _PLACEHOLDERS[key], _valid_placeholders(key)
+    valid, fix = (*_PLACEHOLDERS[key], LAYER_PLACEHOLDER), _valid_placeholders(key)
     try:
         fields = [(name, conv) for _, name, _, conv in string.Formatter().parse(pattern) if name is not None]
     except ValueError as err:
@@ -219,10 +222,8 @@ def _check_pattern(where: str, key: str, pattern: str) -> None:
                 f"{what}: placeholder {{{name}!{conversion}}} has a conversion; write {{{name}}} "
                 f"(a format spec such as {{{name}:02d}} is fine)"
             )
-    if not valid and ("{" in pattern or "}" in pattern):
-        raise InputError(f"{what}: {fix} and is used as written, so it cannot hold braces")
     try:
-        pattern.format(**dict.fromkeys(valid, 0))
+        pattern.format(**dict.fromkeys(_PLACEHOLDERS[key], 0), **{LAYER_PLACEHOLDER: "layer0"})
     except KeyError as err:  # a placeholder nested in a format spec: {a:{b}}
         raise InputError(f"{what} uses unknown placeholder {{{err.args[0]}}}; {fix}") from err
     except (ValueError, IndexError) as err:

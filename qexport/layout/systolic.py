@@ -135,7 +135,7 @@ def systolic_layout(
                 plans.append(
                     TensorPlan(
                         "weight",
-                        prefix + names["weight"].format(i=i, o=o, k=kk),
+                        prefix + names["weight"].format(i=i, o=o, k=kk, layer=layer.folder),
                         taps,
                         ("oc", "kh", "kw", "ic"),
                         w_spec,
@@ -191,7 +191,7 @@ def systolic_layout(
                     plans.append(
                         TensorPlan(
                             "input",
-                            prefix + names["activation"].format(a=s * itiles + i),
+                            prefix + names["activation"].format(a=s * itiles + i, layer=layer.folder),
                             x[image : image + 1, chans, rows, cols].transpose(0, 2, 3, 1),
                             ("n", "h", "w", "c"),
                             act_spec,
@@ -206,7 +206,7 @@ def systolic_layout(
                             plans.append(
                                 TensorPlan(
                                     "psum",
-                                    prefix + names["psum"].format(s=s, i=i, o=o),
+                                    prefix + names["psum"].format(s=s, i=i, o=o, layer=layer.folder),
                                     values,
                                     ("n", "h", "w", "c"),
                                     psum_spec,
@@ -216,7 +216,11 @@ def systolic_layout(
                 for o in range(otiles):
                     if itiles == 1:
                         fit_psum(_by_pixel(total[window], o, p), f"tile {s} otile {o}")
-                    name = names["output"] if single else names["output_tiled"].format(s=s, o=o)
+                    name = (
+                        names["output"].format(layer=layer.folder)
+                        if single
+                        else names["output_tiled"].format(s=s, o=o, layer=layer.folder)
+                    )
                     plans.append(
                         TensorPlan(
                             "output",
@@ -229,7 +233,7 @@ def systolic_layout(
                     )
                 s += 1
     if p.dataflow == "weight_stationary":
-        plans.append(_address_plan(p, layer, prefix + names["address"]))
+        plans.append(_address_plan(p, layer, prefix + names["address"].format(layer=layer.folder)))
     return plans
 
 

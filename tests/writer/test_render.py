@@ -67,15 +67,27 @@ def test_a_bad_activation_pattern_is_refused_naming_key_and_placeholders(pattern
         ("weight", 'weight = "weight_itile{i}_otile{o}_kij{k}"', "w{i}{o}{a}", r"\{i\} .*, \{o\} .*, \{k\} "),
         ("psum", 'psum = "psum_tile{s}_itile{i}_otile{o}"', "p{s}{k}", r"\{s\} .*, \{i\} .*, \{o\} "),
         ("output_tiled", 'output_tiled = "out_tile{s}_otile{o}"', "o{i}", r"\{s\} .*, \{o\} "),
-        ("output", 'output = "out"', "out{s}", r"output names a single file and takes no placeholders"),
-        ("address", 'address = "acc_address"', "acc{{x}}", r"used as written, so it cannot hold braces"),
+        ("output", 'output = "out"', "out{s}", r"output names a single file and takes only \{layer\}"),
+        ("address", 'address = "acc_address"', "acc{x}", r"uses unknown placeholder \{x\}; address names"),
+        ("weight", 'weight = "weight_itile{i}_otile{o}_kij{k}"', "w{layer:02d}", r"cannot be formatted"),
     ],
-    ids=["weight", "psum", "output_tiled", "output", "address"],
+    ids=["weight", "psum", "output_tiled", "output", "address", "layer-spec"],
 )
 def test_each_key_lists_its_own_placeholders(key: str, line: str, pattern: str, message: str) -> None:
     text = _course_with(line, f'{key} = "{pattern}"')
     with pytest.raises(InputError, match=rf"\[names\] {key} = .*{message}"):
         parse_profile(text, "profile mine.toml")
+
+
+def test_every_name_pattern_may_name_the_layer(tmp_path: Path) -> None:
+    from qexport import api
+
+    text = _course_with('output = "out"', 'output = "{layer}_out"')
+    text = text.replace('address = "acc_address"', 'address = "acc_{layer}"')
+    prof = parse_profile(text.replace('name = "course"', 'name = "mine"'), "mine")
+    result = api.export(api.SourceOptions(), [33], tmp_path / "set", profile=prof)
+    paths = {f.path for f in result.manifest.layers[0].files}
+    assert {"layer33/layer33_out.txt", "layer33/acc_layer33.txt"} <= paths
 
 
 def test_placeholders_with_a_format_spec_are_fine() -> None:
