@@ -123,7 +123,7 @@ def main() -> None:
         same = (
             [(r.conv_number, r.accuracy) for r in ours.sensitivity.ranked] == seed["ranked"]
             and [(s.conv_number, s.accepted, s.result.accuracy) for s in ours.steps] == seed["decisions"]
-            and [ours.act_bits()[c.layer] for c in ours.convs] == seed["precisions"]
+            and [ours.act_bits()[c.name] for c in ours.convs] == seed["precisions"]
             and ours.result.accuracy == seed["final"]
         )
         failed |= not same

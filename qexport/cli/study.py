@@ -214,7 +214,8 @@ def sensitivity_command(
 
     Prints the layers sorted by accuracy drop (least sensitive first, ties in conv order), and
     writes sensitivity.json, sensitivity.csv and a bar chart sensitivity.png. "Layer N" is the
-    conv number (seed 000's numbering); features[L] is the index `dump --layer` takes.
+    conv number (seed 000's numbering); features[L] (VGG) or the module path (layer1.0.conv2) is
+    the name `dump --layer` takes.
 
     \b
     Example:
@@ -236,22 +237,26 @@ def sensitivity_command(
             force=force,
             progress=bars,
         )
+    from qexport.study.results import where
+
     _header(s)
     click.echo(f"[All-{from_bits}bit activation] Test Accuracy: {sens.baseline.accuracy:.2f}%")
     click.echo("\n=> Per-layer sensitivity sorted by accuracy drop:")
     for r in sens.ranked:
-        click.echo(
-            f"  Layer {r.conv_number:2d}: acc={r.accuracy:.2f}%, drop={r.drop:.2f}% | features[{r.layer}]"
-        )
+        head = f"  Layer {r.conv_number:2d}: acc={r.accuracy:.2f}%, drop={r.drop:.2f}%"
+        click.echo(f"{head} | {where(r.name, r.layer)}")
     _wrote(written)
 
 
 def _step_line(step: SearchStep, to_bits: int, epsilon: float) -> str:
+    from qexport.study.results import where
+
     acc = step.result.accuracy
     head = f"layer {step.conv_number:2d} -> {to_bits}bit | acc={acc:.2f}%, drop={step.drop:.2f}%"
+    at = where(step.name, step.layer)
     if step.accepted:
-        return f" ACCEPT {head} | features[{step.layer}]"
-    return f" REJECT {head} (> {epsilon:.2f}%) | features[{step.layer}]"
+        return f" ACCEPT {head} | {at}"
+    return f" REJECT {head} (> {epsilon:.2f}%) | {at}"
 
 
 def _budget(result: SearchResult) -> None:
@@ -259,7 +264,7 @@ def _budget(result: SearchResult) -> None:
     if b is None:
         return
     s = result.sensitivity
-    names = ", ".join(c.name for c in result.convs if c.layer in b.layers) or "none"
+    names = ", ".join(c.title for c in result.convs if c.name in b.names) or "none"
     verdict = "chosen" if b.chosen else "kept greedy's answer"
     click.echo("\n=> Budget search (knapsack over the measured drops, maximising saved activation bits):")
     click.echo(
@@ -272,9 +277,9 @@ def _budget(result: SearchResult) -> None:
 def _final(result: SearchResult) -> None:
     s = result.sensitivity
     bits = result.act_bits()
-    per_conv = [bits[c.layer] for c in result.convs]
+    per_conv = [bits[c.name] for c in result.convs]
     layers = len(per_conv)
-    low = len(result.low_layers)
+    low = len(result.low_names)
     saved = sum(result.saved_bits().values())
     total = sum(c.input_elements * s.from_bits for c in result.convs)
     click.echo("\n===== Final Mixed-Precision Config =====")

@@ -8,22 +8,38 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
+from torch import nn
 
 from qexport.errors import InputError
 from qexport.frontend.bits import CONFIG_ACT_BITS
-from qexport.frontend.models.quant import QuantConv2d
-from qexport.frontend.models.vgg import VGGQuant
+from qexport.frontend.models.network import quantized_convs
 
 
-def qconvs(model: VGGQuant) -> dict[int, QuantConv2d]:
-    """features index -> QuantConv2d, in order."""
-    return {i: m for i, m in enumerate(model.features) if isinstance(m, QuantConv2d)}
+def qconvs(model: nn.Module) -> dict[str, Any]:
+    """Module path -> quantized conv, in ``named_modules()`` order (any family).
+
+    ``Any``: a quantized conv is duck-typed (``act_bit``, maybe ``quantized_weight()``), so a
+    user's own class counts as the course ``QuantConv2d`` does.
+    """
+    return dict(quantized_convs(model))
+
+
+def check_settable(model: nn.Module) -> None:
+    """Refuse a quantized conv whose activation bits the study cannot set (a user's own class)."""
+    for name, module in qconvs(model).items():
+        if not isinstance(getattr(module, "act_bit", None), int):
+            raise InputError(
+                f"layer {name}: the study sets each quantized conv's act_bit, but your "
+                f"{type(module).__name__} has no integer act_bit attribute; give it one that its "
+                "forward uses (as the course QuantConv2d does)"
+            )
 
 
 @contextmanager
-def frozen_weights(model: VGGQuant) -> Iterator[None]:
+def frozen_weights(model: nn.Module) -> Iterator[None]:
     """Quantize each conv's weights once instead of on every forward.
 
     QuantConv2d re-quantizes its weights on every call; the result depends on the weights alone,
@@ -34,7 +50,8 @@ def frozen_weights(model: VGGQuant) -> Iterator[None]:
     try:
         with torch.no_grad():
             for module in qconvs(model).values():
-                if "quantized_weight" in vars(module):
+                # a user's own class without quantized_weight() quantizes on every call, as before
+                if "quantized_weight" in vars(module) or not hasattr(module, "quantized_weight"):
                     continue
                 weight_q = module.quantized_weight().detach()
                 setattr(module, "quantized_weight", lambda w=weight_q: w)  # noqa: B010 - shadows a method
@@ -46,17 +63,18 @@ def frozen_weights(model: VGGQuant) -> Iterator[None]:
 
 
 @contextmanager
-def act_bits(model: VGGQuant, bits: dict[int, int]) -> Iterator[None]:
-    """Set activation bits (features index -> bits) for the block, then restore every conv's."""
+def act_bits(model: nn.Module, bits: dict[str, int]) -> Iterator[None]:
+    """Set activation bits (module path -> bits) for the block, then restore every conv's."""
+    check_settable(model)
     convs = qconvs(model)
-    saved = {i: m.act_bit for i, m in convs.items()}
+    saved = {name: m.act_bit for name, m in convs.items()}
     try:
-        for index, value in bits.items():
-            convs[index].act_bit = value
+        for name, value in bits.items():
+            convs[name].act_bit = value
         yield
     finally:
-        for index, value in saved.items():
-            convs[index].act_bit = value
+        for name, value in saved.items():
+            convs[name].act_bit = value
 
 
 def check_bits(from_bits: int, to_bits: int) -> None:

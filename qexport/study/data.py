@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import torch
+from torch import nn
 
 from qexport.errors import InputError
 from qexport.frontend.device import device_of
 from qexport.frontend.inputs import read_labels
-from qexport.frontend.models.vgg import VGGQuant
 from qexport.frontend.source import Loaded
 from qexport.precision import exact_math
 from qexport.study.bits import act_bits, check_batch_size, frozen_weights, qconvs
@@ -39,9 +38,8 @@ class Study:
     note: str | None
 
     @property
-    def model(self) -> VGGQuant:
-        # conv_infos refuses other families before any study runs (names by features index)
-        return cast(VGGQuant, self.loaded.model)
+    def model(self) -> nn.Module:
+        return self.loaded.model
 
     def describe(self) -> str:
         """``VGG16_quant from model_best.pth.tar, 10000 CIFAR-10 test image(s), labels: cifar10``."""
@@ -100,7 +98,7 @@ def prepare(
             "class index per input row"
         )
     else:
-        labels = pseudo_labels(cast(VGGQuant, loaded.model), images, batch_size)
+        labels = pseudo_labels(loaded.model, images, batch_size)
         labels_from = "pseudo"
         who = loaded.demo_label or "demo images"
         note = f"{who}: accuracy vs the {PSEUDO_LABEL_BITS}-bit model's own predictions"
@@ -109,7 +107,7 @@ def prepare(
 
 @torch.no_grad()
 @exact_math()  # no TF32: a CUDA run counts what a CPU run counts
-def pseudo_labels(model: VGGQuant, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+def pseudo_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """The model's own top-1 predictions (N,) with every conv at ``PSEUDO_LABEL_BITS``."""
     model.eval()
     device = device_of(model)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qexport import __version__
+from qexport.frontend.models.network import features_index, layer_label
 from qexport.frontend.source import Loaded, SourceOptions
 from qexport.study.bits import check_bits, qconvs
 from qexport.study.data import Study, check_selection, prepare
@@ -27,6 +28,7 @@ from qexport.study.results import (
     rows_json,
     sensitivity_csv,
     summary,
+    where,
 )
 from qexport.study.strategies import search
 from qexport.writer.manifest import MANIFEST_NAME, dumps_json
@@ -97,11 +99,13 @@ def run_eval(
     with staged(out_dir, force=force) as folder:
         study = _study(opts, load, labels_file, limit, batch_size)
         result = evaluate(study, batch_size, progress)
-        bits = {i: m.act_bit for i, m in qconvs(study.model).items()}
         report = {
             **_header(study, "eval"),
             "bits_config": opts.bits_config.name if opts.bits_config else None,
-            "act_bits": {str(layer): b for layer, b in bits.items()},
+            # a VGG layer by its features index (as ever), any other by its module path
+            "act_bits": {
+                layer_label(name, features_index(name)): m.act_bit for name, m in qconvs(study.model).items()
+            },
             "batch_size": batch_size,
             **result.as_dict(),
         }
@@ -146,7 +150,7 @@ def run_sensitivity(
         )
         subtitle = study.note or study.loaded.demo_label or ""
         png = bar_chart(
-            [f"conv {r.conv_number} (features[{r.layer}])" for r in sens.ranked],
+            [f"conv {r.conv_number} ({where(r.name, r.layer)})" for r in sens.ranked],
             [r.drop for r in sens.ranked],
             title=title,
             subtitle=subtitle,

@@ -1,7 +1,8 @@
 """The study's values: frozen results of eval, sensitivity and search, and their JSON and CSV.
 
-Layers are named by ``layer`` (the ``model.features`` index, as ``dump --layer``) and
-``conv_number`` (position among the QuantConv2d modules, as seed 000 numbers them).
+A layer's identity is ``name``, its module path (``features.30``, ``layer2.0.conv1``); ``layer``
+is the VGG ``model.features`` index (None for other families), which VGG reports keep showing
+as ever, and ``conv_number`` its position among the quantized convs (seed 000's numbering).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from qexport.frontend.models.network import layer_label
 from qexport.tally import Tally
 
 Strategy = Literal["greedy", "budget"]
@@ -42,12 +44,19 @@ class EvalResult:
         return {"accuracy": self.accuracy, "loss": self.loss, "correct": self.correct, "count": self.count}
 
 
+def where(name: str, layer: int | None) -> str:
+    """How reports place a layer: ``features[30]`` for VGG (as ever), else the module path."""
+    return name if layer is None else f"features[{layer}]"
+
+
 @dataclass(frozen=True, slots=True)
 class ConvInfo:
-    """One QuantConv2d: seed 000's number, its features index and its real input shape (C, H, W)."""
+    """One quantized conv: seed 000's number, its module path, its features index (VGG only) and
+    its real input shape (C, H, W)."""
 
     conv_number: int
-    layer: int
+    name: str
+    layer: int | None
     input_shape: tuple[int, ...]
 
     @property
@@ -55,9 +64,9 @@ class ConvInfo:
         return math.prod(self.input_shape)
 
     @property
-    def name(self) -> str:
-        """``conv 9 (features[30])``."""
-        return f"conv {self.conv_number} (features[{self.layer}])"
+    def title(self) -> str:
+        """``conv 9 (features[30])``; ``conv 4 (layer2.0.downsample.0)``."""
+        return f"conv {self.conv_number} ({where(self.name, self.layer)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +74,10 @@ class SensitivityRow:
     """The model with only this conv's input at ``to_bits``; ``drop`` = baseline - accuracy (%)."""
 
     conv_number: int
-    layer: int
+    name: str
     result: EvalResult
     drop: float
+    layer: int | None = None
 
     @property
     def accuracy(self) -> float:
@@ -94,17 +104,18 @@ class SearchStep:
     """One greedy decision: the candidate at ``to_bits`` with every accepted layer before it."""
 
     conv_number: int
-    layer: int
+    name: str
     accepted: bool
     result: EvalResult
     drop: float
+    layer: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetOutcome:
     """The knapsack's proposal, its one verifying evaluation, and whether it replaced greedy's."""
 
-    layers: tuple[int, ...]
+    names: tuple[str, ...]
     predicted_drop: float
     result: EvalResult
     drop: float
@@ -115,16 +126,16 @@ class BudgetOutcome:
 
 @dataclass(frozen=True, slots=True)
 class SearchResult:
-    """The answer: ``low_layers`` (features indices) run at ``to_bits``, the rest at ``from_bits``."""
+    """The answer: ``low_names`` (module paths) run at ``to_bits``, the rest at ``from_bits``."""
 
     strategy: Strategy
     epsilon: float
     sensitivity: Sensitivity
     steps: tuple[SearchStep, ...]
-    greedy_layers: tuple[int, ...]
+    greedy_names: tuple[str, ...]
     greedy_result: EvalResult
     budget: BudgetOutcome | None
-    low_layers: tuple[int, ...]
+    low_names: tuple[str, ...]
     result: EvalResult
     convs: tuple[ConvInfo, ...]
 
@@ -136,36 +147,52 @@ class SearchResult:
     def drop(self) -> float:
         return self.baseline.accuracy - self.result.accuracy
 
-    def act_bits(self) -> dict[int, int]:
-        """features index -> activation bits, for every conv."""
+    def act_bits(self) -> dict[str, int]:
+        """Module path -> activation bits, for every conv."""
         s = self.sensitivity
-        return {c.layer: s.to_bits if c.layer in self.low_layers else s.from_bits for c in self.convs}
+        return {c.name: s.to_bits if c.name in self.low_names else s.from_bits for c in self.convs}
 
-    def saved_bits(self) -> dict[int, int]:
+    def saved_bits(self) -> dict[str, int]:
         """Activation-memory bits saved per image, per conv (0 where the conv keeps ``from_bits``)."""
-        return saved_bits(self.convs, self.low_layers, self.sensitivity.from_bits, self.sensitivity.to_bits)
+        return saved_bits(self.convs, self.low_names, self.sensitivity.from_bits, self.sensitivity.to_bits)
 
 
 def saved_bits(
-    convs: Sequence[ConvInfo], low_layers: Sequence[int], from_bits: int, to_bits: int
-) -> dict[int, int]:
-    """Per conv: input elements x (from_bits - to_bits) if the conv runs at ``to_bits``, else 0."""
-    low = set(low_layers)
-    return {c.layer: c.input_elements * (from_bits - to_bits) if c.layer in low else 0 for c in convs}
+    convs: Sequence[ConvInfo], low_names: Sequence[str], from_bits: int, to_bits: int
+) -> dict[str, int]:
+    """Per conv (module path): input elements x (from_bits - to_bits) if it runs at ``to_bits``, else 0."""
+    low = set(low_names)
+    return {c.name: c.input_elements * (from_bits - to_bits) if c.name in low else 0 for c in convs}
+
+
+def _layer(name: str, layer: int | None) -> dict[str, Any]:
+    """A report's layer fields: ``name`` always, and the features index ``layer`` for VGG."""
+    return {"name": name} if layer is None else {"name": name, "layer": layer}
+
+
+def _named(convs: Sequence[ConvInfo], names: Sequence[str]) -> dict[str, Any]:
+    """``{"names": [...]}``, plus ``"layers"`` (features indices) when every conv has one (VGG)."""
+    index = {c.name: c.layer for c in convs}
+    out: dict[str, Any] = {"names": list(names)}
+    if all(c.layer is not None for c in convs):
+        out["layers"] = [index[n] for n in names]
+    return out
 
 
 def rows_json(sens: Sensitivity) -> list[dict[str, Any]]:
     return [
-        {"rank": rank, "conv": r.conv_number, "layer": r.layer, "act_bit": sens.to_bits, "drop": r.drop}
+        {"rank": rank, "conv": r.conv_number, **_layer(r.name, r.layer), "act_bit": sens.to_bits}
+        | {"drop": r.drop}
         | r.result.as_dict()
         for rank, r in enumerate(sens.ranked)
     ]
 
 
 def sensitivity_csv(sens: Sensitivity) -> str:
-    """The ranked table as CSV: ``rank,conv,layer,act_bit,accuracy,drop,loss,correct,count``."""
+    """The ranked table as CSV: ``rank,conv,layer,name,act_bit,accuracy,drop,loss,correct,count``
+    (``layer``, the features index, is empty outside VGG)."""
     buffer = io.StringIO()
-    fields = ["rank", "conv", "layer", "act_bit", "accuracy", "drop", "loss", "correct", "count"]
+    fields = ["rank", "conv", "layer", "name", "act_bit", "accuracy", "drop", "loss", "correct", "count"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows_json(sens))
@@ -173,8 +200,10 @@ def sensitivity_csv(sens: Sensitivity) -> str:
 
 
 def bits_config(result: SearchResult) -> dict[str, Any]:
-    """``{"act_bits": {"<features index>": bits, ...}}`` for every conv (read by read_bits_config)."""
-    return {"act_bits": {str(layer): bits for layer, bits in result.act_bits().items()}}
+    """``{"act_bits": {"<layer>": bits, ...}}`` for every conv (read by read_bits_config): a VGG
+    layer by its features index (``"30"``), any other by its module path (``"layer2.0.conv1"``)."""
+    bits = result.act_bits()
+    return {"act_bits": {layer_label(c.name, c.layer): bits[c.name] for c in result.convs}}
 
 
 def summary(result: SearchResult) -> dict[str, Any]:
@@ -183,7 +212,7 @@ def summary(result: SearchResult) -> dict[str, Any]:
     convs = result.convs
     saved = result.saved_bits()
     total_bits = sum(c.input_elements * s.from_bits for c in convs)
-    low = len(result.low_layers)
+    low = len(result.low_names)
     out: dict[str, Any] = {
         "strategy": result.strategy,
         "epsilon": result.epsilon,
@@ -194,7 +223,7 @@ def summary(result: SearchResult) -> dict[str, Any]:
         "conv_layers": len(convs),
         "low_bit_layers": low,
         "low_bit_share": low / len(convs),
-        "act_bits_per_conv": [result.act_bits()[c.layer] for c in convs],
+        "act_bits_per_conv": [result.act_bits()[c.name] for c in convs],
         "act_bits": bits_config(result)["act_bits"],
         "activation_memory": {
             "unit": "bits per image",
@@ -204,11 +233,11 @@ def summary(result: SearchResult) -> dict[str, Any]:
             "per_layer": [
                 {
                     "conv": c.conv_number,
-                    "layer": c.layer,
+                    **_layer(c.name, c.layer),
                     "input_shape": list(c.input_shape),
                     "input_elements": c.input_elements,
-                    "act_bit": result.act_bits()[c.layer],
-                    "saved_bits": saved[c.layer],
+                    "act_bit": result.act_bits()[c.name],
+                    "saved_bits": saved[c.name],
                 }
                 for c in convs
             ],
@@ -216,20 +245,20 @@ def summary(result: SearchResult) -> dict[str, Any]:
         "steps": [
             {
                 "conv": st.conv_number,
-                "layer": st.layer,
+                **_layer(st.name, st.layer),
                 "decision": "ACCEPT" if st.accepted else "REJECT",
                 "drop": st.drop,
             }
             | st.result.as_dict()
             for st in result.steps
         ],
-        "greedy": {"layers": list(result.greedy_layers), **result.greedy_result.as_dict()},
+        "greedy": {**_named(convs, result.greedy_names), **result.greedy_result.as_dict()},
         "sensitivity": rows_json(s),
     }
     if result.budget is not None:
         b = result.budget
         out["budget"] = {
-            "layers": list(b.layers),
+            **_named(convs, b.names),
             "predicted_drop": b.predicted_drop,
             "drop": b.drop,
             "saved_bits": b.saved_bits,

@@ -100,16 +100,16 @@ def search(
             on_sensitivity(sens)
         convs = tuple(engine.infos)
         steps = _greedy(engine, sens, epsilon, on_step)
-        greedy_layers = tuple(sorted(engine.accepted))
-        greedy_result = engine.memo[engine.accepted]
+        greedy_names = tuple(c.name for c in convs if c.name in engine.accepted)  # conv order
+        greedy_result = engine.measured(engine.accepted)
         budget = None
-        low_layers, result = greedy_layers, greedy_result
+        low_names, result = greedy_names, greedy_result
         if strategy == "budget":
-            budget = _budget(engine, sens, convs, epsilon, greedy_layers, greedy_result)
+            budget = _budget(engine, sens, convs, epsilon, greedy_names, greedy_result)
             if budget.chosen:
-                low_layers, result = budget.layers, budget.result
+                low_names, result = budget.names, budget.result
     return SearchResult(
-        strategy, epsilon, sens, steps, greedy_layers, greedy_result, budget, low_layers, result, convs
+        strategy, epsilon, sens, steps, greedy_names, greedy_result, budget, low_names, result, convs
     )
 
 
@@ -119,13 +119,13 @@ def _greedy(
     base = sens.baseline.accuracy
     steps = []
     for row in sens.ranked:
-        low = engine.accepted | {row.layer}
-        result = engine.evaluate(low, f"try {engine.names[row.layer]} at {engine.to_bits} bit")
+        low = engine.accepted | {row.name}
+        result = engine.evaluate(low, f"try {engine.titles[row.name]} at {engine.to_bits} bit")
         drop = base - result.accuracy
         accepted = drop <= epsilon
         if accepted:
             engine.accept(low)
-        step = SearchStep(row.conv_number, row.layer, accepted, result, drop)
+        step = SearchStep(row.conv_number, row.name, accepted, result, drop, row.layer)
         steps.append(step)
         if on_step:
             on_step(step)
@@ -137,22 +137,22 @@ def _budget(
     sens: Sensitivity,
     convs: Sequence[ConvInfo],
     epsilon: float,
-    greedy_layers: tuple[int, ...],
+    greedy_names: tuple[str, ...],
     greedy_result: EvalResult,
 ) -> BudgetOutcome:
     base = sens.baseline
-    layers = [c.layer for c in convs]
-    by_layer = {r.layer: r for r in sens.rows}
+    names = [c.name for c in convs]
+    by_name = {r.name: r for r in sens.rows}
     # weights in misclassified images, so the capacity is exact: drop% = 100 * images / count
-    weights = [base.correct - by_layer[layer].result.correct for layer in layers]
+    weights = [base.correct - by_name[name].result.correct for name in names]
     values = [c.input_elements * (sens.from_bits - sens.to_bits) for c in convs]
     capacity = math.floor(epsilon * base.count / 100.0 + 1e-9)
-    picked = tuple(layers[i] for i in knapsack(weights, values, capacity))
-    predicted = 100.0 * sum(weights[layers.index(layer)] for layer in picked) / base.count
+    picked = tuple(names[i] for i in knapsack(weights, values, capacity))
+    predicted = 100.0 * sum(weights[names.index(name)] for name in picked) / base.count
     result = engine.evaluate(frozenset(picked), "verify the knapsack's choice")
     drop = base.accuracy - result.accuracy
     bits = sum(saved_bits(convs, picked, sens.from_bits, sens.to_bits).values())
-    greedy_bits = sum(saved_bits(convs, greedy_layers, sens.from_bits, sens.to_bits).values())
+    greedy_bits = sum(saved_bits(convs, greedy_names, sens.from_bits, sens.to_bits).values())
     if drop > epsilon:
         chosen, reason = False, f"its measured drop {drop:.2f}% exceeds epsilon {epsilon:.2f}%"
     elif (bits, result.correct) > (greedy_bits, greedy_result.correct):

@@ -156,7 +156,7 @@ def test_greedy_equals_the_seed_loop_for_any_cache(
     result = study.search(_study(model, x, y), seed_run["epsilon"], batch_size=BATCH, cache_bytes=cache_bytes)
     ours = [(s.conv_number, s.accepted, s.result.accuracy, s.result.loss, s.drop) for s in result.steps]
     assert ours == seed_run["decisions"]
-    assert [result.act_bits()[c] for c in model.arch.qconv_indices()] == seed_run["precisions"]
+    assert [result.act_bits()[f"features.{c}"] for c in model.arch.qconv_indices()] == seed_run["precisions"]
     assert result.result.accuracy == seed_run["final"]
     assert all(m.act_bit == 4 for m in model.features if isinstance(m, QuantConv2d))
 
@@ -186,13 +186,13 @@ def test_budget_ties_or_beats_greedy(
     assert isinstance(epsilon, float)
     result = study.search(_study(model, x, y), epsilon, strategy="budget", batch_size=BATCH)
     assert result.budget is not None
-    greedy_bits = sum(study.saved_bits(result.convs, result.greedy_layers, 4, 2).values())
+    greedy_bits = sum(study.saved_bits(result.convs, result.greedy_names, 4, 2).values())
     assert sum(result.saved_bits().values()) >= greedy_bits
     assert result.drop <= epsilon
     # the verifying evaluation is the plain model's accuracy for that configuration
     check = _study(model, x, y)
     for c in result.convs:
-        model.features[c.layer].act_bit = 2 if c.layer in result.low_layers else 4
+        model.features[c.layer].act_bit = 2 if c.name in result.low_names else 4
     try:
         assert study.evaluate(check, BATCH) == result.result
     finally:
@@ -225,7 +225,7 @@ def test_knapsack_is_optimal(items: list[tuple[int, int]], capacity: int) -> Non
 def test_ranking_sorts_by_drop_and_keeps_conv_order_on_ties() -> None:
     def row(n: int, correct: int) -> study.SensitivityRow:
         r = study.EvalResult(correct, 100, 0.5)
-        return study.SensitivityRow(n, 3 * n, r, 90.0 - r.accuracy)
+        return study.SensitivityRow(n, f"features.{3 * n}", r, 90.0 - r.accuracy, 3 * n)
 
     sens = study.Sensitivity(
         4, 2, study.EvalResult(90, 100, 0.4), (row(0, 80), row(1, 89), row(2, 91), row(3, 89))
@@ -237,8 +237,14 @@ def test_saved_bits_use_the_real_input_shapes(tiny: tuple[VGGQuant, torch.Tensor
     model, x, y = tiny
     infos = study.conv_infos(_study(model, x, y))
     assert [c.input_shape for c in infos] == [(3, 32, 32), (4, 16, 16), (8, 8, 8), (8, 4, 4), (16, 2, 2)]
-    assert infos[1].name == "conv 1 (features[4])"
-    assert study.saved_bits(infos, [4, 16], 4, 2) == {0: 0, 4: 2048, 8: 0, 12: 0, 16: 128}
+    assert (infos[1].name, infos[1].layer, infos[1].title) == ("features.4", 4, "conv 1 (features[4])")
+    assert study.saved_bits(infos, ["features.4", "features.16"], 4, 2) == {
+        "features.0": 0,
+        "features.4": 2048,
+        "features.8": 0,
+        "features.12": 0,
+        "features.16": 128,
+    }
 
 
 # ------------------------------------------------------------------------------------------
