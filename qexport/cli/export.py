@@ -7,7 +7,7 @@ torch is imported inside command bodies only, so ``--help`` stays instant.
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -41,22 +41,35 @@ def layers(**kwargs: Any) -> None:
       qexport layers --checkpoint result/VGG16_quant_gradual/model_best.pth.tar
     """
     from qexport import api
+    from qexport.frontend.models.network import float_convs  # imports torch
 
     loaded, infos = api.layers(_source(kwargs))
     click.echo(f"# {_describe_source(loaded)}")
+    floats = set(float_convs(loaded.model))
+    by_name = {info.name: info for info in infos}
+    width = max([5, *(len(info.label) for info in infos), *(len(name) for name in floats)])
     header = (
-        f"{'layer':>5} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} "
+        f"{'layer':>{width}} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} "
         f"{'act_alpha':>9} {'wgt_alpha':>9}  input -> output"
     )
     click.echo(header)
-    for info in infos:
-        ksp = f"{info.kernel}/{info.stride}/{info.padding}"
-        shapes = f"{'x'.join(map(str, info.input_shape))} -> {'x'.join(map(str, info.output_shape))}"
-        click.echo(
-            f"{info.layer:>5} {info.conv_number:>4} {info.in_channels:>4} {info.out_channels:>4} "
-            f"{ksp:>7} {info.w_bit:>5} {info.act_bit:>7} {info.act_alpha:>9.4f} "
-            f"{info.wgt_alpha:>9.4f}  {shapes}"
-        )
+    for name, module in loaded.model.named_modules():  # forward order for these networks
+        if name in floats:  # a plain nn.Conv2d (a float stem): no alphas, so nothing to export
+            conv = cast("Any", module)
+            ksp = f"{conv.kernel_size[0]}/{conv.stride[0]}/{conv.padding[0]}"
+            click.echo(
+                f"{name:>{width}} {'-':>4} {conv.in_channels:>4} {conv.out_channels:>4} {ksp:>7}"
+                "  float nn.Conv2d (no alphas): not exported"
+            )
+        elif name in by_name:
+            info = by_name[name]
+            ksp = f"{info.kernel}/{info.stride}/{info.padding}"
+            shapes = f"{'x'.join(map(str, info.input_shape))} -> {'x'.join(map(str, info.output_shape))}"
+            click.echo(
+                f"{info.label:>{width}} {info.conv_number:>4} {info.in_channels:>4} {info.out_channels:>4} "
+                f"{ksp:>7} {info.w_bit:>5} {info.act_bit:>7} {info.act_alpha:>9.4f} "
+                f"{info.wgt_alpha:>9.4f}  {shapes}"
+            )
 
 
 @click.command("dump")
@@ -66,6 +79,12 @@ def layers(**kwargs: Any) -> None:
     "--layer", "layer_text", help="features index (e.g. 33) or module path (features.33), or a comma list."
 )
 @click.option("--all", "all_layers", is_flag=True, help="Every quantized conv layer.")
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="With --all: leave out the layers that cannot be exported (invalid alphas, a disagreeing "
+    "weight_q) and the later ones that see their output, instead of refusing; they are named.",
+)
 @click.option(
     "--format",
     "fmt",
@@ -145,6 +164,7 @@ def dump(
     pad_input: bool,
     template_dir: Path | None,
     timings: bool,
+    skip_invalid: bool,
     **kwargs: Any,
 ) -> None:
     """Write weight, input, psum and output vectors plus manifest.json for conv layers.
@@ -188,13 +208,14 @@ def dump(
         profile=profile,
         depth=depth,  # type: ignore[arg-type]
         timings=times,
+        skip_invalid=skip_invalid,
     )
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
     manifest = result.manifest
     label = f" ({manifest.label})" if manifest.label is not None else ""
     files = sum(len(entry.files) for entry in manifest.layers)
-    layers_written = ", ".join(str(entry.index) for entry in manifest.layers)
+    layers_written = ", ".join(layer_label(entry.name, entry.index) for entry in manifest.layers)
     click.echo(
         f"wrote {files} {manifest.format} files + manifest.json for layer(s) {layers_written} of "
         f"{manifest.model}{label} to the vector set {out_dir}:"
@@ -249,6 +270,11 @@ def testbench_command(
     click.echo(f"  testbench {bench}")
 
 
+def layer_label(name: str, index: int | None) -> str:
+    """``network.layer_label`` without importing torch (``--help`` stays instant): 33 or the path."""
+    return name if index is None else str(index)
+
+
 def _set_lines(out_dir: Path, manifest: Manifest) -> list[str]:
     """The set's real paths: its manifest, then each layer's folder with its files."""
     lines = [f"manifest  {out_dir / 'manifest.json'}"]
@@ -256,7 +282,7 @@ def _set_lines(out_dir: Path, manifest: Manifest) -> list[str]:
         names = [PurePosixPath(f.path) for f in entry.files]
         folder = out_dir / names[0].parent  # layer<index>/: every file of a layer is in it
         listed = ": " + ", ".join(sorted(n.name for n in names)) if len(names) <= 6 else ""
-        lines.append(f"layer {entry.index:<3} {folder}/  {len(names)} files{listed}")
+        lines.append(f"layer {layer_label(entry.name, entry.index):<3} {folder}/  {len(names)} files{listed}")
     return lines
 
 
@@ -264,8 +290,14 @@ def _set_lines(out_dir: Path, manifest: Manifest) -> list[str]:
 @source_options
 @bits_config_option
 @click.option("--layer", "layer_text", help="Only these features indices or module paths (comma list).")
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Without --layer: leave out the layers that cannot be exported (invalid alphas, a disagreeing "
+    "weight_q) and the later ones that see their output, instead of refusing; they are named.",
+)
 @handles_errors
-def verify(layer_text: str | None, **kwargs: Any) -> None:
+def verify(layer_text: str | None, skip_invalid: bool, **kwargs: Any) -> None:
     """Check every conv layer as seed 003 does; exit 1 if any layer fails.
 
     recovered = psum · x_delta · w_delta is compared with the float conv output, and ReLU(recovered)
@@ -279,10 +311,11 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
     from qexport import api
 
     layer_ids = _parse_layers(layer_text) if layer_text else None
-    loaded, results = api.verify(_source(kwargs), layer_ids)
+    loaded, results = api.verify(_source(kwargs), layer_ids, skip_invalid=skip_invalid)
     click.echo(f"# {_describe_source(loaded)}, {len(loaded.inputs.indices)} image(s)")
+    width = max([5, *(len(layer_label(r.name, r.layer)) for r in results)])
     click.echo(
-        f"{'layer':>5} {'conv':>4} {'mean_err':>10} {'max_err':>10} "
+        f"{'layer':>{width}} {'conv':>4} {'mean_err':>10} {'max_err':>10} "
         f"{'next_mean':>10} {'next_max':>10}  result"
     )
 
@@ -294,9 +327,10 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
         c = r.checks
         verdict = "PASS" if c.passed else "FAIL"
         if not c.passed:
-            failed.append(r.layer)
+            failed.append(r.layer if r.layer is not None else r.name)
         click.echo(
-            f"{r.layer:>5} {r.conv_number:>4} {fmt(c.output_mean_error)} {fmt(c.output_max_error)} "
+            f"{layer_label(r.name, r.layer):>{width}} {r.conv_number:>4} "
+            f"{fmt(c.output_mean_error)} {fmt(c.output_max_error)} "
             f"{fmt(c.next_input_mean_error)} {fmt(c.next_input_max_error)}  {verdict}"
         )
     if failed:
