@@ -7,7 +7,7 @@ torch is imported inside command bodies only, so ``--help`` stays instant.
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -45,28 +45,36 @@ def layers(**kwargs: Any) -> None:
 
     loaded, infos = api.layers(_source(kwargs))
     click.echo(f"# {_describe_source(loaded)}")
-    width = max([5, *(len(info.label) for info in infos)])
+    floats = set(loaded.float_convs)
+    by_name = {info.name: info for info in infos}
+    width = max([5, *(len(info.label) for info in infos), *(len(name) for name in floats)])
     header = (
         f"{'layer':>{width}} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} "
         f"{'act_alpha':>9} {'wgt_alpha':>9}  input -> output  notes"
     )
     click.echo(header)
     blocked = loaded.blocked()
-    for info in infos:
-        ksp = f"{info.kernel}/{info.stride}/{info.padding}"
-        shapes = f"{'x'.join(map(str, info.input_shape))} -> {'x'.join(map(str, info.output_shape))}"
-        click.echo(
-            f"{info.label:>{width}} {info.conv_number:>4} {info.in_channels:>4} {info.out_channels:>4} "
-            f"{ksp:>7} {info.w_bit:>5} {info.act_bit:>7} {info.act_alpha:>9.4f} "
-            f"{info.wgt_alpha:>9.4f}  {shapes}  {_notes(info, loaded, blocked)}".rstrip()
-        )
+    for name, module in loaded.model.named_modules():  # forward order for these networks
+        if name in floats:  # a plain nn.Conv2d (a float stem): no alphas, so nothing to export
+            conv = cast("Any", module)
+            ksp = f"{conv.kernel_size[0]}/{conv.stride[0]}/{conv.padding[0]}"
+            click.echo(
+                f"{name:>{width}} {'-':>4} {conv.in_channels:>4} {conv.out_channels:>4} {ksp:>7}"
+                "  float nn.Conv2d (no alphas): not exported"
+            )
+        elif name in by_name:
+            info = by_name[name]
+            ksp = f"{info.kernel}/{info.stride}/{info.padding}"
+            shapes = f"{'x'.join(map(str, info.input_shape))} -> {'x'.join(map(str, info.output_shape))}"
+            click.echo(
+                f"{info.label:>{width}} {info.conv_number:>4} {info.in_channels:>4} {info.out_channels:>4} "
+                f"{ksp:>7} {info.w_bit:>5} {info.act_bit:>7} {info.act_alpha:>9.4f} "
+                f"{info.wgt_alpha:>9.4f}  {shapes}  {_notes(info, loaded, blocked)}".rstrip()
+            )
     bits = {(b.w_source, b.act_source) for b in loaded.bits.values()}
     if len(bits) == 1:
         ((w_source, act_source),) = bits
         click.echo(f"# w_bit: {w_source}; act_bit: {act_source}")
-    floats = loaded.float_convs
-    if floats:
-        click.echo(f"# float convs (plain nn.Conv2d, listed, not exported): {', '.join(floats)}")
     if blocked:
         click.echo(
             f"# {len(blocked)} layer(s) cannot be exported "
@@ -101,6 +109,12 @@ def _notes(info: LayerInfo, loaded: Loaded, blocked: dict[str, str]) -> str:
     "--layer", "layer_text", help="features index (e.g. 33) or module path (features.33), or a comma list."
 )
 @click.option("--all", "all_layers", is_flag=True, help="Every quantized conv layer.")
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="With --all: leave out the layers that cannot be exported (invalid alphas, a disagreeing "
+    "weight_q) and the later ones that see their output, instead of refusing; they are named.",
+)
 @click.option(
     "--format",
     "fmt",
@@ -180,6 +194,7 @@ def dump(
     pad_input: bool,
     template_dir: Path | None,
     timings: bool,
+    skip_invalid: bool,
     **kwargs: Any,
 ) -> None:
     """Write weight, input, psum and output vectors plus manifest.json for conv layers.
@@ -221,6 +236,7 @@ def dump(
         profile=profile,
         depth=depth,  # type: ignore[arg-type]
         timings=times,
+        skip_invalid=skip_invalid,
     )
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
@@ -297,8 +313,14 @@ def _set_lines(out_dir: Path, manifest: Manifest) -> list[str]:
 @source_options
 @bits_config_option
 @click.option("--layer", "layer_text", help="Only these features indices or module paths (comma list).")
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Without --layer: leave out the layers that cannot be exported (invalid alphas, a disagreeing "
+    "weight_q) and the later ones that see their output, instead of refusing; they are named.",
+)
 @handles_errors
-def verify(layer_text: str | None, **kwargs: Any) -> None:
+def verify(layer_text: str | None, skip_invalid: bool, **kwargs: Any) -> None:
     """Check every conv layer as seed 003 does; exit 1 if any layer fails.
 
     recovered = psum · x_delta · w_delta is compared with the float conv output, and ReLU(recovered)
@@ -312,7 +334,7 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
     from qexport import api
 
     layer_ids = _parse_layers(layer_text) if layer_text else None
-    loaded, results = api.verify(_source(kwargs), layer_ids)
+    loaded, results = api.verify(_source(kwargs), layer_ids, skip_invalid=skip_invalid)
     click.echo(f"# {_describe_source(loaded)}, {len(loaded.inputs.indices)} image(s)")
     header = f"{'mean_err':>10} {'max_err':>10} {'next_mean':>10} {'next_max':>10}  result"
 
