@@ -26,7 +26,7 @@ def resnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_layers_lists_module_paths_in_forward_order(resnet: Path) -> None:
     result = CliRunner().invoke(main, ["layers", "--checkpoint", str(resnet)])
     assert result.exit_code == 0, result.output
-    rows = [line.split() for line in result.output.splitlines()[2:]]
+    rows = [line.split() for line in result.output.splitlines()[2:] if not line.startswith("#")]
     assert rows[0][:2] == ["conv1", "-"] and "float nn.Conv2d (no alphas): not exported" in result.output
     names = [r[0] for r in rows[1:]]
     assert names[:4] == ["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2"]
