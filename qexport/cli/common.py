@@ -49,8 +49,10 @@ def source_options(func: F) -> F:
         ),
         click.option(
             "--model",
-            type=click.Choice(MODELS),
-            help="Architecture. Default: the built-in that fits the checkpoint, else one inferred "
+            metavar="NAME|module.path:factory",
+            help="Architecture: a built-in (VGG16_quant, VGG16_quant_gradual, VGG16_quant_squeeze, "
+            "resnet20_quant ... resnet110_quant) or your own model code as module.path:factory "
+            "(with --checkpoint). Default: the built-in that fits the checkpoint, else one inferred "
             "from its state dict; VGG16_quant_gradual for the demo.",
         ),
         click.option(

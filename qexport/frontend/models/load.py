@@ -15,6 +15,7 @@ from qexport.errors import InputError
 from qexport.frontend.capture import ConvBits, module_bits
 from qexport.frontend.models.keys import key_report
 from qexport.frontend.models.network import features_index, layer_label, quantized_convs
+from qexport.frontend.models.probe import probe_act_bit
 from qexport.frontend.models.quant import QuantConv2d
 
 W_BITS = range(2, 9)
@@ -114,6 +115,10 @@ def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     report = key_report(expected, state)
     if not report.ok:
         parts = [f"the checkpoint does not fit the model {type(model).__name__}:", *report.describe()]
+        parts.append(
+            "check that --model builds the network this checkpoint was trained with (same widths, "
+            "depth and layer names)"
+        )
         raise InputError(" ".join(parts))
 
 
@@ -134,17 +139,26 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 def _bits(name: str, module: nn.Module, stored: torch.Tensor | None) -> ConvBits:
     own = module_bits(module)
     if stored is None:
-        return ConvBits(own.w_bit, own.act_bit, "module (no stored weight_q)", own.act_source)
-    alpha = float(torch.as_tensor(module.weight_quant.wgt_alpha).detach())  # type: ignore[union-attr]
-    w_bit = infer_w_bit(stored, alpha)
-    if w_bit is None:
-        return own
+        w = ConvBits(own.w_bit, own.act_bit, "module (no stored weight_q)", own.act_source)
+    else:
+        alpha = float(torch.as_tensor(module.weight_quant.wgt_alpha).detach())  # type: ignore[union-attr]
+        w_bit = infer_w_bit(stored, alpha)
+        if w_bit is None:
+            w = own
+        elif isinstance(module, QuantConv2d):
+            # the course QuantConv2d has one bit for weights and activations
+            module.w_bit = w_bit
+            module.act_bit = w_bit
+            return ConvBits(w_bit, w_bit, "inferred from weight_q", "= w_bit (course QuantConv2d)")
+        else:
+            w = ConvBits(w_bit, own.act_bit, "inferred from weight_q", own.act_source)
     if isinstance(module, QuantConv2d):
-        # the course QuantConv2d has one bit for weights and activations
-        module.w_bit = w_bit
-        module.act_bit = w_bit
-        return ConvBits(w_bit, w_bit, "inferred from weight_q", "= w_bit (course QuantConv2d)")
-    return ConvBits(w_bit, own.act_bit, "inferred from weight_q", own.act_source)
+        return w
+    # the user's own module quantizes as its code says: read act_bit off its act_alq
+    act_bit = probe_act_bit(module, layer_label(name, features_index(name)))
+    if act_bit is None:
+        return ConvBits(w.w_bit, w.w_bit, w.w_source, "= w_bit (no act_alq to probe)")
+    return ConvBits(w.w_bit, act_bit, w.w_source, "probed from act_alq")
 
 
 def _recompute(module: nn.Module) -> torch.Tensor:

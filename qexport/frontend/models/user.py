@@ -57,33 +57,41 @@ def build_user_model(spec: str) -> nn.Module:
             "--model models.resnet_quant:resnet20_quant (run from the folder that holds models/)"
         )
     module_name, factory_name = spec.split(":")
+    # the factory runs with the folder on the path too: course code imports lazily inside functions
     with _cwd_on_path():
+        importlib.invalidate_caches()  # a package written since the last import is found
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
+            parts = module_name.split(".")
+            if err.name not in {".".join(parts[: i + 1]) for i in range(len(parts))}:
+                raise InputError(  # the module exists; something it imports does not
+                    f"--model {spec}: importing {module_name} failed: {err}; install that package "
+                    f"or fix the import (check with `python -c 'import {module_name}'`)"
+                ) from None
             raise InputError(
                 f"--model {spec}: cannot import {module_name!r} ({err}); run qexport from the folder "
-                f"that holds {module_name.split('.')[0]}/ (the current folder is on the import path)"
+                f"that holds {parts[0]}/ (the current folder is on the import path)"
             ) from None
         except Exception as err:  # the user's module failed while importing: say where
             raise InputError(
                 f"--model {spec}: importing {module_name} raised {type(err).__name__}: {err}; fix "
-                "the module, or check it imports with `python -c 'import {module_name}'`"
+                f"the module, or check it imports with `python -c 'import {module_name}'`"
             ) from None
-    factory = getattr(module, factory_name, None)
-    if factory is None or not callable(factory):
-        found = sorted(n for n in vars(module) if not n.startswith("_") and callable(vars(module)[n]))
-        raise InputError(
-            f"--model {spec}: {module_name} has no callable {factory_name!r}; it has "
-            f"{', '.join(found[:20]) or 'no public callables'}"
-        )
-    try:
-        model = factory()
-    except Exception as err:  # the user's factory failed: name it, never a traceback
-        raise InputError(
-            f"--model {spec}: {factory_name}() raised {type(err).__name__}: {err}; the factory is "
-            "called with no arguments, so give it defaults"
-        ) from None
+        factory = getattr(module, factory_name, None)
+        if factory is None or not callable(factory):
+            found = sorted(n for n, v in vars(module).items() if not n.startswith("_") and callable(v))
+            raise InputError(
+                f"--model {spec}: {module_name} has no callable {factory_name!r}; it has "
+                f"{', '.join(found[:20]) or 'no public callables'}"
+            )
+        try:
+            model = factory()
+        except Exception as err:  # the user's factory failed: name it, never a traceback
+            raise InputError(
+                f"--model {spec}: {factory_name}() raised {type(err).__name__}: {err}; the factory is "
+                "called with no arguments, so give it defaults"
+            ) from None
     if not isinstance(model, nn.Module):
         raise InputError(
             f"--model {spec}: {factory_name}() returned a {type(model).__name__}, not a torch nn.Module"
