@@ -44,8 +44,9 @@ def layers(**kwargs: Any) -> None:
 
     loaded, infos = api.layers(_source(kwargs))
     click.echo(f"# {_describe_source(loaded)}")
+    width = max([5, *(len(info.label) for info in infos)])  # a ResNet's module paths are long
     header = (
-        f"{'layer':>5} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} "
+        f"{'layer':>{width}} {'conv':>4} {'in':>4} {'out':>4} {'k/s/p':>7} {'w_bit':>5} {'act_bit':>7} "
         f"{'act_alpha':>9} {'wgt_alpha':>9}  input -> output"
     )
     click.echo(header)
@@ -53,7 +54,7 @@ def layers(**kwargs: Any) -> None:
         ksp = f"{info.kernel}/{info.stride}/{info.padding}"
         shapes = f"{'x'.join(map(str, info.input_shape))} -> {'x'.join(map(str, info.output_shape))}"
         click.echo(
-            f"{info.layer:>5} {info.conv_number:>4} {info.in_channels:>4} {info.out_channels:>4} "
+            f"{info.label:>{width}} {info.conv_number:>4} {info.in_channels:>4} {info.out_channels:>4} "
             f"{ksp:>7} {info.w_bit:>5} {info.act_bit:>7} {info.act_alpha:>9.4f} "
             f"{info.wgt_alpha:>9.4f}  {shapes}"
         )
@@ -194,7 +195,9 @@ def dump(
     manifest = result.manifest
     label = f" ({manifest.label})" if manifest.label is not None else ""
     files = sum(len(entry.files) for entry in manifest.layers)
-    layers_written = ", ".join(str(entry.index) for entry in manifest.layers)
+    layers_written = ", ".join(
+        entry.name if entry.index is None else str(entry.index) for entry in manifest.layers
+    )
     click.echo(
         f"wrote {files} {manifest.format} files + manifest.json for layer(s) {layers_written} of "
         f"{manifest.model}{label} to the vector set {out_dir}:"
@@ -256,7 +259,8 @@ def _set_lines(out_dir: Path, manifest: Manifest) -> list[str]:
         names = [PurePosixPath(f.path) for f in entry.files]
         folder = out_dir / names[0].parent  # layer<index>/: every file of a layer is in it
         listed = ": " + ", ".join(sorted(n.name for n in names)) if len(names) <= 6 else ""
-        lines.append(f"layer {entry.index:<3} {folder}/  {len(names)} files{listed}")
+        label = entry.name if entry.index is None else str(entry.index)  # VGG: its features index
+        lines.append(f"layer {label:<3} {folder}/  {len(names)} files{listed}")
     return lines
 
 
@@ -277,26 +281,29 @@ def verify(layer_text: str | None, **kwargs: Any) -> None:
       qexport verify --checkpoint result/VGG16_quant_gradual/model_best.pth.tar --data-dir ./data
     """
     from qexport import api
+    from qexport.frontend.models.network import layer_label
 
     layer_ids = _parse_layers(layer_text) if layer_text else None
     loaded, results = api.verify(_source(kwargs), layer_ids)
     click.echo(f"# {_describe_source(loaded)}, {len(loaded.inputs.indices)} image(s)")
+    labels = [layer_label(r.name, r.layer) for r in results]
+    width = max([5, *map(len, labels)])
     click.echo(
-        f"{'layer':>5} {'conv':>4} {'mean_err':>10} {'max_err':>10} "
+        f"{'layer':>{width}} {'conv':>4} {'mean_err':>10} {'max_err':>10} "
         f"{'next_mean':>10} {'next_max':>10}  result"
     )
 
     def fmt(value: object) -> str:
         return f"{value:10.2e}" if isinstance(value, float) else f"{'-':>10}"
 
-    failed = []
-    for r in results:
+    failed: list[int | str] = []
+    for r, label in zip(results, labels, strict=True):
         c = r.checks
         verdict = "PASS" if c.passed else "FAIL"
         if not c.passed:
-            failed.append(r.layer)
+            failed.append(r.name if r.layer is None else r.layer)
         click.echo(
-            f"{r.layer:>5} {r.conv_number:>4} {fmt(c.output_mean_error)} {fmt(c.output_max_error)} "
+            f"{label:>{width}} {r.conv_number:>4} {fmt(c.output_mean_error)} {fmt(c.output_max_error)} "
             f"{fmt(c.next_input_mean_error)} {fmt(c.next_input_max_error)}  {verdict}"
         )
     if failed:
