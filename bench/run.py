@@ -12,6 +12,7 @@ Not collected by pytest (bench/ lies outside testpaths); tests/test_bench_smoke.
     python bench/run.py --quick              # small sizes, no batch 128, fewer repeats
     python bench/run.py --skip-export --out figures.json
     python bench/run.py --only decode          # one section (packing, export, startup, conv, decode)
+    python bench/run.py --only export-resnet   # section 2's ResNet20 row alone
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from notebook_way import NotebookExport, export_notebook_way
 import qexport
 from qexport.frontend.demo import demo_model
 from qexport.frontend.inputs import load_demo
-from qexport.frontend.models.vgg import BUILTIN
+from qexport.frontend.models.resolve import builtin_model
 from qexport.ir.reference import conv_plan, integer_conv
 from qexport.verify.decode import decode_file, lanes_from_digits, word_digits
 from qexport.writer.manifest import loads as manifest_loads
@@ -58,7 +59,9 @@ SECTIONS = (
     "5. Decoding throughput",
 )
 SECTION_NAMES = ("packing", "export", "startup", "conv", "decode")  # for --only
+ONLY_CHOICES = (*SECTION_NAMES, "export-resnet")  # export-resnet: section 2's ResNet row alone
 MODEL = "VGG16_quant_gradual"
+RESNET_MODEL = "resnet20_quant"
 
 
 # ---------------------------------------------------------------- run settings and results
@@ -463,9 +466,9 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def forward_seconds(images_spec: str, repeats: int) -> float:
+def forward_seconds(images_spec: str, repeats: int, model_name: str = MODEL) -> float:
     """One forward pass of the demo model, in this process, after a warm-up pass."""
-    model = demo_model(BUILTIN[MODEL])
+    model = demo_model(builtin_model(model_name))
     images = load_demo(images_spec).images
     with torch.no_grad():
         model(images)
@@ -506,6 +509,7 @@ def section_export(settings: Settings, report: Report) -> None:
     if settings.quick:
         print("  batch 128 skipped (--quick)")
     _export_targets(report, dumps, torch_run.seconds, forwards["batch 1"], notebook)
+    export_resnet(settings, report)
     report.figures["export"] = {
         "dump": dumps,
         "import_torch_s": torch_run.seconds,
@@ -514,6 +518,36 @@ def section_export(settings: Settings, report: Report) -> None:
         "notebook_way_batch1_s": notebook.seconds,
         "notebook_way_bytes": notebook.bytes_written,
     }
+
+
+def export_resnet(settings: Settings, report: Report) -> None:
+    """The ResNet20 demo's row: ``dump --all`` batch 1 against (import torch + its forward pass)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = _dump("0", Path(tmp) / "out", model=RESNET_MODEL)
+    torch_run = import_torch(settings.startup_repeats)
+    forward = forward_seconds("0", settings.slow_repeats, RESNET_MODEL)
+    report.cross_check(
+        f"dump --all --model {RESNET_MODEL} batch 1 exits 0", run["returncode"] == 0, run["error"]
+    )
+    stages = run["timings"] or {}
+    headers = ["run", "wall s", *(f"{short} s" for short in _STAGES.values()), "peak RSS MiB", "output MB"]
+    blank = [""] * len(_STAGES)
+    rows = [
+        [f"qexport dump --all --model {RESNET_MODEL} batch 1", fmt(run["seconds"])]
+        + [fmt(stages.get(stage)) for stage in _STAGES]
+        + [fmt(run["peak_rss_mib"], 0), fmt(run["output_bytes"] / 1e6, 1)],
+        ['python -c "import torch"', fmt(torch_run.seconds), *blank, fmt(torch_run.peak_rss_mib, 0), ""],
+        [f"forward pass {RESNET_MODEL} batch 1 (in-process)", fmt(forward, 3), *blank, "", ""],
+    ]
+    print_table(headers, rows)
+    budget = 1.5 * (torch_run.seconds + forward)
+    report.target(
+        "export",
+        f"dump --all --model {RESNET_MODEL} batch 1 <= 1.5 x (import torch + its forward batch 1)",
+        run["seconds"] <= budget,
+        f"{run['seconds']:.2f} s vs {budget:.2f} s",
+    )
+    report.figures["export_resnet"] = {"dump": run, "import_torch_s": torch_run.seconds, "forward_s": forward}
 
 
 def _export_rows(
@@ -582,8 +616,9 @@ def _export_targets(
         report.target("export", "dump --all batch 128 peak RSS < 4096 MiB", rss < 4096, f"{rss:.0f} MiB")
 
 
-def _dump(images_spec: str, out_dir: Path) -> dict[str, Any]:
+def _dump(images_spec: str, out_dir: Path, model: str | None = None) -> dict[str, Any]:
     argv = [sys.executable, "-m", "qexport", "dump", "--all", "--format", "hex", "--images", images_spec]
+    argv += ["--model", model] if model is not None else []
     argv += ["-o", str(out_dir), "--timings"]
     run = run_child(argv, out_dir.parent)
     return {
@@ -873,7 +908,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[Settings, Path | 
     parser.add_argument("--skip-export", action="store_true", help="skip section 2 (the subprocess exports)")
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
-        "--only", choices=SECTION_NAMES, action="append", help="run only this section (repeatable)"
+        "--only", choices=ONLY_CHOICES, action="append", help="run only this section (repeatable)"
     )
     args = parser.parse_args(argv)
     if args.values is not None and args.values < _WHOLE_WORDS:
@@ -922,6 +957,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         (section_conv, "integer_conv == torch float64 conv"),
         (section_decode, "decoded == the values encoded == bitstring's decode"),
     )
+    if "export-resnet" in settings.only and "export" not in settings.only:
+        section_header(SECTIONS[1])
+        first = len(report.checks)
+        export_resnet(settings, report)
+        report.print_checks(first, f"dump --all --model {RESNET_MODEL} exits 0")
     for (run_section, checked), name in zip(sections, SECTION_NAMES, strict=True):
         if settings.only and name not in settings.only:
             continue

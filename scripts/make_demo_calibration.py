@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from qexport.frontend.demo import CALIBRATED_DEMOS, CALIBRATION_FILE, calibration_arrays
-from qexport.frontend.models.vgg import builtin_arch
+from qexport.frontend.models.resolve import builtin_model
 
 
 def main() -> None:
     arrays: dict[str, np.ndarray] = {}
     for name, act_clip in CALIBRATED_DEMOS:
-        arrays |= calibration_arrays(builtin_arch(name), act_clip)  # type: ignore[arg-type]
+        arrays |= calibration_arrays(builtin_model(name), act_clip)  # type: ignore[arg-type]
     np.savez_compressed(CALIBRATION_FILE, **arrays)
     print(f"wrote {CALIBRATION_FILE} ({CALIBRATION_FILE.stat().st_size} bytes, {len(arrays)} arrays)")
 

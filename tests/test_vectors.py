@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +15,50 @@ SETS = sorted(p for p in (ROOT / "vectors").iterdir() if (p / "manifest.json").i
 
 
 def test_there_are_sets() -> None:
-    assert len(SETS) >= 14
+    assert len(SETS) >= 16
+
+
+@pytest.mark.parametrize(
+    ("folder", "profile", "name", "geometry"),
+    [
+        ("tiny_resnet_layer1.0.conv1_course_txt", "course", "layer1.0.conv1", (8, 8, 3, 1, [1, 8, 32, 32])),
+        (
+            "tiny_resnet_layer2.0.downsample.0_hex",
+            "flat",
+            "layer2.0.downsample.0",
+            (8, 16, 1, 2, [1, 8, 32, 32]),
+        ),
+    ],
+    ids=["resnet-8to8-32x32-course", "resnet-1x1-downsample-flat"],
+)
+def test_the_resnet_sets_are_the_layers_they_say(
+    folder: str, profile: str, name: str, geometry: tuple[object, ...]
+) -> None:
+    import json
+
+    manifest = json.loads((ROOT / "vectors" / folder / "manifest.json").read_text())
+    assert manifest["model"] == "resnet8" and manifest["profile"] == profile
+    (layer,) = manifest["layers"]
+    assert layer["name"] == name and "index" not in layer
+    got = (
+        layer["in_channels"],
+        layer["out_channels"],
+        layer["kernel"],
+        layer["stride"],
+        layer["input_shape"],
+    )
+    assert got == geometry
+    assert layer["checks"]["passed"]
+    assert {PurePosixPath(f["path"]).parts[0] for f in layer["files"]} == {name}
+
+
+def test_the_tiny_resnet_checkpoint_is_what_its_script_writes(tmp_path: Path) -> None:
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "scripts" / "make_tiny_resnet.py"))
+    out = tmp_path / "tiny_resnet.pth.tar"  # torch.save names the archive after the file
+    script["main"](out)
+    assert out.read_bytes() == (ROOT / "vectors" / "tiny_resnet.pth.tar").read_bytes()
 
 
 @pytest.mark.slow

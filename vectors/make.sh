@@ -20,5 +20,9 @@ dump gradual27_course_txt --layer 27 --profile course
 dump gradual33_2bit_hex --layer 33 --bits-config vectors/bits_layer33_2bit.json
 # every conv layer of a small committed checkpoint (architecture inferred from its state dict)
 dump tiny_all_hex --all --checkpoint vectors/tiny_vgg.pth.tar --format hex
+# a small ResNet-CIFAR checkpoint (widths 8/16/48, scripts/make_tiny_resnet.py): an 8 -> 8 conv at
+# 32x32 in the course core's format, and the 1x1 stride-2 downsample in flat hex
+dump tiny_resnet_layer1.0.conv1_course_txt --layer layer1.0.conv1 --checkpoint vectors/tiny_resnet.pth.tar --profile course
+dump tiny_resnet_layer2.0.downsample.0_hex --layer layer2.0.downsample.0 --checkpoint vectors/tiny_resnet.pth.tar --format hex
 # a rendered self-checking testbench with its vectors
 qexport testbench --layer 33 --profile course -o vectors/gradual33_testbench --force

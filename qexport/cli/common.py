@@ -18,7 +18,17 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MODELS = ("VGG16_quant", "VGG16_quant_gradual", "VGG16_quant_squeeze")
+MODELS = (
+    "VGG16_quant",
+    "VGG16_quant_gradual",
+    "VGG16_quant_squeeze",
+    # the ResNet-CIFAR built-ins (frontend.models.resnet.RESNET_BUILTIN; spelt out: no torch import here)
+    "resnet20_quant",
+    "resnet32_quant",
+    "resnet44_quant",
+    "resnet56_quant",
+    "resnet110_quant",
+)
 
 
 def _fail(err: QExportError) -> None:

@@ -347,7 +347,6 @@ def verify(layer_text: str | None, skip_invalid: bool, **kwargs: Any) -> None:
     for r in results:
         c = r.checks
         verdict = "PASS" if c.passed else "FAIL"
-        label = layer_label(r.name, r.layer)
         if not c.passed:
             failed.append(r.layer if r.layer is not None else r.name)
         click.echo(

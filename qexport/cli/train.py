@@ -14,7 +14,6 @@ import click
 from qexport.cli.common import MODELS, _source, handles_errors
 
 # RESNET_BUILTIN's names, spelled out so that --help imports no torch (a test keeps them equal)
-RESNET_MODELS = ("resnet20_quant", "resnet32_quant", "resnet44_quant", "resnet56_quant", "resnet110_quant")
 
 
 def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -30,7 +29,7 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--model",
-    type=click.Choice((*MODELS, *RESNET_MODELS)),
+    type=click.Choice(MODELS),
     default="VGG16_quant_gradual",
     show_default=True,
     help="Built-in architecture to train: a VGG or a ResNet-CIFAR (layers named layer1.0.conv2).",

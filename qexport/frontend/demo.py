@@ -1,5 +1,9 @@
 """The built-in demo: a deterministic, untrained model and images, the same bits on any machine.
 
+Both families have a demo (the VGG ones and the ResNet-CIFAR ones): the same seeded stream, the
+same snapping, the same calibration steps, walked in forward order through each family's structure
+(a ResNet block's residual sum included).
+
 Random numbers come from numpy's PCG64 raw 64-bit stream (fixed by its algorithm, unlike
 distribution samplers or torch's generators), turned into floats by our own arithmetic. Every
 parameter is snapped to a dyadic grid, so it is exact in float32. Calibration is exact integer and
@@ -12,18 +16,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
 from torch import nn
 
 from qexport.frontend.models.quant import DEFAULT_ACT_CLIP, ActClip, QuantConv2d, quantize_weight
+from qexport.frontend.models.resnet import BasicBlock, ResNetArch, ResNetQuant, build_resnet
 from qexport.frontend.models.vgg import Arch, VGGQuant, build_model
+
+DemoArch = Arch | ResNetArch
+DemoModel = VGGQuant | ResNetQuant
 
 DEMO_LABEL = "demo, untrained"
 DEMO_SEED = 284
@@ -35,6 +44,11 @@ CALIBRATED_DEMOS = (
     ("VGG16_quant_gradual", "course"),
     ("VGG16_quant", "course"),
     ("VGG16_quant_squeeze", "course"),
+    ("resnet20_quant", "course"),
+    ("resnet32_quant", "course"),
+    ("resnet44_quant", "course"),
+    ("resnet56_quant", "course"),
+    ("resnet110_quant", "course"),
 )
 
 
@@ -76,17 +90,27 @@ def demo_images(count: int = DEMO_IMAGES) -> np.ndarray:
     return images
 
 
-def demo_model(arch: Arch, act_clip: ActClip = DEFAULT_ACT_CLIP) -> VGGQuant:
-    """A fresh demo model; the calibrated parameters are computed once a process."""
+@overload
+def demo_model(arch: Arch, act_clip: ActClip = DEFAULT_ACT_CLIP) -> VGGQuant: ...
+@overload
+def demo_model(arch: ResNetArch, act_clip: ActClip = DEFAULT_ACT_CLIP) -> ResNetQuant: ...
+@overload
+def demo_model(arch: DemoArch, act_clip: ActClip = DEFAULT_ACT_CLIP) -> DemoModel: ...
+def demo_model(arch: DemoArch, act_clip: ActClip = DEFAULT_ACT_CLIP) -> DemoModel:
+    """A fresh demo model (VGG or ResNet); the calibrated parameters are computed once a process."""
     with torch.device("meta"):  # no random init: every tensor comes from the cached state
-        model = build_model(arch, act_clip)
+        model = _build(arch, act_clip)
     model.load_state_dict({k: v.clone() for k, v in _demo_state(arch, act_clip).items()}, assign=True)
     model.eval()
     return model
 
 
+def _build(arch: DemoArch, act_clip: ActClip) -> DemoModel:
+    return build_resnet(arch, act_clip) if isinstance(arch, ResNetArch) else build_model(arch, act_clip)
+
+
 @lru_cache(maxsize=8)
-def _demo_state(arch: Arch, act_clip: ActClip) -> dict[str, torch.Tensor]:
+def _demo_state(arch: DemoArch, act_clip: ActClip) -> dict[str, torch.Tensor]:
     """Seeded weights; alphas and BatchNorm statistics calibrated on the demo images.
 
     Each act_alpha sits near the 98th percentile of its layer's input, so the 4-bit activation
@@ -105,34 +129,46 @@ def _demo_state(arch: Arch, act_clip: ActClip) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def _seeded_model(arch: Arch, act_clip: ActClip) -> VGGQuant:
+def _seeded_model(arch: DemoArch, act_clip: ActClip) -> DemoModel:
     """The demo model before calibration: every parameter from the seeded stream."""
     with _zero_init():
-        model = build_model(arch, act_clip)
-    stream = _Stream(DEMO_SEED)
-    with torch.no_grad():
-        for module in model.features:
-            if isinstance(module, nn.Conv2d):
-                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
-                w = (stream.uniform(tuple(module.weight.shape)) * 2 - 1) * np.sqrt(3.0 / fan_in)
-                module.weight.copy_(torch.from_numpy(_snap(w, 2**-14)))
-            if isinstance(module, QuantConv2d):
-                alpha = 2.0 + stream.uniform(())
-                module.weight_quant.wgt_alpha.fill_(float(_snap(alpha, 2**-6)))
-            if isinstance(module, nn.BatchNorm2d):
-                c = module.num_features
-                module.weight.copy_(torch.from_numpy(_snap(0.8 + 0.4 * stream.uniform((c,)), 2**-8)))
-                module.bias.copy_(torch.from_numpy(_snap((stream.uniform((c,)) - 0.3) * 0.4, 2**-8)))
-        w = (stream.uniform(tuple(model.classifier.weight.shape)) * 2 - 1) * 0.05
-        model.classifier.weight.copy_(torch.from_numpy(_snap(w, 2**-14)))
-        model.classifier.bias.zero_()
+        model = _build(arch, act_clip)
+    _seed(_seeded_modules(model), _Stream(DEMO_SEED))
     return model
 
 
+def _seeded_modules(model: DemoModel) -> list[nn.Module]:
+    """The modules the stream seeds, in the order it seeds them."""
+    if isinstance(model, ResNetQuant):
+        return list(model.modules())  # registration order: conv1, bn1, layer1.0.conv1, ..., fc
+    return [*model.features, model.classifier]
+
+
 @torch.no_grad()
-def _refresh_weight_q(model: VGGQuant) -> None:
+def _seed(modules: Iterable[nn.Module], stream: _Stream) -> None:
+    """Convs uniform in +-sqrt(3 / fan_in), alphas in [2, 3), BatchNorm near (1, 0), Linear +-0.05."""
+    for module in modules:
+        if isinstance(module, nn.Conv2d):
+            fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            w = (stream.uniform(tuple(module.weight.shape)) * 2 - 1) * np.sqrt(3.0 / fan_in)
+            module.weight.copy_(torch.from_numpy(_snap(w, 2**-14)))
+        if isinstance(module, QuantConv2d):
+            alpha = 2.0 + stream.uniform(())
+            module.weight_quant.wgt_alpha.fill_(float(_snap(alpha, 2**-6)))
+        if isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            module.weight.copy_(torch.from_numpy(_snap(0.8 + 0.4 * stream.uniform((c,)), 2**-8)))
+            module.bias.copy_(torch.from_numpy(_snap((stream.uniform((c,)) - 0.3) * 0.4, 2**-8)))
+        if isinstance(module, nn.Linear):
+            w = (stream.uniform(tuple(module.weight.shape)) * 2 - 1) * 0.05
+            module.weight.copy_(torch.from_numpy(_snap(w, 2**-14)))
+            module.bias.zero_()
+
+
+@torch.no_grad()
+def _refresh_weight_q(model: DemoModel) -> None:
     """weight_q as a float32 forward pass stores it (calibration's float64 pass left its own)."""
-    for module in model.features:
+    for module in model.modules():
         if isinstance(module, QuantConv2d):
             module.weight_q.copy_(quantize_weight(module.weight, module.weight_quant.wgt_alpha, module.w_bit))
 
@@ -156,18 +192,18 @@ def _zero_init() -> Iterator[None]:
         nn.Conv2d.reset_parameters, nn.Linear.reset_parameters = saved  # type: ignore[method-assign]
 
 
-def calibrate_demo(model: VGGQuant) -> None:
+def calibrate_demo(model: DemoModel) -> None:
     """Set every act_alpha and BatchNorm statistic from the calibration images (about a second)."""
     from qexport.frontend.inputs import normalise_uint8
 
     _calibrate(model, normalise_uint8(demo_images(_CALIBRATION_IMAGES)))
 
 
-def _calibrated_keys(model: VGGQuant) -> list[str]:
+def _calibrated_keys(model: DemoModel) -> list[str]:
     return [k for k in model.state_dict() if k.endswith(("act_alpha", "running_mean", "running_var"))]
 
 
-def _fingerprint(model: VGGQuant, act_clip: ActClip) -> str:
+def _fingerprint(model: DemoModel, act_clip: ActClip) -> str:
     """What calibration depends on: the seeded parameters, the act clip and the calibration images.
 
     A few thousand evenly spaced values a tensor: any change to the seeding moves them, and
@@ -183,7 +219,9 @@ def _fingerprint(model: VGGQuant, act_clip: ActClip) -> str:
     return digest.hexdigest()
 
 
-def _shipped_calibration(arch: Arch, act_clip: ActClip, fingerprint: str) -> dict[str, torch.Tensor] | None:
+def _shipped_calibration(
+    arch: DemoArch, act_clip: ActClip, fingerprint: str
+) -> dict[str, torch.Tensor] | None:
     if not CALIBRATION_FILE.is_file():
         return None
     with np.load(CALIBRATION_FILE, allow_pickle=False) as data:
@@ -197,7 +235,7 @@ def _shipped_calibration(arch: Arch, act_clip: ActClip, fingerprint: str) -> dic
         }
 
 
-def calibration_arrays(arch: Arch, act_clip: ActClip) -> dict[str, np.ndarray]:
+def calibration_arrays(arch: DemoArch, act_clip: ActClip) -> dict[str, np.ndarray]:
     """The calibrated parameters of a built-in demo model, as stored in demo_calibration.npz."""
     model = _seeded_model(arch, act_clip)
     fingerprint = _fingerprint(model, act_clip)
@@ -210,8 +248,13 @@ def calibration_arrays(arch: Arch, act_clip: ActClip) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def _calibrate(model: VGGQuant, images: torch.Tensor) -> None:
-    """Walk ``features``, setting each alpha and BatchNorm from the data it sees: the same bits anywhere.
+def _calibrate(model: DemoModel, images: torch.Tensor) -> None:
+    """Walk the model in forward order, setting each alpha and BatchNorm from the data it sees.
+
+    VGG: ``features`` in order. ResNet: the stem, then each block's ``conv1, bn1, relu, conv2, bn2``
+    and its shortcut (``downsample`` or the block's input) from the block's input, summed (one IEEE
+    add per element) and ReLU'd, so every later layer is calibrated on what the real block gives.
+    The same bits anywhere:
 
     Each step is exact, or one correctly rounded IEEE operation per element, so no BLAS kernel,
     SIMD width, thread count or summation order can move a bit (a torch float64 conv did: MKL's
@@ -224,6 +267,8 @@ def _calibrate(model: VGGQuant, images: torch.Tensor) -> None:
       weights' mean and std from exact integer sums (the seeded weights lie on a 2^-14 grid);
     - the conv is of the integers, exact (``integer_conv``), then ``psum * (alphas' numerators)``
       exactly in int64 and divided by the levels and grid denominators: one rounding;
+    - a float conv (the ResNet stem) takes its input on the 2^-24 grid (an exact scaling and one
+      rounding per element), so it too is an exact integer conv scaled by a power of two;
     - BatchNorm statistics are the exact mean and (population) variance of that exact conv
       output, from integer sums of psums, rounded half-even to the 2^-10 grid in rationals;
     - BatchNorm (eval) is four numpy ufuncs in a fixed order, each one IEEE op per element, with
@@ -231,17 +276,44 @@ def _calibrate(model: VGGQuant, images: torch.Tensor) -> None:
     """
     model.eval()
     x = images.detach().double().numpy()
+    if isinstance(model, ResNetQuant):
+        _calibrate_resnet(model, x)
+        return
     calibrated = [i for i, m in enumerate(model.features) if isinstance(m, (QuantConv2d, nn.BatchNorm2d))]
+    _calibrate_sequence(list(model.features)[: max(calibrated) + 1], x)
+
+
+def _calibrate_resnet(model: ResNetQuant, x: np.ndarray) -> None:
+    x = _calibrate_sequence([model.conv1, model.bn1, model.relu], x)
+    for stage in (model.layer1, model.layer2, model.layer3):
+        for block in stage:
+            if not isinstance(block, BasicBlock):
+                raise TypeError(f"demo calibration has no exact form of {block}")
+            out = _calibrate_sequence([block.conv1, block.bn1, block.relu, block.conv2, block.bn2], x)
+            shortcut = x if block.downsample is None else _calibrate_sequence(list(block.downsample), x)
+            x = _residual(out, shortcut)
+
+
+def _residual(out: np.ndarray, shortcut: np.ndarray) -> np.ndarray:
+    """A block's ``relu(out + shortcut)``: one IEEE add per element, then a pick."""
+    return np.asarray(np.maximum(np.add(out, shortcut), 0.0))
+
+
+def _calibrate_sequence(modules: list[nn.Module], x: np.ndarray) -> np.ndarray:
+    """Calibrate ``modules`` run one after another on ``x``; their output."""
     conv: _ExactConv | None = None
-    for module in list(model.features)[: max(calibrated) + 1]:
+    for module in modules:
         if isinstance(module, QuantConv2d):
             alpha = _act_alpha(x)
             module.act_alpha.fill_(float(alpha))
             conv = _exact_conv(module, x, alpha)
             x = conv.value
+        elif isinstance(module, nn.Conv2d):
+            conv = _exact_float_conv(module, x)
+            x = conv.value
         elif isinstance(module, nn.BatchNorm2d):
             if conv is None:
-                raise TypeError("demo calibration: a BatchNorm2d must follow a QuantConv2d")
+                raise TypeError("demo calibration: a BatchNorm2d must follow a conv")
             mean, var = conv.moments()
             module.running_mean.copy_(torch.from_numpy(mean))  # type: ignore[union-attr]
             module.running_var.copy_(torch.from_numpy(var))  # type: ignore[union-attr]
@@ -250,10 +322,11 @@ def _calibrate(model: VGGQuant, images: torch.Tensor) -> None:
             x = np.maximum(x, 0.0)
         elif isinstance(module, nn.MaxPool2d):
             x = _max_pool(module, x)
-        else:
+        elif not isinstance(module, nn.Identity):
             raise TypeError(f"demo calibration has no exact form of {module}")
-        if not isinstance(module, QuantConv2d):
+        if not isinstance(module, nn.Conv2d):
             conv = None  # a BatchNorm's statistics are those of the conv right before it
+    return x
 
 
 _ALPHA_STEP = Fraction(1, 16)  # act_alpha grid
@@ -319,9 +392,7 @@ def _exact_conv(module: QuantConv2d, x: np.ndarray, act_alpha: Fraction) -> _Exa
     x_int = np.rint(np.multiply(clipped, float(act_levels))).astype(np.int64)
     wgt_alpha = Fraction(float(module.weight_quant.wgt_alpha.detach()))
     w_int = _weight_int(module.weight.detach().double().numpy(), wgt_alpha, w_levels)
-    stride, padding = module.stride[0], module.padding[0]
-    if not isinstance(padding, int) or module.stride != (stride, stride) or module.padding != (padding,) * 2:
-        raise TypeError(f"demo calibration needs square int stride and padding, not {module}")
+    stride, padding = _square_geometry(module)
     psum = integer_conv(x_int, w_int, stride, padding)
     scale = act_alpha * wgt_alpha / (act_levels * w_levels)
     products = psum * scale.numerator  # exact: checked below to stay within float64's integers
@@ -331,16 +402,51 @@ def _exact_conv(module: QuantConv2d, x: np.ndarray, act_alpha: Fraction) -> _Exa
     return _ExactConv(psum, scale.numerator, scale.denominator, value)
 
 
+_FLOAT_INPUT_STEP = 2**-24  # a float conv's input grid (float32 images keep 24 bits about 1)
+
+
+def _exact_float_conv(module: nn.Conv2d, x: np.ndarray) -> _ExactConv:
+    """A float conv (weights on the 2^-14 grid) of ``x`` on the 2^-24 grid: an exact integer conv."""
+    from qexport.ir.reference import integer_conv
+
+    if module.bias is not None:
+        raise TypeError("demo calibration: a Conv2d with a bias has no exact form here")
+    x_int = np.rint(np.divide(x, _FLOAT_INPUT_STEP)).astype(np.int64)  # exact scaling, one rounding
+    if int(np.abs(x_int).max(initial=0)) >= 2**31:
+        raise TypeError("demo calibration: a float conv's input is beyond 2^7")
+    w_int = _grid_ints(module.weight.detach().double().numpy())
+    stride, padding = _square_geometry(module)
+    psum = integer_conv(x_int, w_int, stride, padding)
+    if int(np.abs(psum).max(initial=0)) >= 2**53:
+        raise TypeError("demo calibration: a float conv's psums are beyond float64's exact integers")
+    denominator = int(1 / (_FLOAT_INPUT_STEP * _WEIGHT_STEP))
+    value = np.divide(psum.astype(np.float64), float(denominator))  # a power of two: exact
+    return _ExactConv(psum, 1, denominator, value)
+
+
+def _square_geometry(module: nn.Conv2d) -> tuple[int, int]:
+    stride, padding = module.stride[0], module.padding[0]
+    if not isinstance(padding, int) or module.stride != (stride, stride) or module.padding != (padding,) * 2:
+        raise TypeError(f"demo calibration needs square int stride and padding, not {module}")
+    return stride, padding
+
+
+def _grid_ints(weight: np.ndarray) -> np.ndarray:
+    """Weights on the 2^-14 grid as the integers of that grid (|w| < 1)."""
+    grid = np.divide(weight, _WEIGHT_STEP)
+    ints = grid.astype(np.int64)
+    if not np.array_equal(ints, grid) or int(np.abs(ints).max(initial=0)) >= 2**14:
+        raise TypeError("demo calibration: the weights are not on the 2^-14 grid _seeded_model uses")
+    return np.asarray(ints)
+
+
 def _weight_int(weight: np.ndarray, wgt_alpha: Fraction, levels: int) -> np.ndarray:
     """The course's quantize_weight as integers, its mean and (unbiased) std from exact sums.
 
     (w - mean) / std / alpha, clip [-1, 1], * levels, round: one IEEE op per element each, with
     mean and std correctly rounded (float(Fraction) and math.sqrt) from integer sums of w / 2^-14.
     """
-    grid = np.divide(weight, _WEIGHT_STEP)
-    ints = grid.astype(np.int64)
-    if not np.array_equal(ints, grid) or int(np.abs(ints).max(initial=0)) >= 2**14:
-        raise TypeError("demo calibration: the weights are not on the 2^-14 grid _seeded_model uses")
+    ints = _grid_ints(weight)
     count = ints.size
     total, square = int(ints.sum()), int((ints * ints).sum())  # exact: |ints| < 2^14, count < 2^34
     step = Fraction(_WEIGHT_STEP)

@@ -21,7 +21,6 @@ from qexport.frontend.inputs import CIFAR_FOLDER, Inputs, load_array, load_cifar
 from qexport.frontend.models.load import LoadReport, load_weights
 from qexport.frontend.models.network import ConvTable, conv_table, float_convs, quantized_convs
 from qexport.frontend.models.quant import DEFAULT_ACT_CLIP, ActClip
-from qexport.frontend.models.resnet import ResNetArch
 from qexport.frontend.models.resolve import ModelArch, build_any, builtin_model, resolve_model
 from qexport.frontend.models.user import is_user_spec
 from qexport.frontend.models.vgg import DEFAULT_MODEL
@@ -108,10 +107,6 @@ def load(opts: SourceOptions) -> Loaded:
                 "--checkpoint (the demo is for the built-in models)"
             )
         arch = builtin_model(opts.model or DEFAULT_MODEL)
-        if isinstance(arch, ResNetArch):
-            raise InputError(
-                f"--model {arch.name} without --checkpoint: no ResNet demo yet; give a checkpoint"
-            )
         model = demo_model(arch, opts.act_clip)
         source = {"demo": True}
         demo_label = DEMO_LABEL

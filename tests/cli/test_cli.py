@@ -408,3 +408,53 @@ def test_console_script_keeps_output_and_exit_code_through_the_fast_exit(
     assert text in getattr(result, stream)
     if code == 0:
         assert result.stderr == "" or "notice" in result.stderr
+
+
+RESNET = ["--model", "resnet20_quant"]
+
+
+def test_resnet_demo_layers_lists_every_quantized_conv_by_module_path(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["layers", *RESNET])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# resnet20_quant (demo, untrained)")
+    rows = [line.split() for line in result.output.splitlines()[2:]]
+    assert len(rows) == 20
+    assert rows[8][:6] == ["layer2.0.downsample.0", "8", "16", "32", "1/2/0", "4"]
+    assert rows[6][:5] == ["layer2.0.conv1", "6", "16", "32", "3/2/1"]
+
+
+def test_resnet_demo_verify_passes_every_layer(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["verify", *RESNET, "--images", "0:2"])
+    assert result.exit_code == 0, result.output
+    assert "all 20 layers pass (mean error < 1e-3)" in result.output
+    assert result.output.count("PASS") == 20
+    assert "layer3.0.downsample.0" in result.output
+
+
+def test_resnet_demo_dump_all_flat(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "all"
+    result = runner.invoke(main, ["dump", "--all", *RESNET, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["label"] == "demo, untrained"
+    assert [layer["name"] for layer in manifest["layers"]][8] == "layer2.0.downsample.0"
+    assert len(manifest["layers"]) == 20
+    entry = manifest["layers"][8]
+    weight = next(f for f in entry["files"] if f["tensor"] == "weight")
+    assert decode_file(out / weight["path"], weight).size == 32 * 16  # 1x1: one tap an (oc, ic)
+    assert runner.invoke(main, ["check", str(out)]).exit_code == 0
+
+
+@pytest.mark.parametrize("layer", ["layer2.0.downsample.0", "layer2.0.conv1"])
+def test_resnet_demo_dump_strided_and_1x1_layers_in_the_course_profile(
+    runner: CliRunner, tmp_path: Path, layer: str
+) -> None:
+    out = tmp_path / "set"
+    result = runner.invoke(main, ["dump", *RESNET, "--layer", layer, "--profile", "course", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"layer {layer} " in result.output
+    assert (out / layer / "acc_address.txt").is_file()
+    kij = 1 if "downsample" in layer else 9
+    assert len(list((out / layer).glob("weight_itile0_otile0_kij*.txt"))) == kij
+    check = runner.invoke(main, ["check", str(out)])
+    assert check.exit_code == 0, check.output

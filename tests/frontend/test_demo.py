@@ -14,6 +14,7 @@ import torch
 
 from qexport.frontend import demo
 from qexport.frontend.inputs import normalise_uint8
+from qexport.frontend.models.resolve import builtin_model
 from qexport.frontend.models.vgg import builtin_arch
 
 
@@ -26,7 +27,7 @@ def fresh_cache() -> Iterator[None]:
 
 @pytest.mark.parametrize(("name", "act_clip"), demo.CALIBRATED_DEMOS)
 def test_shipped_calibration_equals_a_fresh_one(name: str, act_clip: str) -> None:
-    fresh = demo.calibration_arrays(builtin_arch(name), act_clip)  # type: ignore[arg-type]
+    fresh = demo.calibration_arrays(builtin_model(name), act_clip)  # type: ignore[arg-type]
     with np.load(demo.CALIBRATION_FILE, allow_pickle=False) as shipped:
         prefix = f"{name}/{act_clip}/"
         assert sorted(k for k in shipped.files if k.startswith(prefix)) == sorted(fresh)
@@ -173,3 +174,92 @@ def test_the_exact_conv_is_the_float_layer(act_clip: str) -> None:
         floating = layer.double()(x).numpy()
     np.testing.assert_allclose(exact.value, floating, rtol=1e-12, atol=1e-12)
     assert exact.value.std() > 0.1  # a real signal, not zeros
+
+
+# --- the ResNet demo ---------------------------------------------------------------------------
+
+_STATE_DIGEST = (
+    "import hashlib, sys; from qexport.frontend import demo; "
+    "from qexport.frontend.models.resnet import RESNET_BUILTIN; "
+    "demo.CALIBRATION_FILE = demo.CALIBRATION_FILE.with_name('absent.npz') if sys.argv[1] == 'fresh' else "
+    "demo.CALIBRATION_FILE; state = demo._demo_state(RESNET_BUILTIN['resnet20_quant'], 'course'); "
+    "digest = hashlib.sha256(); "
+    "[digest.update(k.encode() + state[k].numpy().tobytes()) for k in sorted(state)]; "
+    "print(digest.hexdigest())"
+)
+
+
+def test_resnet_demo_is_the_same_bits_in_another_process_calibrated_afresh() -> None:
+    """Shipped or recomputed, here or in a fresh process on portable kernels: one state, bit for bit."""
+    env = {**os.environ, "MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
+    digests = {
+        how: subprocess.run(
+            [sys.executable, "-c", _STATE_DIGEST, how], check=True, env=env, capture_output=True, text=True
+        ).stdout.strip()
+        for how in ("shipped", "fresh")
+    }
+    assert digests["shipped"] == digests["fresh"]
+    assert len(digests["fresh"]) == 64
+
+
+@pytest.mark.usefixtures("fresh_cache")
+def test_resnet_demo_is_seeded_calibrated_and_untrained() -> None:
+    from qexport.frontend.models.resnet import RESNET_BUILTIN, ResNetQuant
+
+    arch = RESNET_BUILTIN["resnet20_quant"]
+    model = demo.demo_model(arch)
+    assert isinstance(model, ResNetQuant)
+    again = demo.demo_model(arch)
+    _assert_same_state(model.state_dict(), again.state_dict())
+    state = model.state_dict()
+    # the float stem's BatchNorm and every block's are calibrated, not left at (0, 1)
+    for key in ("bn1", "layer1.0.bn1", "layer2.0.downsample.1", "layer3.2.bn2"):
+        assert not torch.equal(state[f"{key}.running_mean"], torch.zeros_like(state[f"{key}.running_mean"]))
+        assert not torch.equal(state[f"{key}.running_var"], torch.ones_like(state[f"{key}.running_var"]))
+    alphas = {k: float(v) for k, v in state.items() if k.endswith("act_alpha")}
+    assert len(alphas) == 20 and all(1.0 <= a <= 8.0 for a in alphas.values()), alphas
+    assert all(a * 16 == int(a * 16) for a in alphas.values())  # on the 2^-4 grid
+
+
+def test_resnet_demo_activations_spread_and_every_conv_passes_the_seeds_check() -> None:
+    from qexport.frontend.capture import capture
+    from qexport.frontend.inputs import load_demo
+    from qexport.frontend.models.resnet import RESNET_BUILTIN
+    from qexport.ir.integerize import integerize
+    from qexport.ir.reference import conv_psum
+
+    model = demo.demo_model(RESNET_BUILTIN["resnet20_quant"])
+    captured = capture(model, load_demo("0:4").images)
+    assert [t.name for t in captured][6:9] == ["layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0"]
+    for t in captured:
+        layer = integerize(t)
+        values = np.bincount(np.asarray(layer.x_int).reshape(-1), minlength=16)
+        assert values[15] > 0, t.name  # the alpha is reached: the whole 4-bit range is used
+        assert (values[1:15] > 0).all(), t.name
+        assert values[0] < 0.8 * values.sum(), t.name  # not mostly zeros
+        checks = conv_psum(layer).checks
+        assert checks.output_mean_error < 1e-3, t.name
+
+
+def test_resnet_demo_calibrates_on_the_real_block_structure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The residual sum reaches the next block: calibrating without it moves the next block's alphas."""
+    from qexport.frontend.models.resnet import ResNetArch
+
+    arch = ResNetArch("tiny", blocks=(2, 1, 1), widths=(8, 16, 16))
+    with_sum = demo.calibration_arrays(arch, "course")
+    monkeypatch.setattr(demo, "_residual", lambda out, shortcut: np.maximum(out, 0.0))  # no shortcut
+    without = demo.calibration_arrays(arch, "course")
+    assert with_sum["tiny/course/layer1.0.conv1.act_alpha"] == without["tiny/course/layer1.0.conv1.act_alpha"]
+    assert with_sum["tiny/course/layer1.1.conv1.act_alpha"] != without["tiny/course/layer1.1.conv1.act_alpha"]
+
+
+def test_the_exact_float_conv_is_the_float_stem() -> None:
+    from qexport.frontend.models.resnet import RESNET_BUILTIN
+
+    model = demo._seeded_model(RESNET_BUILTIN["resnet20_quant"], "course")
+    x = normalise_uint8(demo.demo_images(2)).double()
+    exact = demo._exact_float_conv(model.conv1, x.numpy())
+    with torch.no_grad():
+        floating = model.conv1.double()(x).numpy()
+    np.testing.assert_allclose(exact.value, floating, rtol=0, atol=1e-6)  # the input's 2^-24 grid
+    assert exact.value.std() > 0.1
