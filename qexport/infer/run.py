@@ -198,7 +198,9 @@ def _integer_pass(
         if differ.any():
             low, high = float32_band(local_psum, layer.y_float, sfu.s, chain.bn, sfu.next_alpha, sfu.next_bit)
             low, high = _pool(low, chain), _pool(high, chain)
-            agreement.near += int((differ & (own >= low) & (own <= high)).sum())
+            # explained: the exact value lies so near a boundary that both levels are in reach
+            both = (own >= low) & (own <= high) & (local_next >= low) & (local_next <= high)
+            agreement.near += int((differ & both).sum())
         x_chained = chained_next
     raise AssertionError("unreachable: the last conv runs the tail")  # pragma: no cover
 

@@ -254,8 +254,9 @@ def float32_band(
     ``y_float`` is the float model's own conv output; its distance from ``psum * s`` is measured,
     not bounded. The BatchNorm (as ``y * a + b``, a few float32 operations) and the quantiser's
     division and scaling add at most 16 float32 roundings of the magnitudes involved, and
-    2^-40 covers this float64 evaluation. A float model value outside the band is not float32
-    rounding; one inside it but unlike ours is within float32 rounding of a threshold.
+    2^-40 covers this float64 evaluation. Where ours and the float model's ``x_int`` differ and both
+    lie in the band, the exact value sits within float32 rounding of a threshold; anything else is
+    a real disagreement.
     """
     levels = 2**next_bit - 1
     per = (slice(None), None, None)

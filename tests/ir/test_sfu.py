@@ -75,7 +75,9 @@ def test_zero_gamma_channel_is_its_beta_level() -> None:
 
 def test_max_pool_after_thresholds_equals_before_for_positive_gamma() -> None:
     rng = np.random.default_rng(5)
-    bn = BatchNorm(np.array([0.9, 1.3]), np.array([0.1, -0.2]), np.array([1.0, 3.0]), np.array([2.0, 5.0]), 1e-5)
+    bn = BatchNorm(
+        np.array([0.9, 1.3]), np.array([0.1, -0.2]), np.array([1.0, 3.0]), np.array([2.0, 5.0]), 1e-5
+    )
     t = thresholds(scale(2.0, 4, 2.5, 4), bn, 1.5, 4)
     psum = rng.integers(-300, 300, (3, 2, 8, 8))
     assert np.array_equal(max_pool(t.apply(psum), 2), t.apply(max_pool(psum, 2)))
