@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from qexport import __version__
 from qexport.errors import CheckFailed, InputError
@@ -42,6 +42,9 @@ from qexport.writer.manifest import (
 from qexport.writer.recipe import build_recipe, find_checkpoint
 from qexport.writer.render import Depth, MemoryContext, render, render_memory
 from qexport.writer.write import ExportPlan, FileSink, staged, write_hashed
+
+if TYPE_CHECKING:
+    from qexport.infer import InferReport
 
 
 @dataclass(frozen=True)
@@ -465,3 +468,18 @@ def _manifest(
         label=loaded.demo_label or None,
         recipe=recipe,
     )
+
+
+def infer(opts: SourceOptions, batch_size: int = 32) -> tuple[Loaded, InferReport]:
+    """The network in integers (exact convs, SFU thresholds, float tail) against the float model."""
+    from qexport.infer import infer_network
+
+    loaded = load(opts)
+    blocked = loaded.blocked()
+    if blocked:
+        name, why = next(iter(blocked.items()))
+        raise InputError(f"qexport infer runs every layer, and layer {name} cannot run: {why}")
+    report = infer_network(
+        loaded.model, loaded.inputs.images, loaded.inputs.labels, loaded.bits, batch_size=batch_size
+    )
+    return loaded, report

@@ -19,6 +19,7 @@ import click
 from qexport import __version__
 from qexport.cli.common import MODELS, handles_errors, source_options
 from qexport.cli.export import dump, layers, testbench_command, verify
+from qexport.cli.infer import infer_command
 from qexport.cli.profiles import profiles
 from qexport.cli.sets import check_command, compare_command
 from qexport.cli.study import eval_command, search_command, sensitivity_command
@@ -75,6 +76,7 @@ for _command in (
     check_command,
     profiles,
     verify,
+    infer_command,
     eval_command,
     sensitivity_command,
     search_command,

@@ -28,7 +28,19 @@ def test_help_lists_commands_without_importing_torch() -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["layers", "dump", "verify", "testbench", "compare", "check", "eval", "sensitivity", "search", "train"],
+    [
+        "layers",
+        "dump",
+        "verify",
+        "testbench",
+        "compare",
+        "check",
+        "eval",
+        "sensitivity",
+        "search",
+        "train",
+        "infer",
+    ],
 )
 def test_every_command_has_help_with_an_example(runner: CliRunner, command: str) -> None:
     result = runner.invoke(main, [command, "--help"])

@@ -1,0 +1,75 @@
+"""``qexport infer``: the network in integers against the float model (a shell over ``api.infer``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from qexport.cli.common import (
+    _describe_source,
+    _fail,
+    _source,
+    bits_config_option,
+    handles_errors,
+    source_options,
+)
+from qexport.errors import CheckFailed
+
+__all__ = ["infer_command"]
+
+
+@click.command("infer")
+@source_options
+@bits_config_option
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images a forward pass."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0.0, 1.0),
+    help="Exit 1 when the integer network's top-1 agrees with the float model on fewer images (0..1).",
+)
+@handles_errors
+def infer_command(batch_size: int, as_json: bool, min_agreement: float | None, **kwargs: Any) -> None:
+    """Run the whole network in integers: exact convs, SFU thresholds between them, float classifier.
+
+    Per layer: how many of the next conv's x_int differ from the float model's own (and how many of
+    those lie within float32 rounding of a threshold); top-1 agreement; accuracy when labels exist.
+
+    \b
+    Example:
+      qexport infer --images 0:32 --min-agreement 1.0
+    """
+    from qexport import api
+
+    loaded, report = api.infer(_source(kwargs), batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps({"model": loaded.arch.name, **report.as_dict()}, sort_keys=True, indent=2))
+    else:
+        click.echo(f"# {_describe_source(loaded)}; {report.images} image(s)")
+        click.echo(
+            f"{'layer':>8} {'next':>8} {'values':>9} {'differ':>7} {'rounding':>8} {'chained':>7}  between"
+        )
+        for layer in report.layers:
+            if layer.next is None:
+                click.echo(f"{layer.label:>8} {'-':>8} {'':>9} {'':>7} {'':>8} {'':>7}  float tail")
+                continue
+            nxt = layer.next.removeprefix("features.")
+            click.echo(
+                f"{layer.label:>8} {nxt:>8} {layer.values:>9} {layer.differ:>7} {layer.near:>8} "
+                f"{layer.differ_chained:>7}  {', '.join(layer.between)}"
+            )
+        click.echo(
+            f"top-1 agreement with the float model: {report.top1_agree}/{report.images} "
+            f"({report.agreement:.2%})"
+        )
+        if report.labelled:
+            click.echo(
+                f"accuracy: integer {report.int_correct / report.images:.2%}, "
+                f"float {report.float_correct / report.images:.2%}"
+            )
+    if min_agreement is not None and report.agreement < min_agreement:
+        _fail(CheckFailed(f"top-1 agreement {report.agreement:.4f} is below --min-agreement {min_agreement}"))
