@@ -429,7 +429,10 @@ def test_resnet_demo_layers_lists_every_quantized_conv_by_module_path(runner: Cl
     result = runner.invoke(main, ["layers", *RESNET])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("# resnet20_quant (demo, untrained)")
-    rows = [line.split() for line in result.output.splitlines()[2:]]
+    # quantized conv rows: not the float convs (conv '-') nor the '#' footer
+    rows = [
+        r for r in (line.split() for line in result.output.splitlines()[2:]) if r[0] != "#" and r[1] != "-"
+    ]
     assert len(rows) == 20
     assert rows[8][:6] == ["layer2.0.downsample.0", "8", "16", "32", "1/2/0", "4"]
     assert rows[6][:5] == ["layer2.0.conv1", "6", "16", "32", "3/2/1"]

@@ -103,7 +103,10 @@ def test_layers_lists_every_quantized_conv_of_the_user_resnet(tmp_path: Path) ->
     _checkpoint(tmp_path, RESNET)
     result = _run("layers", "--checkpoint", "ckpt.pth.tar", "--model", RESNET)
     assert result.exit_code == 0, result.output
-    rows = [line.split() for line in result.output.splitlines()[2:]]
+    # quantized conv rows: not the float convs (conv '-') nor the '#' footer
+    rows = [
+        r for r in (line.split() for line in result.output.splitlines()[2:]) if r[0] != "#" and r[1] != "-"
+    ]
     assert [r[0] for r in rows][:3] == ["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]
     assert len(rows) == 20  # 18 block convs + 2 downsample 1x1s; the float stem is not one
     downsample = next(r for r in rows if r[0] == "layer2.0.downsample.0")
@@ -157,7 +160,10 @@ def test_vgg_variant_with_2_bit_activations_is_probed_and_exports_its_integers(t
     made = _checkpoint(tmp_path, VGG_A2)
     listed = _run("layers", "--checkpoint", "ckpt.pth.tar", "--model", VGG_A2)
     assert listed.exit_code == 0, listed.output
-    rows = [line.split() for line in listed.output.splitlines()[2:]]
+    # quantized conv rows: not the float convs (conv '-') nor the '#' footer
+    rows = [
+        r for r in (line.split() for line in listed.output.splitlines()[2:]) if r[0] != "#" and r[1] != "-"
+    ]
     assert [(r[0], r[5], r[6]) for r in rows] == [("3", "4", "2"), ("7", "4", "2"), ("9", "4", "2")]
     checked = _run("verify", "--checkpoint", "ckpt.pth.tar", "--model", VGG_A2)
     # with act_bit assumed = w_bit (4) the recovered outputs would miss the model's by far more
