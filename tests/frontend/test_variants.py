@@ -338,3 +338,19 @@ def test_vgg_negative_act_alpha_at_a_later_layer(tmp_path: Path) -> None:
     _, checks = api.verify(opts, skip_invalid=True)
     assert [c.name for c in checks] == ["features.0", "features.4", "features.8"]
     assert all(c.checks.passed for c in checks)
+
+
+def test_vgg_batchnorm_replaced_by_identity_is_inferred(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    base = _vgg("identity", [16, "M", 32, "M", 32, 16, "S16", 64, "M", 64, "M", 64, "M"])
+    features = list(base.features)
+    bn = [i for i, m in enumerate(features) if m.kind == "bn"][2]  # mid-network, before a pool gap
+    features[bn] = ModuleSpec("identity", out_channels=features[bn].out_channels)
+    arch = replace(base, features=tuple(features))
+    path = _vgg_checkpoint(tmp_path, arch)
+    sd = _state(path)
+    assert not any(k.startswith(f"features.{bn}.") for k in sd)  # nn.Identity has no keys
+    loaded = load(SourceOptions(checkpoint=path))
+    assert isinstance(loaded.arch, Arch) and loaded.arch.features == arch.features
+    assert _check_layers(loaded, sd) == [f"features.{i}" for i in arch.qconv_indices()]

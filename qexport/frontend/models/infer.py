@@ -20,6 +20,12 @@ def infer_arch(state: Mapping[str, torch.Tensor], name: str = "inferred") -> Arc
     no parameters: the first after a conv block is its ReLU, any further ones are 2x2 max-pools.
     After the last block: ReLU, the max-pools that bring 32x32 down to the classifier's input, and
     the course's closing 1x1 AvgPool. Kernels are square with stride 1 and padding k // 2.
+
+    A BatchNorm replaced by ``nn.Identity`` has no keys, so "conv, Identity, ReLU" looks like
+    "conv, ReLU, max-pool". The course's cfg ends with a max-pool, so the tail keeps at least one:
+    when reading every such gap as a pool leaves the tail none, the gaps that cannot all be pools
+    are Identities — if exactly that many BatchNorm-less convs have a gap of two or more. Any
+    other count is refused as ambiguous, pointing to ``--model module:factory``.
     """
     by_index: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
@@ -52,11 +58,14 @@ def infer_arch(state: Mapping[str, torch.Tensor], name: str = "inferred") -> Arc
     last = max(specs)
     pools_needed = _pools_for(classifier_in, channels)
     pools_in_gaps = 0
+    identities = _replaced_bns(specs, pools_needed)
     features: list[ModuleSpec] = []
     for i in range(last + 1):
         if i in specs:
             features.append(specs[i])
-        elif i - 1 in specs:
+        elif i in identities:
+            features.append(ModuleSpec("identity", out_channels=specs[i - 1].out_channels))
+        elif features[-1].kind in ("qconv", "conv", "bn", "identity"):
             features.append(ModuleSpec("relu"))
         else:
             features.append(ModuleSpec("maxpool"))
@@ -69,6 +78,31 @@ def infer_arch(state: Mapping[str, torch.Tensor], name: str = "inferred") -> Arc
         )
     features += [ModuleSpec("relu"), *[ModuleSpec("maxpool")] * tail_pools, ModuleSpec("avgpool")]
     return Arch(name, tuple(features), num_classes=num_classes, classifier_in=classifier_in)
+
+
+def _replaced_bns(specs: dict[int, ModuleSpec], pools_needed: int) -> set[int]:
+    """The gap indices that are an ``nn.Identity`` in a BatchNorm's place (see :func:`infer_arch`)."""
+    last = max(specs)
+    gaps = [i for i in range(last + 1) if i not in specs]
+    relus = {i for i in gaps if i - 1 in specs}
+    pools = len(gaps) - len(relus)
+    if pools_needed - pools >= 1:
+        return set()  # every gap can be what it looks like, leaving the tail its max-pool
+    # BatchNorm-less convs followed by a gap of two or more: conv, ReLU, pool ... or conv, Identity, ReLU
+    candidates = [
+        i for i in relus if specs[i - 1].kind in ("qconv", "conv") and i + 1 not in specs and i + 1 <= last
+    ]
+    wanted = 1 - (pools_needed - pools)
+    if not candidates or not any(m.kind == "bn" for m in specs.values()):
+        return set()  # nothing to decide: the pool count check in infer_arch names any misfit
+    if len(candidates) != wanted:
+        shown = ", ".join(f"features[{i}]" for i in sorted(candidates))
+        raise InputError(
+            f"cannot infer the architecture: {wanted} of the keyless entries {shown} (after "
+            "BatchNorm-less convs) must be nn.Identity in a BatchNorm's place rather than max-pools, "
+            "and the keys cannot tell which; give your model code with --model module.path:factory"
+        )
+    return set(candidates)
 
 
 def _pools_for(classifier_in: int, channels: int) -> int:

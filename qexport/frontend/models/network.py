@@ -152,6 +152,5 @@ def conv_table(model: nn.Module, name: str) -> ConvTable:
 def _kind(module: nn.Module) -> str:
     if is_quantized_conv(module):
         return "qconv"
-    return {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.ReLU: "relu", nn.MaxPool2d: "maxpool"}.get(
-        type(module), type(module).__name__
-    )
+    kinds = {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.Identity: "identity", nn.ReLU: "relu"}
+    return {**kinds, nn.MaxPool2d: "maxpool"}.get(type(module), type(module).__name__)

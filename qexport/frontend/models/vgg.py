@@ -17,7 +17,7 @@ from torch import nn
 from qexport.errors import InputError
 from qexport.frontend.models.quant import DEFAULT_ACT_CLIP, ActClip, QuantConv2d
 
-ModuleKind = Literal["qconv", "conv", "bn", "relu", "maxpool", "avgpool"]
+ModuleKind = Literal["qconv", "conv", "bn", "identity", "relu", "maxpool", "avgpool"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,8 @@ def _build(index: int, m: ModuleSpec, arch: Arch, act_clip: ActClip) -> nn.Modul
         return nn.Conv2d(m.in_channels, m.out_channels, m.kernel, m.stride, m.padding, bias=False)
     if m.kind == "bn":
         return nn.BatchNorm2d(m.out_channels)
+    if m.kind == "identity":  # a BatchNorm replaced by nn.Identity: no keys, no op
+        return nn.Identity()
     if m.kind == "relu":
         return nn.ReLU(inplace=True)
     if m.kind == "maxpool":
