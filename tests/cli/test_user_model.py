@@ -17,8 +17,11 @@ from click.testing import CliRunner, Result
 from course_models import COURSE_WARNING, forget, imported, save_checkpoint, write_models
 from torch import nn
 
+from qexport import api
 from qexport.cli.main import main
+from qexport.frontend.capture import capture
 from qexport.frontend.inputs import load_demo
+from qexport.ir.integerize import integerize
 from qexport.verify.decode import decode_file
 
 pytestmark = pytest.mark.filterwarnings(COURSE_WARNING)
@@ -347,3 +350,28 @@ def test_checkpoint_with_a_pickled_callable_is_refused_even_with_user_code(tmp_p
     line = _refused("layers", "--checkpoint", "evil.pth.tar", "--model", RESNET)
     assert "refused by the safe loader (weights_only=True)" in line
     assert not marker.exists()
+
+
+def test_a_rounding_tie_in_user_code_exports_the_stored_weight(tmp_path: Path) -> None:
+    # the user's forward recomputes weight_q; at a tie the stored (trained) value must still win
+    made = _checkpoint(tmp_path, RESNET)
+    state = {k: v.clone() for k, v in made["state"].items()}
+    name = "layer1.0.conv2"
+    weight = state[f"{name}.weight"].double()
+    norm = ((weight - weight.mean()) / weight.std()).flatten()
+    at = int((norm.abs() - 0.3).abs().argmin())
+    alpha = float(norm[at].abs()) * 7 / 2.5  # |n| / alpha * 7 = 2.5: a tie between levels 2 and 3
+    state[f"{name}.weight_quant.wgt_alpha"] = torch.tensor(alpha, dtype=torch.float32)
+    levels = (norm / alpha).clamp(-1, 1) * 7
+    cpu = torch.round(levels.float()).double()  # what the CPU's float32 forward gives, near 2 or 3
+    stored = cpu.clone()
+    stored[at] = torch.sign(norm[at]) * (5 - cpu[at].abs())  # the other side of the tie
+    state[f"{name}.weight_q"] = (stored * alpha / 7).float().view_as(state[f"{name}.weight"])
+    torch.save({"state_dict": state, "epoch": 1}, tmp_path / "tie.pth.tar")
+    with imported(tmp_path):
+        loaded = api.load(api.SourceOptions(checkpoint=tmp_path / "tie.pth.tar", model=RESNET))
+        assert loaded.report.ties.get(name) == 1 and name not in loaded.report.problems
+        (t,) = [t for t in capture(loaded.model, loaded.inputs.images, bits=loaded.bits) if t.name == name]
+    w_int = integerize(t).w_int.flatten()
+    assert int(w_int[at]) == int(stored[at]) != int(cpu[at])
+    np.testing.assert_array_equal(np.delete(w_int, at), np.delete(stored.numpy().astype(np.int64), at))

@@ -212,6 +212,22 @@ def _judge_weight_q(
         with torch.no_grad():
             module.weight_q.copy_(stored)
         module.stored_weight_q = True
+    else:  # user code recomputes weight_q in its forward: its weight quantizer returns the stored one
+        _use_stored(module, stored.detach().clone())
+
+
+def _use_stored(module: nn.Module, stored: torch.Tensor) -> None:
+    def hook(_quant: nn.Module, _args: object, output: torch.Tensor) -> torch.Tensor:
+        # same values; the autograd graph of the user's quantizer is not needed for export
+        return stored.to(device=output.device, dtype=output.dtype)
+
+    quantizer = getattr(module, "weight_quant", None)
+    if not isinstance(quantizer, nn.Module):
+        raise InputError(
+            f"layer {module}: its weight_quant is not a module, so its stored weight_q cannot be "
+            "used at its rounding ties; make weight_quant an nn.Module"
+        )
+    quantizer.register_forward_hook(hook)
 
 
 def _at_rounding_tie(module: nn.Module, levels: int) -> torch.Tensor:
