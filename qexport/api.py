@@ -45,6 +45,7 @@ from qexport.writer.write import ExportPlan, FileSink, staged, write_hashed
 
 if TYPE_CHECKING:
     from qexport.infer import InferReport
+    from qexport.ir.fixed_point import FixedPointWidths
 
 
 @dataclass(frozen=True)
@@ -470,8 +471,11 @@ def _manifest(
     )
 
 
-def infer(opts: SourceOptions, batch_size: int = 32) -> tuple[Loaded, InferReport]:
-    """The network in integers (exact convs, SFU thresholds, float tail) against the float model."""
+def infer(
+    opts: SourceOptions, batch_size: int = 32, widths: FixedPointWidths | None = None
+) -> tuple[Loaded, InferReport]:
+    """The network in integers (exact convs, SFU thresholds or fixed point, float tail) against the
+    float model; ``widths`` are the ResNet fixed-point SFU's (defaults: ``FixedPointWidths()``)."""
     from qexport.infer import infer_network
 
     loaded = load(opts)
@@ -480,6 +484,11 @@ def infer(opts: SourceOptions, batch_size: int = 32) -> tuple[Loaded, InferRepor
         name, why = next(iter(blocked.items()))
         raise InputError(f"qexport infer runs every layer, and layer {name} cannot run: {why}")
     report = infer_network(
-        loaded.model, loaded.inputs.images, loaded.inputs.labels, loaded.bits, batch_size=batch_size
+        loaded.model,
+        loaded.inputs.images,
+        loaded.inputs.labels,
+        loaded.bits,
+        batch_size=batch_size,
+        widths=widths,
     )
     return loaded, report

@@ -26,6 +26,34 @@ __all__ = ["infer_command"]
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images a forward pass."
 )
+@click.option(
+    "--mult-bits",
+    type=int,
+    default=28,
+    show_default=True,
+    help="ResNet fixed point: signed multiplier width.",
+)
+@click.option(
+    "--frac-bits",
+    type=int,
+    default=20,
+    show_default=True,
+    help="ResNet fixed point: accumulator bits below the next x_int's step.",
+)
+@click.option(
+    "--skip-bits",
+    type=int,
+    default=32,
+    show_default=True,
+    help="ResNet fixed point: unsigned shortcut width.",
+)
+@click.option(
+    "--bias-bits",
+    type=int,
+    default=40,
+    show_default=True,
+    help="ResNet fixed point: signed folded-bias width.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--min-agreement",
@@ -33,8 +61,18 @@ __all__ = ["infer_command"]
     help="Exit 1 when the integer network's top-1 agrees with the float model on fewer images (0..1).",
 )
 @handles_errors
-def infer_command(batch_size: int, as_json: bool, min_agreement: float | None, **kwargs: Any) -> None:
-    """Run the whole network in integers: exact convs, SFU thresholds between them, float classifier.
+def infer_command(
+    batch_size: int,
+    mult_bits: int,
+    frac_bits: int,
+    skip_bits: int,
+    bias_bits: int,
+    as_json: bool,
+    min_agreement: float | None,
+    **kwargs: Any,
+) -> None:
+    """Run the whole network in integers: exact convs, SFU thresholds between them (a ResNet's
+    residual adds in fixed point), float classifier.
 
     Per layer: how many of the next conv's x_int differ from the float model's own (and how many of
     those lie within float32 rounding of a threshold); top-1 agreement; accuracy when labels exist.
@@ -42,25 +80,37 @@ def infer_command(batch_size: int, as_json: bool, min_agreement: float | None, *
     \b
     Example:
       qexport infer --images 0:32 --min-agreement 1.0
+      qexport infer --model resnet20_quant --images 0:128 --frac-bits 20
     """
     from qexport import api
+    from qexport.ir.fixed_point import FixedPointWidths
 
-    loaded, report = api.infer(_source(kwargs), batch_size=batch_size)
+    widths = FixedPointWidths(mult_bits, frac_bits, skip_bits, bias_bits)
+    loaded, report = api.infer(_source(kwargs), batch_size=batch_size, widths=widths)
     if as_json:
         click.echo(json.dumps({"model": loaded.arch.name, **report.as_dict()}, sort_keys=True, indent=2))
     else:
         click.echo(f"# {_describe_source(loaded)}; {report.images} image(s)")
+        if report.fixed_point is not None:
+            click.echo("# fixed point: " + ", ".join(f"{k} {v}" for k, v in report.fixed_point.items()))
+        names = [(layer.label, (layer.next or "-").removeprefix("features.")) for layer in report.layers]
+        w = max([8] + [max(len(a), len(b)) for a, b in names])
         click.echo(
-            f"{'layer':>8} {'next':>8} {'values':>9} {'differ':>7} {'rounding':>8} {'chained':>7}  between"
+            f"{'layer':>{w}} {'next':>{w}} {'values':>9} {'differ':>7} {'rounding':>8} "
+            f"{'chained':>7}  between"
         )
-        for layer in report.layers:
+        for layer, (label, nxt) in zip(report.layers, names, strict=True):
             if layer.next is None:
-                click.echo(f"{layer.label:>8} {'-':>8} {'':>9} {'':>7} {'':>8} {'':>7}  float tail")
+                click.echo(f"{label:>{w}} {'-':>{w}} {'':>9} {'':>7} {'':>8} {'':>7}  float tail")
                 continue
-            nxt = layer.next.removeprefix("features.")
             click.echo(
-                f"{layer.label:>8} {nxt:>8} {layer.values:>9} {layer.differ:>7} {layer.near:>8} "
+                f"{label:>{w}} {nxt:>{w}} {layer.values:>9} {layer.differ:>7} {layer.near:>8} "
                 f"{layer.differ_chained:>7}  {', '.join(layer.between)}"
+            )
+        if report.fixed_point is not None:
+            click.echo(
+                f"x_int equal to the float model's: {report.x_int_equal_sfu:.4%} each SFU alone, "
+                f"{report.x_int_equal:.4%} chained"
             )
         click.echo(
             f"top-1 agreement with the float model: {report.top1_agree}/{report.images} "

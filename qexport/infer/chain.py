@@ -42,8 +42,9 @@ def vgg_chains(model: nn.Module) -> tuple[list[Chain], list[nn.Module]]:
     (the remaining ``features`` modules; the caller flattens and applies ``classifier``)."""
     if not _is_vgg(model):
         raise InputError(
-            f"qexport infer runs VGG-style models (a features Sequential, then classifier); "
-            f"{type(model).__name__} is not one (ResNet fixed point is not implemented yet)"
+            f"qexport infer runs VGG-style models (a features Sequential, then classifier) and the "
+            f"built-in ResNet-CIFAR family; {type(model).__name__} is neither (give a VGG-style "
+            "model, or a ResNet checkpoint that loads as resnet20_quant ... resnet110_quant)"
         )
     features: nn.Sequential = model.features  # type: ignore[assignment]
     entries = list(features.named_children())

@@ -26,6 +26,7 @@ from torch import nn
 from qexport.frontend.capture import ConvBits, capture
 from qexport.frontend.models.network import layer_label
 from qexport.infer.chain import Chain, vgg_chains
+from qexport.ir.fixed_point import FixedPointWidths
 from qexport.ir.integerize import IntLayer, integerize
 from qexport.ir.reference import integer_conv
 from qexport.ir.sfu import Thresholds, float32_band, max_pool, scale, thresholds
@@ -44,6 +45,8 @@ class LayerAgreement:
     differ: int = 0
     near: int = 0
     differ_chained: int = 0
+    sfu: str = "thresholds"
+    """``thresholds`` (:mod:`qexport.ir.sfu`) or ``fixed_point`` (:mod:`qexport.ir.fixed_point`)."""
 
     @property
     def label(self) -> str:
@@ -59,6 +62,7 @@ class LayerAgreement:
             "differ": self.differ,
             "differ_within_float32_rounding": self.near,
             "differ_chained": self.differ_chained,
+            "sfu": self.sfu,
         }
 
 
@@ -73,10 +77,24 @@ class InferReport:
     int_correct: int = 0
     float_correct: int = 0
     predictions: list[int] = field(default_factory=list)
+    fixed_point: dict[str, int] | None = None
+    """The fixed-point widths used (ResNets), else None."""
 
     @property
     def agreement(self) -> float:
         return self.top1_agree / self.images if self.images else 1.0
+
+    @property
+    def x_int_equal(self) -> float:
+        """The fraction of the integer network's own (chained) ``x_int`` equal to the float model's."""
+        values = sum(layer.values for layer in self.layers)
+        return 1.0 - sum(layer.differ_chained for layer in self.layers) / values if values else 1.0
+
+    @property
+    def x_int_equal_sfu(self) -> float:
+        """The same for each SFU alone, run from the float model's own inputs (``differ``)."""
+        values = sum(layer.values for layer in self.layers)
+        return 1.0 - sum(layer.differ for layer in self.layers) / values if values else 1.0
 
     @property
     def unexplained(self) -> int:
@@ -90,7 +108,11 @@ class InferReport:
             "top1_agree": self.top1_agree,
             "layers": [layer.as_dict() for layer in self.layers],
             "unexplained_differences": self.unexplained,
+            "x_int_equal_chained": self.x_int_equal,
+            "x_int_equal_sfu": self.x_int_equal_sfu,
         }
+        if self.fixed_point is not None:
+            out["fixed_point"] = dict(self.fixed_point)
         if self.labelled:
             out["accuracy_integer"] = self.int_correct / self.images if self.images else 0.0
             out["accuracy_float"] = self.float_correct / self.images if self.images else 0.0
@@ -112,8 +134,17 @@ def infer_network(
     labels: torch.Tensor | None = None,
     bits: Mapping[str, ConvBits] | None = None,
     batch_size: int = 32,
+    widths: FixedPointWidths | None = None,
 ) -> InferReport:
-    """The integer network on ``images`` (N, 3, 32, 32), batch by batch, against the float model."""
+    """The integer network on ``images`` (N, 3, 32, 32), batch by batch, against the float model.
+
+    A VGG runs with thresholds between its convs; a ResNet-CIFAR model with thresholds inside each
+    block and the fixed-point SFU (``widths``) at each residual add (:mod:`qexport.infer.resnet`).
+    """
+    from qexport.infer.resnet import infer_resnet_network, is_resnet
+
+    if is_resnet(model):
+        return infer_resnet_network(model, images, labels, bits, batch_size, widths)
     chains, tail = vgg_chains(model)
     report = InferReport(
         [LayerAgreement(c.name, _index(c.name), c.next, c.between) for c in chains],
