@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
+
+import numpy as np
 
 from qexport import __version__
 from qexport.errors import CheckFailed, InputError
@@ -19,7 +21,8 @@ from qexport.frontend.source import SourceOptions as SourceOptions
 from qexport.frontend.source import load as load
 from qexport.ir.checks import LayerChecks
 from qexport.ir.integerize import IntLayer, integerize
-from qexport.ir.reference import Psums, TiledPsums, check_tiled, conv_psum, tiled_psums
+from qexport.ir.reference import Psums, TiledPsums, check_tiled, conv_psum, integer_conv, tiled_psums
+from qexport.ir.sfu import LayerSfu, sfu_output
 from qexport.layout.arrange import arrange
 from qexport.layout.flat import LayerPlan, LayoutOptions, TensorPlan, with_defaults
 from qexport.layout.profile import Profile, load_profile, parse_profile
@@ -45,7 +48,9 @@ from qexport.writer.write import ExportPlan, FileSink, staged, write_hashed
 
 if TYPE_CHECKING:
     from qexport.infer import InferReport
+    from qexport.infer.chain import Chain
     from qexport.ir.fixed_point import FixedPointWidths
+    from qexport.ir.sfu import Thresholds
 
 
 @dataclass(frozen=True)
@@ -173,11 +178,15 @@ def export(
     template_dir: Path | None = None,
     timings: StageTimes | None = None,
     skip_invalid: bool = False,
+    sfu: bool = False,
+    chain: bool = False,
 ) -> ExportResult:
     """Vectors for the named layers (all conv layers if None), written atomically to ``out_dir``.
 
     ``profile`` names a built-in layout profile or a TOML file; ``fmt`` defaults to its format.
     Files are written as each layer is rendered; ``timings`` (if given) gets each stage's time.
+    ``sfu`` adds each layer's SFU files (threshold, direction, requant; VGG chains); ``chain``
+    takes every layer's input from the integer network's own previous output (and implies ``sfu``).
     """
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     with staged(out_dir, force=force) as folder:
@@ -193,6 +202,8 @@ def export(
             times=timings,
             set_dir=out_dir,
             skip_invalid=skip_invalid,
+            sfu=sfu,
+            chain=chain,
         )
     return ExportResult(out_dir, manifest, notices)
 
@@ -212,6 +223,8 @@ def _render_set(
     set_dir: Path | None = None,
     plans: list[tuple[LayerPlan, MemoryContext]] | None = None,
     skip_invalid: bool = False,
+    sfu: bool = False,
+    chain: bool = False,
 ) -> tuple[Manifest, list[str]]:
     """Render every file of an export into ``sink``, a layer at a time.
 
@@ -233,14 +246,21 @@ def _render_set(
             layer_ids = [_recorded(ref) for ref in selected]
     with times.measure("forward_capture"):
         captured = {t.name: t for t in capture(loaded.model, loaded.inputs.images, bits=loaded.bits)}
+    sfu = sfu or chain
+    with times.measure("integerize_reference"):
+        rules = _sfu_rules(loaded, captured, chain, notices) if sfu else {}
+        chained = _chained_inputs(rules, captured, [ref.name for ref in selected]) if chain else {}
     layer_entries = []
     for ref in selected:
         t = captured.pop(ref.name)  # dropped once rendered: memory stays about one layer deep
         with times.measure("integerize_reference"):
-            int_layer, psums = _checked(t)
+            int_layer, psums = _checked(t, chained.get(ref.name))
+            notice = _chain_notice(t, chained.get(ref.name))
             tiled = _tiled(int_layer, psums, prof)
+            layer_sfu = _layer_sfu(rules.get(ref.name), psums)
         with times.measure("pack_write"):
-            plan = arrange(int_layer, psums, tiled, prof, layout, f"{path_prefix}{t.folder}/")
+            folder = f"{path_prefix}{t.folder}/"
+            plan = arrange(int_layer, psums, tiled, prof, layout, folder, layer_sfu)
             context = MemoryContext(
                 loaded.arch.name,
                 loaded.demo_label,
@@ -255,10 +275,21 @@ def _render_set(
             files = [_write_memory(tp, context, sink) for tp in plan.tensors]
         if plans is not None:
             plans.append((plan, context))
-        layer_entries.append(_layer_entry(int_layer, psums, files, loaded, ref))
-        notices += [tp.notice for tp in plan.tensors if tp.notice]
+        layer_entries.append(_layer_entry(int_layer, psums, files, loaded, ref, layer_sfu))
+        notices += [tp.notice for tp in plan.tensors if tp.notice] + ([notice] if notice else [])
     recipe = build_recipe(
-        kind, opts, layer_ids, fmt, layout, prof, depth, template_dir, set_dir, loaded.source.get("sha256")
+        kind,
+        opts,
+        layer_ids,
+        fmt,
+        layout,
+        prof,
+        depth,
+        template_dir,
+        set_dir,
+        loaded.source.get("sha256"),
+        sfu=sfu,
+        chain=chain,
     )
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt, recipe)
     with times.measure("pack_write"):
@@ -370,12 +401,100 @@ def _regenerate(recipe: Recipe, checkpoint: Path | None, set_dir: Path | None) -
     else:
         depth = cast(Depth, recipe.depth)
         _render_set(
-            plan, opts, layers, recipe.format, recipe.layout, prof, depth, template_dir, set_dir=set_dir
+            plan,
+            opts,
+            layers,
+            recipe.format,
+            recipe.layout,
+            prof,
+            depth,
+            template_dir,
+            set_dir=set_dir,
+            sfu=recipe.sfu,
+            chain=recipe.chain,
         )
     return plan
 
 
-def _checked(t: LayerTensors) -> tuple[IntLayer, Psums]:
+def _sfu_rules(
+    loaded: Loaded, captured: dict[str, LayerTensors], chain: bool, notices: list[str]
+) -> dict[str, tuple[Chain, Thresholds]]:
+    """Each conv's chain and thresholds, for every conv a next one reads; a model that is not a VGG
+    gets none (``chain`` refuses it), a chain the SFU cannot express is refused by module path."""
+    from qexport.infer.chain import is_vgg, sfu_rules, vgg_chains
+
+    if not is_vgg(loaded.model):
+        if chain:
+            vgg_chains(loaded.model)  # raises, naming why
+        notices.append(
+            f"--sfu: {loaded.arch.name} is not a VGG-style model (features, then classifier); its "
+            "SFU (a residual add: fixed point) is not exported yet, so no layer has SFU files"
+        )
+        return {}
+    chains, _ = vgg_chains(loaded.model)
+    return sfu_rules(chains, captured)
+
+
+def _chained_inputs(
+    rules: dict[str, tuple[Chain, Thresholds]], captured: dict[str, LayerTensors], wanted: list[str]
+) -> dict[str, np.ndarray]:
+    """Each conv's ``x_int`` as the integer network makes it: the first conv's from the image, each
+    next one's from the previous conv's exact psums through its thresholds and max-pool (up to the
+    last conv in ``wanted``)."""
+    order = list(captured)  # forward order
+    last = max(order.index(name) for name in wanted)
+    x_int = integerize(captured[order[0]]).x_int
+    inputs: dict[str, np.ndarray] = {}
+    for name in order[: last + 1]:
+        inputs[name] = x_int
+        if name not in rules:
+            break  # the last conv: nothing reads its output
+        layer = integerize(captured[name])
+        psum = integer_conv(x_int, layer.w_int, layer.stride, layer.padding)
+        c, rule = rules[name]
+        x_int = sfu_output(rule, psum, c.pool)
+    return inputs
+
+
+def _layer_sfu(rule: tuple[Chain, Thresholds] | None, psums: Psums) -> LayerSfu | None:
+    """The layer's SFU files' contents: its rule and the next ``x_int`` from its golden psums."""
+    if rule is None:
+        return None
+    c, thresholds = rule
+    if c.next is None:
+        return None
+    return LayerSfu(c.next, c.between, thresholds, c.pool, sfu_output(thresholds, psums.psum, c.pool))
+
+
+def _chain_notice(t: LayerTensors, x_int: np.ndarray | None) -> str | None:
+    if x_int is None:
+        return None
+    differ = int((integerize(t).x_int != x_int).sum())
+    if not differ:
+        return None
+    return (
+        f"--chain: layer {t.label}'s input differs from the float model's x_int in {differ} of "
+        f"{x_int.size} values (float32 rounding at an earlier threshold; `qexport infer` shows where)"
+    )
+
+
+def _checked(t: LayerTensors, x_int: np.ndarray | None = None) -> tuple[IntLayer, Psums]:
+    """The layer in integers, its exact psums and the seeds' checks.
+
+    ``x_int`` (``--chain``) replaces the input the float model gave with the integer network's own:
+    the checks stay those of the float model's input (they prove the integers are the model's),
+    the psums are those of ``x_int``.
+    """
+    int_layer, psums = _checked_float(t)
+    if x_int is None or np.array_equal(x_int, int_layer.x_int):
+        return int_layer, psums
+    int_layer = replace(int_layer, x_int=x_int)
+    return int_layer, Psums(
+        integer_conv(x_int, int_layer.w_int, int_layer.stride, int_layer.padding), psums.checks
+    )
+
+
+def _checked_float(t: LayerTensors) -> tuple[IntLayer, Psums]:
     int_layer = integerize(t)
     psums = conv_psum(int_layer)
     if not psums.checks.passed:
@@ -409,7 +528,12 @@ def _skipped_notices(loaded: Loaded, selected: list[ConvRef], every_layer: bool)
 
 
 def _layer_entry(
-    int_layer: IntLayer, psums: Psums, files: list[FileEntry], loaded: Loaded, ref: ConvRef
+    int_layer: IntLayer,
+    psums: Psums,
+    files: list[FileEntry],
+    loaded: Loaded,
+    ref: ConvRef,
+    sfu: LayerSfu | None = None,
 ) -> LayerEntry:
     bits = loaded.bits.get(ref.name)
     return LayerEntry(
@@ -435,6 +559,8 @@ def _layer_entry(
         output_shape=tuple(int(s) for s in psums.psum.shape),
         checks=psums.checks,
         files=tuple(files),
+        next=None if sfu is None else sfu.next,
+        between=None if sfu is None else sfu.between,
     )
 
 

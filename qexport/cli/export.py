@@ -176,6 +176,18 @@ def _notes(info: LayerInfo, loaded: Loaded, blocked: dict[str, str]) -> str:
     type=click.Path(path_type=Path, file_okay=False),
     help="Templates here override the built-in ones by name.",
 )
+@click.option(
+    "--sfu",
+    is_flag=True,
+    help="Also write each layer's SFU files (VGG chains): threshold, direction and requant, the next "
+    "conv's x_int as the SFU must make it.",
+)
+@click.option(
+    "--chain",
+    is_flag=True,
+    help="Write every layer's input from the integer network's own previous output (through the "
+    "thresholds) instead of the float model's; implies --sfu.",
+)
 @click.option("--timings", is_flag=True, help="Print the time each stage took, to stderr.")
 @handles_errors
 def dump(
@@ -195,6 +207,8 @@ def dump(
     template_dir: Path | None,
     timings: bool,
     skip_invalid: bool,
+    sfu: bool,
+    chain: bool,
     **kwargs: Any,
 ) -> None:
     """Write weight, input, psum and output vectors plus manifest.json for conv layers.
@@ -207,6 +221,7 @@ def dump(
       qexport dump --layer 33 --format hex
       qexport dump --all --format bin -o out/
       qexport dump --layer 33 --profile course -o tb/vectors
+      qexport dump --all --chain --profile course
     """
     from qexport import api
     from qexport.layout.flat import LayoutOptions
@@ -237,6 +252,8 @@ def dump(
         depth=depth,  # type: ignore[arg-type]
         timings=times,
         skip_invalid=skip_invalid,
+        sfu=sfu,
+        chain=chain,
     )
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)

@@ -9,14 +9,16 @@ flatten, ``classifier``) runs in float.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
 
 from qexport.errors import InputError
+from qexport.frontend.capture import LayerSettings
 from qexport.frontend.models.network import is_quantized_conv
-from qexport.ir.sfu import BatchNorm
+from qexport.ir.sfu import BatchNorm, Thresholds, scale, thresholds
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,8 @@ class Chain:
     pool: int | None
 
 
-def _is_vgg(model: nn.Module) -> bool:
+def is_vgg(model: nn.Module) -> bool:
+    """A features Sequential, then a classifier: the models whose chains qexport reads."""
     features = getattr(model, "features", None)
     return isinstance(features, nn.Sequential) and isinstance(getattr(model, "classifier", None), nn.Module)
 
@@ -40,7 +43,7 @@ def _is_vgg(model: nn.Module) -> bool:
 def vgg_chains(model: nn.Module) -> tuple[list[Chain], list[nn.Module]]:
     """Each quantized conv's chain in ``features`` order, and the float tail after the last conv
     (the remaining ``features`` modules; the caller flattens and applies ``classifier``)."""
-    if not _is_vgg(model):
+    if not is_vgg(model):
         raise InputError(
             f"qexport infer runs VGG-style models (a features Sequential, then classifier) and the "
             f"built-in ResNet-CIFAR family; {type(model).__name__} is neither (give a VGG-style "
@@ -136,3 +139,19 @@ def _batchnorm(module: nn.BatchNorm2d, path: str) -> BatchNorm:
         var=values(module.running_var, 1.0),
         eps=float(module.eps),
     )
+
+
+def chain_thresholds(chain: Chain, layer: LayerSettings, nxt: LayerSettings) -> Thresholds:
+    """The thresholds of ``chain`` (which has a ``next``): ``layer``'s psum scale, the chain's
+    BatchNorm and the next conv's ``act_alpha`` and ``act_bit``."""
+    s = scale(layer.act_alpha, layer.act_bit, layer.wgt_alpha, layer.w_bit)
+    return thresholds(s, chain.bn, nxt.act_alpha, nxt.act_bit)
+
+
+def sfu_rules(
+    chains: list[Chain], layers: Mapping[str, LayerSettings]
+) -> dict[str, tuple[Chain, Thresholds]]:
+    """Every chain that has a ``next``, with its thresholds, by the conv's module path."""
+    return {
+        c.name: (c, chain_thresholds(c, layers[c.name], layers[c.next])) for c in chains if c.next is not None
+    }

@@ -272,3 +272,31 @@ def float32_band(
     low = np.clip(np.ceil(v - err + 0.5) - 1, 0, levels).astype(np.int64)
     high = np.clip(np.floor(v + err + 0.5), 0, levels).astype(np.int64)
     return low, high
+
+
+@dataclass(frozen=True)
+class LayerSfu:
+    """One conv's SFU as the exported files hold it: its consumer, the ops between, the rule and the
+    integers the rule gives.
+
+    ``next`` is the module path of the conv that reads the result, ``between`` the ops
+    (``("batchnorm", "relu", "maxpool2")``), ``pool`` the max-pool kernel (None: no pool);
+    ``requant`` (N, C, H', W') the next conv's ``x_int`` as the SFU makes it from this layer's
+    golden psums: ``max_pool(thresholds.apply(psum), pool)``.
+    """
+
+    next: str
+    between: tuple[str, ...]
+    thresholds: Thresholds
+    pool: int | None
+    requant: np.ndarray
+
+    @property
+    def next_act_bit(self) -> int:
+        return self.thresholds.act_bit
+
+
+def sfu_output(rule: Thresholds, psum: np.ndarray, pool: int | None) -> np.ndarray:
+    """The next conv's ``x_int`` (N, C, H', W') from ``psum`` (N, C, H, W): thresholds, then max-pool."""
+    levels = rule.apply(psum)
+    return levels if pool is None else max_pool(levels, pool)

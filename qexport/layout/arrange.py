@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qexport.ir.integerize import IntLayer
 from qexport.ir.reference import Psums, TiledPsums
+from qexport.ir.sfu import LayerSfu
 from qexport.layout.flat import LayerPlan, flat_layout
 from qexport.layout.options import LayoutOptions
 from qexport.layout.profile import Profile
@@ -11,16 +12,23 @@ from qexport.layout.systolic import systolic_layout
 
 
 def arrange(
-    layer: IntLayer, psums: Psums, tiled: TiledPsums | None, prof: Profile, opts: LayoutOptions, folder: str
+    layer: IntLayer,
+    psums: Psums,
+    tiled: TiledPsums | None,
+    prof: Profile,
+    opts: LayoutOptions,
+    folder: str,
+    sfu: LayerSfu | None = None,
 ) -> LayerPlan:
     """``layer``'s files in ``folder`` (``layer<index>/``, one rule for every profile and layer count).
 
     A tiled profile needs ``tiled`` (the reference stage's ``tiled_psums``); the flat one does not.
+    ``sfu`` (the layer's SFU, if its files are wanted) adds the threshold, direction and requant files.
     """
     if prof.kind == "flat":
-        tensors = flat_layout(layer, psums, opts, folder, pad_channels=prof.pad_channels)
+        tensors = flat_layout(layer, psums, opts, folder, pad_channels=prof.pad_channels, sfu=sfu)
     elif tiled is None:
         raise ValueError(f"profile {prof.name} tiles the layer: pass the reference's tiled psums")
     else:
-        tensors = systolic_layout(layer, psums, tiled, prof, folder)
+        tensors = systolic_layout(layer, psums, tiled, prof, folder, sfu)
     return LayerPlan(layer.name, layer.layer, layer.conv_number, tuple(tensors))

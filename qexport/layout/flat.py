@@ -20,12 +20,13 @@ import numpy as np
 from qexport.errors import BitWidthError
 from qexport.ir.integerize import IntLayer
 from qexport.ir.reference import Psums, psum_bound
+from qexport.ir.sfu import LayerSfu
 from qexport.layout.options import InputSign as InputSign  # re-exported: the public path
 from qexport.layout.options import LayoutOptions as LayoutOptions
 from qexport.layout.placement import Placement
 from qexport.writer.pack import LaneOrder, PackSpec, check_fits, smallest_signed_bits
 
-Tensor = Literal["weight", "input", "psum", "output", "address"]
+Tensor = Literal["weight", "input", "psum", "output", "address", "threshold", "direction", "requant"]
 
 
 @dataclass(frozen=True)
@@ -161,10 +162,38 @@ def check_psum_width(
         )
 
 
+def threshold_values(sfu: LayerSfu, psum_bits: int) -> np.ndarray:
+    """The thresholds (C, L) as a file holds them: clamped to the psums a signed ``psum_bits`` lane
+    holds, so every threshold fits ``psum_bits + 1`` bits and the rule is unchanged for those psums.
+
+    psum_bits 14: psums in [-8192, 8191], thresholds in [-8193, 8193].
+    """
+    return sfu.thresholds.clamped(2 ** (psum_bits - 1)).thresholds
+
+
+def sfu_specs(
+    sfu: LayerSfu, psum_bits: int, lanes: int, psum_lanes: int, lane_order: LaneOrder
+) -> tuple[PackSpec, PackSpec, PackSpec]:
+    """The threshold, direction and requant lanes: signed, the smallest width holding the clamped
+    thresholds; signed 2-bit directions (-1, 0, 1); unsigned next ``act_bit`` requant lanes."""
+    return (
+        PackSpec(signed_bits_of(threshold_values(sfu, psum_bits)), psum_lanes, True, lane_order),
+        PackSpec(2, psum_lanes, True, lane_order),
+        PackSpec(sfu.next_act_bit, lanes, False, lane_order),
+    )
+
+
 def flat_layout(
-    layer: IntLayer, psums: Psums, opts: LayoutOptions, prefix: str, *, pad_channels: bool = True
+    layer: IntLayer,
+    psums: Psums,
+    opts: LayoutOptions,
+    prefix: str,
+    *,
+    pad_channels: bool = True,
+    sfu: LayerSfu | None = None,
 ) -> list[TensorPlan]:
-    """The four tensors of one layer in the flat layout, as ``<prefix><tensor>`` files.
+    """The four tensors of one layer in the flat layout, as ``<prefix><tensor>`` files, and with
+    ``sfu`` its ``threshold`` (c, t), ``direction`` (c) and ``requant`` (n, h, w, c) files.
 
     ``pad_channels`` (the profile's key): each pixel's / kernel tap's channels start a new word,
     padded with zero lanes; False packs the channels of neighbouring pixels into one word.
@@ -199,6 +228,20 @@ def flat_layout(
         TensorPlan("psum", prefix + "psum", psums.psum.transpose(nhwc), ("n", "h", "w", "c"), psum_spec),
         TensorPlan("output", prefix + "output", psums.output.transpose(nhwc), ("n", "h", "w", "c"), out_spec),
     ]
+    if sfu is not None:
+        t_spec, d_spec, r_spec = sfu_specs(
+            sfu, psum_bits, opts.lanes or 8, opts.psum_lanes or 1, opts.lane_order or "lsb_first"
+        )
+        direction = sfu.thresholds.direction.astype(np.int64)
+        plans += [
+            TensorPlan(
+                "threshold", prefix + "threshold", threshold_values(sfu, psum_bits), ("c", "t"), t_spec
+            ),
+            TensorPlan("direction", prefix + "direction", direction, ("c",), d_spec),
+            TensorPlan(
+                "requant", prefix + "requant", sfu.requant.transpose(nhwc), ("n", "h", "w", "c"), r_spec
+            ),
+        ]
     if not pad_channels:
         return plans
     # RTL reads one pixel (or kernel tap) a word group: its channels never share a word with the next

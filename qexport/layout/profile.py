@@ -17,6 +17,12 @@ from typing import Any, Literal
 from qexport.errors import InputError
 
 _NAME_KEYS = ("activation", "weight", "address", "output", "output_tiled", "psum")
+_SFU_NAMES = {
+    "threshold": "threshold_otile{o}",
+    "direction": "direction_otile{o}",
+    "requant": "requant_tile{s}_otile{o}",
+}
+"""The SFU files' [names] (written with ``dump --sfu``); a profile may leave them out for these."""
 # the placeholders each [names] pattern is formatted with (systolic.py); every pattern may also
 # use {layer}, the layer's folder tag (layer33, layer1.0.conv2); address and output name one file each
 _PLACEHOLDERS: dict[str, tuple[str, ...]] = {
@@ -26,6 +32,9 @@ _PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "output": (),
     "output_tiled": ("s", "o"),
     "psum": ("s", "i", "o"),
+    "threshold": ("o",),
+    "direction": ("o",),
+    "requant": ("s", "o"),
 }
 LAYER_PLACEHOLDER = "layer"
 _MEANING = {
@@ -177,8 +186,8 @@ def _checked(where: str, key: str, value: Any) -> Any:
             )
         return tuple(value)
     if key == "names":
-        if not isinstance(value, dict) or any(k not in _NAME_KEYS for k in value):
-            raise InputError(f"{where}: [names] may hold only {', '.join(_NAME_KEYS)}")
+        if not isinstance(value, dict) or any(k not in _PLACEHOLDERS for k in value):
+            raise InputError(f"{where}: [names] may hold only {', '.join(_PLACEHOLDERS)}")
         if not all(isinstance(v, str) and v and "/" not in v for v in value.values()):
             raise InputError(f"{where}: [names] values must be file name patterns without '/'")
         for name, pattern in value.items():
@@ -187,6 +196,11 @@ def _checked(where: str, key: str, value: Any) -> Any:
     if not isinstance(value, str):
         raise InputError(f"{where}: key {key!r} must be a string")
     return value
+
+
+def name_pattern(p: Profile, key: str) -> str:
+    """The profile's [names] pattern for ``key``; the SFU files' default when the profile has none."""
+    return p.names.get(key) or _SFU_NAMES[key]
 
 
 def _valid_placeholders(key: str) -> str:

@@ -26,6 +26,7 @@ Tiles ``s`` are numbered image-major, then tile row, then tile column; activatio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -33,9 +34,10 @@ import numpy as np
 from qexport.errors import BitWidthError, InputError
 from qexport.ir.integerize import IntLayer
 from qexport.ir.reference import Psums, TiledPsums, check_requantizable
-from qexport.layout.flat import TensorPlan, check_psum_width, signed_bits_of
+from qexport.ir.sfu import LayerSfu
+from qexport.layout.flat import TensorPlan, check_psum_width, sfu_specs, signed_bits_of, threshold_values
 from qexport.layout.placement import Placement, Span
-from qexport.layout.profile import Profile
+from qexport.layout.profile import Profile, name_pattern
 from qexport.writer.pack import PackSpec, check_fits, smallest_signed_bits
 
 
@@ -85,11 +87,14 @@ def _w_spec(p: Profile) -> PackSpec:
 
 
 def systolic_layout(
-    layer: IntLayer, psums: Psums, tiled: TiledPsums, p: Profile, prefix: str
+    layer: IntLayer, psums: Psums, tiled: TiledPsums, p: Profile, prefix: str, sfu: LayerSfu | None = None
 ) -> list[TensorPlan]:
     """Tile ``layer`` for profile ``p``: slice and arrange the reference's ``tiled`` psums.
 
-    ``check_systolic`` has accepted the layer; only the psums' width is checked here.
+    ``check_systolic`` has accepted the layer; only the psums' width is checked here. With ``sfu``,
+    per output-channel tile a ``threshold`` file (t, c: threshold k of every column a word) and a
+    ``direction`` word (c), and per output tile a ``requant`` file: the next ``x_int`` of the
+    tile's output pixels (after the max-pool, tile / pool pixels a side), output channel a lane.
     """
     act_spec, w_spec = _act_spec(p), _w_spec(p)
     n, c_in, h, w = layer.x_int.shape
@@ -147,6 +152,10 @@ def systolic_layout(
     out_spec = PackSpec(out_bits, p.cols, True, p.lane_order)
     if "requantize" in p.golden:
         out_spec = PackSpec(p.act_bits, p.cols, False, p.lane_order)
+    requant, pooled_tile = None, 0
+    if sfu is not None:
+        requant, pooled_tile = _sfu_tiles(layer, sfu, p, otiles, ty_count, tx_count)
+        plans += _sfu_rule_plans(layer, sfu, p, otiles, out_bits, prefix, oc_range)
 
     # the worst case of one tile's psums: its input channels (rows or fewer) x k*k taps at the extremes
     worst = min(c_in, p.rows) * k * k * (2 ** (layer.w_bit - 1) - 1) * act_spec.value_range[1]
@@ -231,9 +240,89 @@ def systolic_layout(
                             where=replace(pixels, otile=o, oc=oc_range(o)),
                         )
                     )
+                    if sfu is not None and requant is not None:
+                        r0, c0 = ty * pooled_tile, tx * pooled_tile
+                        part = requant[image : image + 1, :, r0 : r0 + pooled_tile, c0 : c0 + pooled_tile]
+                        high_y, high_x = sfu.requant.shape[2], sfu.requant.shape[3]
+                        plans.append(
+                            TensorPlan(
+                                "requant",
+                                prefix + name_pattern(p, "requant").format(s=s, o=o, layer=layer.folder),
+                                _by_pixel(part, o, p),
+                                ("n", "h", "w", "c"),
+                                PackSpec(sfu.next_act_bit, p.cols, False, p.lane_order),
+                                where=Placement(
+                                    tile=s,
+                                    n=image,
+                                    y=(min(r0, high_y), min(r0 + pooled_tile, high_y)),
+                                    x=(min(c0, high_x), min(c0 + pooled_tile, high_x)),
+                                    otile=o,
+                                    oc=oc_range(o),
+                                ),
+                            )
+                        )
                 s += 1
     if p.dataflow == "weight_stationary":
         plans.append(_address_plan(p, layer, prefix + names["address"].format(layer=layer.folder)))
+    return plans
+
+
+def _sfu_tiles(
+    layer: IntLayer, sfu: LayerSfu, p: Profile, otiles: int, ty_count: int, tx_count: int
+) -> tuple[np.ndarray, int]:
+    """The requant map padded with zeros to whole tiles and output-channel tiles, and a tile's side
+    in it (``tile / pool``); a tile the pool window does not divide is refused."""
+    pool = sfu.pool or 1
+    if p.tile % pool:
+        raise InputError(
+            f"layer {layer.label}: a {pool}x{pool} max-pool follows it, and the {p.name} profile's "
+            f"{p.tile}x{p.tile} output tiles do not split into whole pool windows, so a tile's requant "
+            "is not its own; use a profile whose tile is a multiple of the pool"
+        )
+    side = p.tile // pool
+    n, c, h, w = sfu.requant.shape
+    full = np.zeros((n, otiles * p.cols, ty_count * side, tx_count * side), dtype=np.int64)
+    full[:, :c, :h, :w] = sfu.requant
+    return full, side
+
+
+def _sfu_rule_plans(
+    layer: IntLayer,
+    sfu: LayerSfu,
+    p: Profile,
+    otiles: int,
+    psum_bits: int,
+    prefix: str,
+    oc_range: Callable[[int], Span],
+) -> list[TensorPlan]:
+    """Per output-channel tile its thresholds (t, c) and directions (c); padding columns are zero."""
+    t_spec, d_spec, _ = sfu_specs(sfu, psum_bits, p.cols, p.cols, p.lane_order)
+    values = np.zeros((otiles * p.cols, sfu.thresholds.thresholds.shape[1]), dtype=np.int64)
+    values[: layer.out_channels] = threshold_values(sfu, psum_bits)
+    direction = np.zeros(otiles * p.cols, dtype=np.int64)
+    direction[: layer.out_channels] = sfu.thresholds.direction
+    plans = []
+    for o in range(otiles):
+        cols = slice(o * p.cols, (o + 1) * p.cols)
+        where = Placement(otile=o, oc=oc_range(o))
+        plans += [
+            TensorPlan(
+                "threshold",
+                prefix + name_pattern(p, "threshold").format(o=o, layer=layer.folder),
+                values[cols].T.copy(),
+                ("t", "c"),
+                t_spec,
+                where=where,
+            ),
+            TensorPlan(
+                "direction",
+                prefix + name_pattern(p, "direction").format(o=o, layer=layer.folder),
+                direction[cols],
+                ("c",),
+                d_spec,
+                where=where,
+            ),
+        ]
     return plans
 
 

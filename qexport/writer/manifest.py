@@ -359,6 +359,10 @@ class LayerEntry:
     w_bit_source: str = "model"
     act_bit_source: str = "model"
     weight_q_ties: int = 0
+    next: str | None = None
+    """With SFU files: the module path of the conv that reads this layer's ``requant`` (else absent)."""
+    between: tuple[str, ...] | None = None
+    """With SFU files: the ops between this conv and ``next`` (``["batchnorm", "relu", "maxpool2"]``)."""
 
     @property
     def key(self) -> int | str:
@@ -366,7 +370,7 @@ class LayerEntry:
         return self.name if self.index is None else self.index
 
     def to_json(self) -> Json:
-        return _drop_none(_plain(self), "index")
+        return _drop_none(_plain(self), "index", "next", "between")
 
     @classmethod
     def read(cls, r: _Reader) -> LayerEntry:
@@ -397,8 +401,12 @@ class LayerEntry:
             w_bit_source=r.opt_text("w_bit_source", absent=True) or "model",
             act_bit_source=r.opt_text("act_bit_source", absent=True) or "model",
             weight_q_ties=r.opt_integer("weight_q_ties", absent=True) or 0,
+            next=r.opt_text("next", absent=True),
+            between=r.strs("between") if "between" in r.data else None,
         )
         r.done()
+        if (entry.next is None) != (entry.between is None):
+            raise r.error("'next' and 'between' come together (a layer with SFU files has both)")
         return entry
 
 
@@ -553,9 +561,15 @@ class Recipe:
     layout: LayoutOptions
     template_dir: str | None
     command: str
+    sfu: bool = False
+    """SFU files (threshold, direction, requant) for every layer with a next conv; absent when False."""
+    chain: bool = False
+    """Inputs from the integer network's own previous outputs (``dump --chain``); absent when False."""
 
     def to_json(self) -> Json:
-        return _plain(self) | {"layers": "all" if self.layers is None else list(self.layers)}
+        data = _plain(self) | {"layers": "all" if self.layers is None else list(self.layers)}
+        # absent when off, so a set made without them keeps its bytes
+        return {k: v for k, v in data.items() if k not in ("sfu", "chain") or v}
 
     @classmethod
     def read(cls, r: _Reader) -> Recipe:
@@ -575,6 +589,8 @@ class Recipe:
             layout=r.object("layout", _layout),
             template_dir=r.opt_text("template_dir"),
             command=r.text("command"),
+            sfu=bool(r.opt_flag("sfu", absent=True)),
+            chain=bool(r.opt_flag("chain", absent=True)),
         )
         r.done()
         if recipe.profile is None and recipe.profile_toml is None:

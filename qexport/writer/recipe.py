@@ -82,6 +82,9 @@ def build_recipe(
     template_dir: Path | None,
     set_dir: Path | None = None,
     checkpoint_sha256: str | None = None,
+    *,
+    sfu: bool = False,
+    chain: bool = False,
 ) -> Recipe:
     """Everything `qexport check` needs to regenerate this set, and the command that made it.
 
@@ -122,7 +125,11 @@ def build_recipe(
             layout,
             prof.name,
             depth,
-        ),
+        )
+        + (" --sfu" if sfu and not chain else "")
+        + (" --chain" if chain else ""),
+        sfu=sfu,
+        chain=chain,
     )
 
 
