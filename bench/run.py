@@ -697,20 +697,34 @@ def section_startup(settings: Settings, report: Report) -> None:
 # ---------------------------------------------------------------- 4. reference conv
 
 
-CONV_LAYERS: tuple[tuple[str, int, int, int], ...] = (
-    # (label, in_channels, out_channels, feature map side); 3x3, stride 1, pad 1
-    ("64->64 32x32", 64, 64, 32),  # VGG16's largest layer by MACs
-    ("512->512 4x4", 512, 512, 4),
-    ("512->512 2x2", 512, 512, 2),
-)
+def vgg16_conv_layers() -> tuple[tuple[str, int, int, int], ...]:
+    """(label, in_channels, out_channels, feature map side) of every conv of VGG16 (seed 000), 3x3,
+    stride 1, pad 1; layers of one shape share a row, labelled with their features indices."""
+    from qexport.frontend.models.vgg import BUILTIN
+
+    shapes: dict[tuple[int, int, int], list[int]] = {}
+    side = 32
+    for index, module in enumerate(BUILTIN["VGG16_quant"].features):
+        if module.kind == "maxpool":
+            side //= 2
+        elif module.kind == "qconv":
+            shapes.setdefault((module.in_channels, module.out_channels, side), []).append(index)
+    return tuple(
+        (f"features.{','.join(map(str, indices))} {c}->{oc} {h}x{h}", c, oc, h)
+        for (c, oc, h), indices in shapes.items()
+    )
+
+
 _FLOAT32_EXACT = 2**24
+_CONV_RATIO_TARGET = 2.0
 
 
 def section_conv(settings: Settings, report: Report) -> None:
     section_header(SECTIONS[3])
     rows, figures = [], []
-    for label, channels, out_channels, side in CONV_LAYERS:
-        for batch in settings.conv_batches:
+    layers = vgg16_conv_layers()
+    for batch in settings.conv_batches:
+        for label, channels, out_channels, side in layers:
             row = _conv_row(label, channels, out_channels, side, batch, settings, report)
             figures.append(row)
             rows.append(
@@ -720,9 +734,10 @@ def section_conv(settings: Settings, report: Report) -> None:
                     f"{row['bound']:,}",
                     fmt(row["integer_conv_s"] * 1e3, 2),
                     fmt(row["torch_s"] * 1e3, 2),
+                    fmt(row["torch_from_int64_s"] * 1e3, 2),
                     fmt(row["integer_conv_gmacps"], 1),
-                    fmt(row["torch_gmacps"], 1),
                     fmt(row["ratio"], 2),
+                    fmt(row["ratio_from_int64"], 2),
                 ]
             )
     print_table(
@@ -732,25 +747,47 @@ def section_conv(settings: Settings, report: Report) -> None:
             "bound",
             "integer_conv ms",
             "torch f32 ms",
+            "f32 from int64 ms",
             "int GMAC/s",
-            "torch GMAC/s",
             "ratio",
+            "ratio from int64",
         ],
         rows,
     )
     print(
         f"  bound: max|x| * sum|w| of the worst output channel; float32 is exact to 2^24 = {_FLOAT32_EXACT:,}"
     )
-    print("  x_int in [0, 15], w_int in [-8, 7]; target on the largest layer (64->64 32x32)")
+    print(
+        "  x_int in [0, 15], w_int in [-8, 7] (int64, as integerize hands them over); best of "
+        f"{settings.repeats} rounds (x10 below 1 GMAC), ours and torch interleaved"
+    )
+    print(
+        "  ratio: integer_conv over torch's float32 conv of tensors already in float32 (the target: the\n"
+        "  float conv integer_conv runs, so the ratio is what exactness costs: conversion, bound, check);\n"
+        "  ratio from int64: over torch converting the same int64 arrays to float32 first, the floor\n"
+        "  any float conv of these integers pays (on the weight-bound late layers at batch 1 the\n"
+        "  int64 -> float32 conversion alone costs about as much as the conv)"
+    )
     for row in figures:
-        if row["layer"].startswith("64->64"):
-            report.target(
-                "conv",
-                f"integer_conv / torch float32 <= 3, {row['layer']} batch {row['batch']}",
-                row["ratio"] <= 3,
-                f"{row['ratio']:.2f}",
-            )
+        report.target(
+            "conv",
+            f"integer_conv / torch float32 <= {_CONV_RATIO_TARGET:g}, {row['layer']} batch {row['batch']}",
+            row["ratio"] <= _CONV_RATIO_TARGET,
+            f"{row['ratio']:.2f}; from int64 {row['ratio_from_int64']:.2f}",
+        )
     report.figures["conv"] = figures
+
+
+def _interleaved(repeats: int, funcs: Sequence[Callable[[], Any]]) -> list[float]:
+    """Best time of each function over ``repeats`` rounds, one call of each a round: load on a
+    shared machine then skews them alike."""
+    best = [math.inf] * len(funcs)
+    for _ in range(max(1, repeats)):
+        for i, func in enumerate(funcs):
+            start = time.perf_counter()
+            func()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def _conv_row(
@@ -761,14 +798,23 @@ def _conv_row(
     w_int = rng.integers(-8, 7, (out_channels, channels, 3, 3), endpoint=True)
     x32, w32 = torch.from_numpy(x_int).float(), torch.from_numpy(w_int).float()
     plan = conv_plan(x_int, w_int)
-    ours_s, psum = timed(settings.repeats, lambda: integer_conv(x_int, w_int, stride=1, padding=1))
-    torch_s, _ = timed(settings.repeats, lambda: F.conv2d(x32, w32, stride=1, padding=1))
+    psum = integer_conv(x_int, w_int, stride=1, padding=1)
+    macs = batch * out_channels * side * side * channels * 9
+    # sub-millisecond convs need more rounds than the noise of a shared machine allows in five
+    repeats = settings.repeats * (1 if macs > 10**9 else 10)
+    ours_s, torch_s, from_int64_s = _interleaved(
+        repeats,
+        (
+            lambda: integer_conv(x_int, w_int, stride=1, padding=1),
+            lambda: F.conv2d(x32, w32, stride=1, padding=1),
+            lambda: F.conv2d(torch.from_numpy(x_int).float(), torch.from_numpy(w_int).float(), padding=1),
+        ),
+    )
     exact = F.conv2d(torch.from_numpy(x_int).double(), torch.from_numpy(w_int).double(), padding=1)
     report.cross_check(
         f"integer_conv == torch float64 conv, {label} batch {batch}",
         np.array_equal(psum, exact.numpy().astype(np.int64)),
     )
-    macs = batch * out_channels * side * side * channels * 9
     return {
         "layer": label,
         "batch": batch,
@@ -778,9 +824,11 @@ def _conv_row(
         "macs": macs,
         "integer_conv_s": ours_s,
         "torch_s": torch_s,
+        "torch_from_int64_s": from_int64_s,
         "integer_conv_gmacps": macs / ours_s / 1e9,
         "torch_gmacps": macs / torch_s / 1e9,
         "ratio": ours_s / torch_s,
+        "ratio_from_int64": ours_s / from_int64_s,
     }
 
 
