@@ -1,7 +1,8 @@
 """qexport's benchmark: every figure measured in this run beside its comparison point.
 
 Sections: 1. packing throughput, 2. whole-model export, 3. CLI start-up, 4. reference conv,
-5. decoding throughput (beside the encoder writing the same file).
+5. decoding throughput (beside the encoder writing the same file), 6. compare at scale (beside
+decoding the two files it compares).
 Each prints a table and PASS/FAIL lines against its targets; a summary of them closes the run.
 Speed never fails the run: the exit code is 1 only when a correctness cross-check fails (our
 text against a naive loop's and bitstring's, integer_conv against torch's float64 conv, the
@@ -11,7 +12,8 @@ Not collected by pytest (bench/ lies outside testpaths); tests/test_bench_smoke.
     python bench/run.py                      # full run, a few minutes
     python bench/run.py --quick              # small sizes, no batch 128, fewer repeats
     python bench/run.py --skip-export --out figures.json
-    python bench/run.py --only decode          # one section (packing, export, startup, conv, decode)
+    python bench/run.py --only decode          # one section (packing, export, startup, conv, decode,
+                                               # compare)
     python bench/run.py --only export-resnet   # section 2's ResNet20 row alone
 """
 
@@ -46,6 +48,7 @@ from qexport.frontend.inputs import load_demo
 from qexport.frontend.models.resolve import builtin_model
 from qexport.ir.reference import conv_plan, integer_conv
 from qexport.verify.decode import decode_file, lanes_from_digits, word_digits
+from qexport.writer.manifest import FileEntry
 from qexport.writer.manifest import loads as manifest_loads
 from qexport.writer.pack import PackSpec, Radix, line_blocks, to_words
 
@@ -57,8 +60,9 @@ SECTIONS = (
     "3. CLI start-up",
     "4. Reference conv",
     "5. Decoding throughput",
+    "6. Compare at scale",
 )
-SECTION_NAMES = ("packing", "export", "startup", "conv", "decode")  # for --only
+SECTION_NAMES = ("packing", "export", "startup", "conv", "decode", "compare")  # for --only
 ONLY_CHOICES = (*SECTION_NAMES, "export-resnet")  # export-resnet: section 2's ResNet row alone
 MODEL = "VGG16_quant_gradual"
 RESNET_MODEL = "resnet20_quant"
@@ -942,6 +946,183 @@ def section_decode(settings: Settings, report: Report) -> None:
             )
 
 
+# ---------------------------------------------------------------- 6. compare
+
+_COMPARE_SPEC = PackSpec(14, 1, True)  # layer 33's psum words: one 14-bit signed lane a line
+_COMPARE_TARGETS = {1_000_000: 2.0, 10_000_000: 15.0}  # differing values -> seconds
+
+
+def _psum_set(folder: Path, count: int) -> tuple[Path, FileEntry]:
+    """A golden set of one psum file of about ``count`` values (whole images of 32x32x8), made from
+    the demo's layer 33 set with its psum entry widened; its words are written by our packer."""
+    from qexport.api import SourceOptions, export
+
+    golden = folder / "golden"
+    if not golden.exists():
+        export(SourceOptions(), [33], golden, "hex")
+    manifest = json.loads((golden / "manifest.json").read_text())
+    entry = next(f for f in manifest["layers"][0]["files"] if f["tensor"] == "psum")
+    images = -(-count // (32 * 32 * 8))
+    values = images * 32 * 32 * 8
+    entry |= {"shape": [images, 32, 32, 8], "words": values, "depth": values, "header_lines": 0}
+    (golden / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    parsed = manifest_loads((golden / "manifest.json").read_text(), "bench manifest")
+    return golden, next(f for _, f in parsed.files() if f.tensor == "psum")
+
+
+def _naive_diff(expected: list[int], got: list[int]) -> tuple[int, list[tuple[int, int, int]], list[int]]:
+    """The per-value diff: count, the first DETAIL (word, expected, got), the channels (word % 8)."""
+    first, channels, count = [], set(), 0
+    for word, (e, g) in enumerate(zip(expected, got, strict=True)):
+        if e != g:
+            count += 1
+            channels.add(word % 8)
+            if len(first) < 20:
+                first.append((word, e, g))
+    return count, first, sorted(channels)
+
+
+def _traced_peak(func: Callable[[], T]) -> tuple[int, T]:
+    """Peak bytes Python and numpy allocate while ``func`` runs (tracemalloc sees numpy's buffers)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = func()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def _compare_row(
+    golden: Path, entry: FileEntry, sim: Path, settings: Settings, report: Report
+) -> dict[str, Any]:
+    """compare on one pair of files, beside decoding them both; times and traced peaks."""
+    from qexport.verify.compare import compare
+
+    golden_file = golden / entry.path
+    file_bytes = golden_file.stat().st_size + sim.stat().st_size
+
+    def ours() -> Any:
+        return compare(golden, sim, entry.path)
+
+    def decode_both() -> Any:
+        return decode_file(golden_file, entry), decode_file(sim, entry)
+
+    compare_s, result = timed(settings.slow_repeats, ours)
+    decode_s, _ = timed(settings.slow_repeats, decode_both)
+    compare_peak, _ = _traced_peak(ours)
+    decode_peak, _ = _traced_peak(decode_both)
+    (f,) = result.files
+    report.cross_check(
+        f"compare counts every one of {entry.words:,} differing values", f.differences == entry.words
+    )
+    return {
+        "differing_values": entry.words,
+        "file_bytes": file_bytes,
+        "compare_s": compare_s,
+        "decode_s": decode_s,
+        "ratio": compare_s / decode_s,
+        "compare_peak_bytes": compare_peak,
+        "decode_peak_bytes": decode_peak,
+    }
+
+
+def section_compare(settings: Settings, report: Report) -> None:
+    from qexport.verify.compare import compare
+
+    section_header(SECTIONS[5])
+    counts = (100_000,) if settings.quick else tuple(_COMPARE_TARGETS)
+    print(
+        "  every value of a one-lane 14-bit psum file wrong (got = ~expected), compared as\n"
+        "  `qexport compare GOLDEN SIM --file layer33/psum.hex` does; beside it, decoding the same two\n"
+        "  files (decode_file), the least any comparison of them must do: compare's own cost is the ratio.\n"
+        f"  best of {settings.slow_repeats}; peak: tracemalloc's peak during one call (numpy buffers too)"
+    )
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        # the cross-check: a small case against a per-value Python diff
+        golden, entry = _psum_set(folder, 8192)
+        rng = np.random.default_rng(1)
+        values = rng.integers(-(2**13), 2**13, 8192)
+        wrong = values.copy()
+        hit = rng.choice(8192, 300, replace=False)
+        wrong[hit] += rng.integers(1, 50, 300)
+        wrong = np.clip(wrong, -(2**13), 2**13 - 1)
+        ours_text(values, _COMPARE_SPEC, "hex", golden / entry.path)
+        ours_text(wrong, _COMPARE_SPEC, "hex", folder / "sim.hex")
+        (small,) = compare(golden, folder / "sim.hex", entry.path).files
+        count, first, channels = _naive_diff(values.tolist(), wrong.tolist())
+        report.cross_check(
+            "compare == a per-value diff (count, first 20, channels), 8,192 values",
+            (
+                small.differences,
+                [(d.word, d.expected, d.got) for d in small.diffs],
+                small.affected["channels"],
+            )
+            == (count, first, channels),
+        )
+        for wanted in counts:
+            golden, entry = _psum_set(folder, wanted)
+            values = np.random.default_rng(0).integers(-(2**13), 2**13, entry.words)
+            golden_file, sim = golden / entry.path, folder / "sim.hex"
+            ours_text(values, _COMPARE_SPEC, "hex", golden_file)
+            ours_text(~values, _COMPARE_SPEC, "hex", sim)
+            del values
+            rows.append(_compare_row(golden, entry, sim, settings, report))
+            rows[-1]["target_s"] = _COMPARE_TARGETS.get(wanted)
+    print_table(
+        [
+            "differing values",
+            "files MB",
+            "compare s",
+            "decode both s",
+            "ratio",
+            "peak MB",
+            "decode peak MB",
+            "peak / files",
+        ],
+        [
+            [
+                f"{r['differing_values']:,}",
+                fmt(r["file_bytes"] / 1e6, 1),
+                fmt(r["compare_s"], 2),
+                fmt(r["decode_s"], 2),
+                fmt(r["ratio"], 2),
+                fmt(r["compare_peak_bytes"] / 1e6, 0),
+                fmt(r["decode_peak_bytes"] / 1e6, 0),
+                fmt(r["compare_peak_bytes"] / r["file_bytes"], 1),
+            ]
+            for r in rows
+        ],
+    )
+    print("  peak / files: compare's peak over the two files' size (a constant: it must not grow with them)")
+    for r in rows:
+        if r["target_s"] is None:
+            continue
+        n = f"{r['differing_values'] / 1e6:.0f} M differing values"
+        report.target(
+            "compare",
+            f"{n}: compare <= {r['target_s']:g} s",
+            r["compare_s"] <= r["target_s"],
+            f"{r['compare_s']:.2f} s",
+        )
+        report.target(
+            "compare", f"{n}: compare / decoding the two files <= 2", r["ratio"] <= 2, f"{r['ratio']:.2f}"
+        )
+    if len(rows) > 1:
+        grows = rows[-1]["compare_peak_bytes"] / rows[-1]["file_bytes"]
+        small_ratio = rows[0]["compare_peak_bytes"] / rows[0]["file_bytes"]
+        report.target(
+            "compare",
+            "compare's peak memory a constant times the file size (10 M / 1 M peak-per-byte <= 1.2)",
+            grows <= 1.2 * small_ratio,
+            f"{small_ratio:.1f} and {grows:.1f} bytes a file byte",
+        )
+    report.figures["compare"] = rows
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -1004,6 +1185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (section_startup, "commands exit 0; qexport.cli.main imports no torch"),
         (section_conv, "integer_conv == torch float64 conv"),
         (section_decode, "decoded == the values encoded == bitstring's decode"),
+        (section_compare, "compare == a per-value diff; every differing value counted"),
     )
     if "export-resnet" in settings.only and "export" not in settings.only:
         section_header(SECTIONS[1])
