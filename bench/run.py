@@ -1,7 +1,8 @@
 """qexport's benchmark: every figure measured in this run beside its comparison point.
 
 Sections: 1. packing throughput, 2. whole-model export, 3. CLI start-up, 4. reference conv,
-5. decoding throughput (beside the encoder writing the same file).
+5. decoding throughput (beside the encoder writing the same file), 6. compare at scale (beside
+decoding the two files it compares).
 Each prints a table and PASS/FAIL lines against its targets; a summary of them closes the run.
 Speed never fails the run: the exit code is 1 only when a correctness cross-check fails (our
 text against a naive loop's and bitstring's, integer_conv against torch's float64 conv, the
@@ -11,7 +12,8 @@ Not collected by pytest (bench/ lies outside testpaths); tests/test_bench_smoke.
     python bench/run.py                      # full run, a few minutes
     python bench/run.py --quick              # small sizes, no batch 128, fewer repeats
     python bench/run.py --skip-export --out figures.json
-    python bench/run.py --only decode          # one section (packing, export, startup, conv, decode)
+    python bench/run.py --only decode          # one section (packing, export, startup, conv, decode,
+                                               # compare)
     python bench/run.py --only export-resnet   # section 2's ResNet20 row alone
 """
 
@@ -46,6 +48,7 @@ from qexport.frontend.inputs import load_demo
 from qexport.frontend.models.resolve import builtin_model
 from qexport.ir.reference import conv_plan, integer_conv
 from qexport.verify.decode import decode_file, lanes_from_digits, word_digits
+from qexport.writer.manifest import FileEntry
 from qexport.writer.manifest import loads as manifest_loads
 from qexport.writer.pack import PackSpec, Radix, line_blocks, to_words
 
@@ -57,8 +60,9 @@ SECTIONS = (
     "3. CLI start-up",
     "4. Reference conv",
     "5. Decoding throughput",
+    "6. Compare at scale",
 )
-SECTION_NAMES = ("packing", "export", "startup", "conv", "decode")  # for --only
+SECTION_NAMES = ("packing", "export", "startup", "conv", "decode", "compare")  # for --only
 ONLY_CHOICES = (*SECTION_NAMES, "export-resnet")  # export-resnet: section 2's ResNet row alone
 MODEL = "VGG16_quant_gradual"
 RESNET_MODEL = "resnet20_quant"
@@ -341,6 +345,11 @@ def section_packing(settings: Settings, report: Report) -> None:
     )
     print(f"  * bitstring on {where}; it packs about 0.2 M values/s")
     print("  tofile: ndarray.tofile of as many uint8 bytes as our output (the write floor), as values/time")
+    print(
+        "  comparison points: the naive loop is the seeds' one `format` a value (what we replace);\n"
+        "  bitstring is a per-value library packer (FINN's way); tofile is the floor any writer of\n"
+        "  these bytes pays, so 'within 10x of tofile' says how much of the time is ours"
+    )
     print("  targets, 4-bit lanes:")
     for row in figures:
         if row["lane_bits"] == 4:
@@ -502,6 +511,13 @@ def section_export(settings: Settings, report: Report) -> None:
     print_table(headers, _export_rows(dumps, torch_run, forwards, notebook))
     print("  stage split: dump --timings, measured inside the child (total excludes interpreter start)")
     print(
+        "  comparison points: `import torch` + one forward pass is what any exporter built on torch pays\n"
+        "  before it exports anything, so dump's wall time is held to 1.5x that; the notebook way (the\n"
+        "  seeds' hook-and-format loop) is what users did before, compared end to end against the\n"
+        "  ceiling (import torch + notebook) / import torch that an exporter taking no time would reach,\n"
+        "  and on the work alone (model loaded on both sides), where the 10x target applies"
+    )
+    print(
         f"  notebook way: per-layer hook + full forward, seed formulas, three files a layer written one\n"
         f"  value a line; model build ({notebook.build_seconds:.2f} s) included, `import torch` not;\n"
         "  batch 1 only (128 would take too long)"
@@ -591,14 +607,15 @@ def _export_targets(
         f"{batch1:.2f} s vs {budget:.2f} s",
     )
     # a fresh notebook kernel also imports torch first; so does dump, which bounds the ratio even
-    # for an export that took no time at all
+    # for an export that took no time at all: the ceiling is (import torch + notebook) / import torch
     notebook_total = import_s + notebook.seconds
+    speedup, ceiling = notebook_total / batch1, notebook_total / import_s
     report.target(
         "export",
-        "dump --all batch 1 >= 10x faster than the notebook way, end to end (fresh process each)",
-        notebook_total >= 10 * batch1,
-        f"{notebook_total / batch1:.1f}x: {notebook_total:.2f} s vs {batch1:.2f} s; any exporter that "
-        f"imports torch: at most {notebook_total / import_s:.1f}x",
+        "dump --all batch 1 end to end >= 0.8 x the ceiling `import torch` sets against the notebook way",
+        speedup >= 0.8 * ceiling,
+        f"{speedup:.1f}x of a {ceiling:.1f}x ceiling ({speedup / ceiling:.2f}): notebook way "
+        f"{notebook_total:.2f} s with import torch, dump {batch1:.2f} s",
     )
     stages = dumps["batch 1"]["timings"]
     if stages:
@@ -682,6 +699,10 @@ def section_startup(settings: Settings, report: Report) -> None:
         seconds[label] = run.seconds
     seconds['python -c "import torch"'] = import_torch(settings.startup_repeats).seconds
     print_table(["command", f"best of {repeats}, s"], [[label, fmt(s, 3)] for label, s in seconds.items()])
+    print(
+        '  comparison points: `python -c "pass"` is the interpreter\'s own start, the floor of any\n'
+        "  command; `import torch` is what --help would cost if the CLI imported torch at start"
+    )
     print(f"  console script beside the interpreter: {script if script.exists() else 'none'}")
     print(f"  qexport on PATH: {on_path}")
 
@@ -697,20 +718,34 @@ def section_startup(settings: Settings, report: Report) -> None:
 # ---------------------------------------------------------------- 4. reference conv
 
 
-CONV_LAYERS: tuple[tuple[str, int, int, int], ...] = (
-    # (label, in_channels, out_channels, feature map side); 3x3, stride 1, pad 1
-    ("64->64 32x32", 64, 64, 32),  # VGG16's largest layer by MACs
-    ("512->512 4x4", 512, 512, 4),
-    ("512->512 2x2", 512, 512, 2),
-)
+def vgg16_conv_layers() -> tuple[tuple[str, int, int, int], ...]:
+    """(label, in_channels, out_channels, feature map side) of every conv of VGG16 (seed 000), 3x3,
+    stride 1, pad 1; layers of one shape share a row, labelled with their features indices."""
+    from qexport.frontend.models.vgg import BUILTIN
+
+    shapes: dict[tuple[int, int, int], list[int]] = {}
+    side = 32
+    for index, module in enumerate(BUILTIN["VGG16_quant"].features):
+        if module.kind == "maxpool":
+            side //= 2
+        elif module.kind == "qconv":
+            shapes.setdefault((module.in_channels, module.out_channels, side), []).append(index)
+    return tuple(
+        (f"features.{','.join(map(str, indices))} {c}->{oc} {h}x{h}", c, oc, h)
+        for (c, oc, h), indices in shapes.items()
+    )
+
+
 _FLOAT32_EXACT = 2**24
+_CONV_RATIO_TARGET = 2.0
 
 
 def section_conv(settings: Settings, report: Report) -> None:
     section_header(SECTIONS[3])
     rows, figures = [], []
-    for label, channels, out_channels, side in CONV_LAYERS:
-        for batch in settings.conv_batches:
+    layers = vgg16_conv_layers()
+    for batch in settings.conv_batches:
+        for label, channels, out_channels, side in layers:
             row = _conv_row(label, channels, out_channels, side, batch, settings, report)
             figures.append(row)
             rows.append(
@@ -720,9 +755,10 @@ def section_conv(settings: Settings, report: Report) -> None:
                     f"{row['bound']:,}",
                     fmt(row["integer_conv_s"] * 1e3, 2),
                     fmt(row["torch_s"] * 1e3, 2),
+                    fmt(row["torch_from_int64_s"] * 1e3, 2),
                     fmt(row["integer_conv_gmacps"], 1),
-                    fmt(row["torch_gmacps"], 1),
                     fmt(row["ratio"], 2),
+                    fmt(row["ratio_from_int64"], 2),
                 ]
             )
     print_table(
@@ -732,25 +768,47 @@ def section_conv(settings: Settings, report: Report) -> None:
             "bound",
             "integer_conv ms",
             "torch f32 ms",
+            "f32 from int64 ms",
             "int GMAC/s",
-            "torch GMAC/s",
             "ratio",
+            "ratio from int64",
         ],
         rows,
     )
     print(
         f"  bound: max|x| * sum|w| of the worst output channel; float32 is exact to 2^24 = {_FLOAT32_EXACT:,}"
     )
-    print("  x_int in [0, 15], w_int in [-8, 7]; target on the largest layer (64->64 32x32)")
+    print(
+        "  x_int in [0, 15], w_int in [-8, 7] (int64, as integerize hands them over); best of "
+        f"{settings.repeats} rounds (x10 below 1 GMAC), ours and torch interleaved"
+    )
+    print(
+        "  ratio: integer_conv over torch's float32 conv of tensors already in float32 (the target: the\n"
+        "  float conv integer_conv runs, so the ratio is what exactness costs: conversion, bound, check);\n"
+        "  ratio from int64: over torch converting the same int64 arrays to float32 first, the floor\n"
+        "  any float conv of these integers pays (on the weight-bound late layers at batch 1 the\n"
+        "  int64 -> float32 conversion alone costs about as much as the conv)"
+    )
     for row in figures:
-        if row["layer"].startswith("64->64"):
-            report.target(
-                "conv",
-                f"integer_conv / torch float32 <= 3, {row['layer']} batch {row['batch']}",
-                row["ratio"] <= 3,
-                f"{row['ratio']:.2f}",
-            )
+        report.target(
+            "conv",
+            f"integer_conv / torch float32 <= {_CONV_RATIO_TARGET:g}, {row['layer']} batch {row['batch']}",
+            row["ratio"] <= _CONV_RATIO_TARGET,
+            f"{row['ratio']:.2f}; from int64 {row['ratio_from_int64']:.2f}",
+        )
     report.figures["conv"] = figures
+
+
+def _interleaved(repeats: int, funcs: Sequence[Callable[[], Any]]) -> list[float]:
+    """Best time of each function over ``repeats`` rounds, one call of each a round: load on a
+    shared machine then skews them alike."""
+    best = [math.inf] * len(funcs)
+    for _ in range(max(1, repeats)):
+        for i, func in enumerate(funcs):
+            start = time.perf_counter()
+            func()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def _conv_row(
@@ -761,14 +819,23 @@ def _conv_row(
     w_int = rng.integers(-8, 7, (out_channels, channels, 3, 3), endpoint=True)
     x32, w32 = torch.from_numpy(x_int).float(), torch.from_numpy(w_int).float()
     plan = conv_plan(x_int, w_int)
-    ours_s, psum = timed(settings.repeats, lambda: integer_conv(x_int, w_int, stride=1, padding=1))
-    torch_s, _ = timed(settings.repeats, lambda: F.conv2d(x32, w32, stride=1, padding=1))
+    psum = integer_conv(x_int, w_int, stride=1, padding=1)
+    macs = batch * out_channels * side * side * channels * 9
+    # sub-millisecond convs need more rounds than the noise of a shared machine allows in five
+    repeats = settings.repeats * (1 if macs > 10**9 else 10)
+    ours_s, torch_s, from_int64_s = _interleaved(
+        repeats,
+        (
+            lambda: integer_conv(x_int, w_int, stride=1, padding=1),
+            lambda: F.conv2d(x32, w32, stride=1, padding=1),
+            lambda: F.conv2d(torch.from_numpy(x_int).float(), torch.from_numpy(w_int).float(), padding=1),
+        ),
+    )
     exact = F.conv2d(torch.from_numpy(x_int).double(), torch.from_numpy(w_int).double(), padding=1)
     report.cross_check(
         f"integer_conv == torch float64 conv, {label} batch {batch}",
         np.array_equal(psum, exact.numpy().astype(np.int64)),
     )
-    macs = batch * out_channels * side * side * channels * 9
     return {
         "layer": label,
         "batch": batch,
@@ -778,9 +845,11 @@ def _conv_row(
         "macs": macs,
         "integer_conv_s": ours_s,
         "torch_s": torch_s,
+        "torch_from_int64_s": from_int64_s,
         "integer_conv_gmacps": macs / ours_s / 1e9,
         "torch_gmacps": macs / torch_s / 1e9,
         "ratio": ours_s / torch_s,
+        "ratio_from_int64": ours_s / from_int64_s,
     }
 
 
@@ -894,6 +963,183 @@ def section_decode(settings: Settings, report: Report) -> None:
             )
 
 
+# ---------------------------------------------------------------- 6. compare
+
+_COMPARE_SPEC = PackSpec(14, 1, True)  # layer 33's psum words: one 14-bit signed lane a line
+_COMPARE_TARGETS = {1_000_000: 2.0, 10_000_000: 15.0}  # differing values -> seconds
+
+
+def _psum_set(folder: Path, count: int) -> tuple[Path, FileEntry]:
+    """A golden set of one psum file of about ``count`` values (whole images of 32x32x8), made from
+    the demo's layer 33 set with its psum entry widened; its words are written by our packer."""
+    from qexport.api import SourceOptions, export
+
+    golden = folder / "golden"
+    if not golden.exists():
+        export(SourceOptions(), [33], golden, "hex")
+    manifest = json.loads((golden / "manifest.json").read_text())
+    entry = next(f for f in manifest["layers"][0]["files"] if f["tensor"] == "psum")
+    images = -(-count // (32 * 32 * 8))
+    values = images * 32 * 32 * 8
+    entry |= {"shape": [images, 32, 32, 8], "words": values, "depth": values, "header_lines": 0}
+    (golden / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    parsed = manifest_loads((golden / "manifest.json").read_text(), "bench manifest")
+    return golden, next(f for _, f in parsed.files() if f.tensor == "psum")
+
+
+def _naive_diff(expected: list[int], got: list[int]) -> tuple[int, list[tuple[int, int, int]], list[int]]:
+    """The per-value diff: count, the first DETAIL (word, expected, got), the channels (word % 8)."""
+    first, channels, count = [], set(), 0
+    for word, (e, g) in enumerate(zip(expected, got, strict=True)):
+        if e != g:
+            count += 1
+            channels.add(word % 8)
+            if len(first) < 20:
+                first.append((word, e, g))
+    return count, first, sorted(channels)
+
+
+def _traced_peak(func: Callable[[], T]) -> tuple[int, T]:
+    """Peak bytes Python and numpy allocate while ``func`` runs (tracemalloc sees numpy's buffers)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = func()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def _compare_row(
+    golden: Path, entry: FileEntry, sim: Path, settings: Settings, report: Report
+) -> dict[str, Any]:
+    """compare on one pair of files, beside decoding them both; times and traced peaks."""
+    from qexport.verify.compare import compare
+
+    golden_file = golden / entry.path
+    file_bytes = golden_file.stat().st_size + sim.stat().st_size
+
+    def ours() -> Any:
+        return compare(golden, sim, entry.path)
+
+    def decode_both() -> Any:
+        return decode_file(golden_file, entry), decode_file(sim, entry)
+
+    compare_s, result = timed(settings.slow_repeats, ours)
+    decode_s, _ = timed(settings.slow_repeats, decode_both)
+    compare_peak, _ = _traced_peak(ours)
+    decode_peak, _ = _traced_peak(decode_both)
+    (f,) = result.files
+    report.cross_check(
+        f"compare counts every one of {entry.words:,} differing values", f.differences == entry.words
+    )
+    return {
+        "differing_values": entry.words,
+        "file_bytes": file_bytes,
+        "compare_s": compare_s,
+        "decode_s": decode_s,
+        "ratio": compare_s / decode_s,
+        "compare_peak_bytes": compare_peak,
+        "decode_peak_bytes": decode_peak,
+    }
+
+
+def section_compare(settings: Settings, report: Report) -> None:
+    from qexport.verify.compare import compare
+
+    section_header(SECTIONS[5])
+    counts = (100_000,) if settings.quick else tuple(_COMPARE_TARGETS)
+    print(
+        "  every value of a one-lane 14-bit psum file wrong (got = ~expected), compared as\n"
+        "  `qexport compare GOLDEN SIM --file layer33/psum.hex` does; beside it, decoding the same two\n"
+        "  files (decode_file), the least any comparison of them must do: compare's own cost is the ratio.\n"
+        f"  best of {settings.slow_repeats}; peak: tracemalloc's peak during one call (numpy buffers too)"
+    )
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        # the cross-check: a small case against a per-value Python diff
+        golden, entry = _psum_set(folder, 8192)
+        rng = np.random.default_rng(1)
+        values = rng.integers(-(2**13), 2**13, 8192)
+        wrong = values.copy()
+        hit = rng.choice(8192, 300, replace=False)
+        wrong[hit] += rng.integers(1, 50, 300)
+        wrong = np.clip(wrong, -(2**13), 2**13 - 1)
+        ours_text(values, _COMPARE_SPEC, "hex", golden / entry.path)
+        ours_text(wrong, _COMPARE_SPEC, "hex", folder / "sim.hex")
+        (small,) = compare(golden, folder / "sim.hex", entry.path).files
+        count, first, channels = _naive_diff(values.tolist(), wrong.tolist())
+        report.cross_check(
+            "compare == a per-value diff (count, first 20, channels), 8,192 values",
+            (
+                small.differences,
+                [(d.word, d.expected, d.got) for d in small.diffs],
+                small.affected["channels"],
+            )
+            == (count, first, channels),
+        )
+        for wanted in counts:
+            golden, entry = _psum_set(folder, wanted)
+            values = np.random.default_rng(0).integers(-(2**13), 2**13, entry.words)
+            golden_file, sim = golden / entry.path, folder / "sim.hex"
+            ours_text(values, _COMPARE_SPEC, "hex", golden_file)
+            ours_text(~values, _COMPARE_SPEC, "hex", sim)
+            del values
+            rows.append(_compare_row(golden, entry, sim, settings, report))
+            rows[-1]["target_s"] = _COMPARE_TARGETS.get(wanted)
+    print_table(
+        [
+            "differing values",
+            "files MB",
+            "compare s",
+            "decode both s",
+            "ratio",
+            "peak MB",
+            "decode peak MB",
+            "peak / files",
+        ],
+        [
+            [
+                f"{r['differing_values']:,}",
+                fmt(r["file_bytes"] / 1e6, 1),
+                fmt(r["compare_s"], 2),
+                fmt(r["decode_s"], 2),
+                fmt(r["ratio"], 2),
+                fmt(r["compare_peak_bytes"] / 1e6, 0),
+                fmt(r["decode_peak_bytes"] / 1e6, 0),
+                fmt(r["compare_peak_bytes"] / r["file_bytes"], 1),
+            ]
+            for r in rows
+        ],
+    )
+    print("  peak / files: compare's peak over the two files' size (a constant: it must not grow with them)")
+    for r in rows:
+        if r["target_s"] is None:
+            continue
+        n = f"{r['differing_values'] / 1e6:.0f} M differing values"
+        report.target(
+            "compare",
+            f"{n}: compare <= {r['target_s']:g} s",
+            r["compare_s"] <= r["target_s"],
+            f"{r['compare_s']:.2f} s",
+        )
+        report.target(
+            "compare", f"{n}: compare / decoding the two files <= 2", r["ratio"] <= 2, f"{r['ratio']:.2f}"
+        )
+    if len(rows) > 1:
+        grows = rows[-1]["compare_peak_bytes"] / rows[-1]["file_bytes"]
+        small_ratio = rows[0]["compare_peak_bytes"] / rows[0]["file_bytes"]
+        report.target(
+            "compare",
+            "compare's peak memory a constant times the file size (10 M / 1 M peak-per-byte <= 1.2)",
+            grows <= 1.2 * small_ratio,
+            f"{small_ratio:.1f} and {grows:.1f} bytes a file byte",
+        )
+    report.figures["compare"] = rows
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -956,6 +1202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (section_startup, "commands exit 0; qexport.cli.main imports no torch"),
         (section_conv, "integer_conv == torch float64 conv"),
         (section_decode, "decoded == the values encoded == bitstring's decode"),
+        (section_compare, "compare == a per-value diff; every differing value counted"),
     )
     if "export-resnet" in settings.only and "export" not in settings.only:
         section_header(SECTIONS[1])

@@ -19,6 +19,7 @@ SECTION_HEADERS = (
     "== 3. CLI start-up ==",
     "== 4. Reference conv ==",
     "== 5. Decoding throughput ==",
+    "== 6. Compare at scale ==",
     "== Summary ==",
 )
 

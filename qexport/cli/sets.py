@@ -24,16 +24,27 @@ __all__ = ["check_command", "compare_command"]
     help="Which golden file SIM_OUTPUT is: its path in the manifest, its name, or its path on disk.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
+@click.option(
+    "--detail",
+    type=int,
+    default=20,
+    show_default=True,
+    help="Differing values a file to list in full; every one is counted and summarised.",
+)
 @handles_errors
-def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, as_json: bool) -> None:
+def compare_command(
+    golden_dir: Path, sim_output: Path, file_name: str | None, as_json: bool, detail: int
+) -> None:
     """Compare a simulator's output with a golden set; exit 0 identical, 1 different, 2 unreadable.
 
     SIM_OUTPUT is a memory dump in any of our text formats ($writememh output included), a folder
-    of them laid out like the golden set, or a `qexport testbench` log. Each differing value is
-    decoded to layer / tile / pixel / channel / expected / got / xor (the lane's bits, unsigned),
-    the channels, pixels and tiles affected are listed, and patterns are named only when they hold
-    for every differing value (a stuck lane, swapped lane order, a word shift, one bit). A dump
-    shorter or longer than the golden file fails, saying how many words were read and expected.
+    of them laid out like the golden set, or a `qexport testbench` log. The first --detail
+    differing values are decoded to layer / tile / pixel / channel / expected / got / xor (the
+    lane's bits, unsigned); every differing value is summarised: the channels affected and how many
+    differ in each, the pixels (count, range, the first --detail of them), taps and tiles; and
+    patterns are named only when they hold for every differing value (a stuck lane, swapped lane
+    order, a word shift, one bit). A dump shorter or longer than the golden file fails, saying how
+    many words were read and expected.
     Exit 0 needs at least one value compared and every value equal.
 
     Which golden file a single dump is: the one --file names (a name not in the set is exit 2,
@@ -48,9 +59,9 @@ def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, a
     """
     import json
 
-    from qexport.verify.compare import DETAIL, compare
+    from qexport.verify.compare import compare
 
-    report = compare(golden_dir, sim_output, file_name)
+    report = compare(golden_dir, sim_output, file_name, detail)
     if as_json:
         click.echo(json.dumps(report.to_json(), sort_keys=True, indent=2))
     else:
@@ -60,8 +71,8 @@ def compare_command(golden_dir: Path, sim_output: Path, file_name: str | None, a
                 click.echo(f"  pattern: {pattern}")
             for d in f.diffs:
                 click.echo(f"  {d.describe()}")
-            if f.differences > DETAIL:
-                click.echo(f"  ... and {f.differences - DETAIL} more")
+            if f.differences > len(f.diffs):
+                click.echo(f"  ... and {f.differences - len(f.diffs)} more")
             for line in f.affected_lines():
                 click.echo(f"  {line}")
     if not report.identical:

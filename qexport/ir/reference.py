@@ -109,6 +109,41 @@ class ConvPlan:
 
 def conv_plan(x_int: np.ndarray, w_int: np.ndarray) -> ConvPlan:
     """The cheapest exact way to convolve these integers (see ConvPlan)."""
+    return _float32_plan(_float32(x_int), _float32(w_int)) or _int64_plan(x_int, w_int)
+
+
+def _float32(a: np.ndarray) -> torch.Tensor:
+    """``a`` as a float32 tensor: the one conversion the float conv and its bound both read."""
+    return torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
+
+
+def _float32_plan(x32: torch.Tensor, w32: torch.Tensor) -> ConvPlan | None:
+    """The plan from the converted values, or None when some value may not have converted exactly.
+
+    |w| is summed in float32 over each output channel's weights (its in-channels and kernel).
+    Every term and partial sum is a non-negative integer, so a sum that stays below 2^24 is
+    exact; and a true sum of 2^24 or more never comes out below 2^24, since float32 holds 2^24
+    and rounding is monotone. A computed sum below 2^24 therefore is the exact sum, and every
+    |w| under it converted exactly (the conversion is monotone too). Likewise max|x| below 2^24
+    proves ``x32`` exact. Otherwise (values of 2^24 or more) ``_int64_plan`` decides in int64.
+    """
+    lo, hi = torch.aminmax(x32) if x32.numel() else (torch.zeros(()), torch.zeros(()))
+    x_max = max(-float(lo), float(hi))
+    w_abs = w32.abs()
+    per_output = w_abs.reshape(w32.shape[0], -1).sum(dim=1)
+    w_sum = float(per_output.max()) if per_output.numel() else 0.0
+    if x_max >= _FLOAT32_EXACT or w_sum >= _FLOAT32_EXACT:
+        return None
+    bound = int(x_max) * int(w_sum)
+    if bound <= _FLOAT32_EXACT:
+        return ConvPlan("float32", bound)
+    # |w| over each (output channel, input channel)'s kernel, exact: each is at most w_sum
+    per_channel = w_abs.reshape(*w32.shape[:2], -1).sum(dim=2).to(torch.int64).numpy()
+    return _wider_plan(int(x_max), bound, per_channel)
+
+
+def _int64_plan(x_int: np.ndarray, w_int: np.ndarray) -> ConvPlan:
+    """The plan in exact int64 arithmetic, for values float32 may not hold."""
     x = torch.from_numpy(np.ascontiguousarray(x_int, dtype=np.int64))
     x_max = max(-int(x.min()), int(x.max())) if x.numel() else 0
     # |w| summed over each (output channel, input channel)'s kernel, in exact integers
@@ -117,6 +152,11 @@ def conv_plan(x_int: np.ndarray, w_int: np.ndarray) -> ConvPlan:
     bound = x_max * int(per_channel.sum(axis=1).max(initial=0))
     if bound <= _FLOAT32_EXACT:
         return ConvPlan("float32", bound)
+    return _wider_plan(x_max, bound, per_channel)
+
+
+def _wider_plan(x_max: int, bound: int, per_channel: np.ndarray) -> ConvPlan:
+    """A bound above 2^24: float32 by blocks of input channels, float64, or int64."""
     if x_max * int(per_channel.max(initial=0)) <= _FLOAT32_EXACT:
         return ConvPlan(
             "float32_blocks", bound, _channel_blocks(per_channel, _FLOAT32_EXACT // max(x_max, 1))
@@ -141,19 +181,13 @@ def _channel_blocks(per_channel: np.ndarray, limit: int) -> tuple[tuple[int, int
 
 
 def _float_conv(
-    x: np.ndarray, w: np.ndarray, dtype: torch.dtype, stride: int, padding: int, groups: int
+    x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype, stride: int, padding: int, groups: int
 ) -> np.ndarray:
-    out = F.conv2d(
-        torch.from_numpy(np.ascontiguousarray(x)).to(dtype),
-        torch.from_numpy(np.ascontiguousarray(w)).to(dtype),
-        stride=stride,
-        padding=padding,
-        groups=groups,
-    )
+    out = F.conv2d(x.to(dtype), w.to(dtype), stride=stride, padding=padding, groups=groups)
     return out.numpy()
 
 
-def _group_channels(x: np.ndarray, groups: int, lo: int, hi: int) -> np.ndarray:
+def _group_channels(x: torch.Tensor, groups: int, lo: int, hi: int) -> torch.Tensor:
     """Input channels ``lo:hi`` of every group of ``x`` (n, groups * c, h, w)."""
     if groups == 1:
         return x[:, lo:hi]
@@ -170,20 +204,24 @@ def integer_conv(
     docstring), inside ``exact_math()``, which keeps torch on algorithms that add the products
     directly. A result that still is not integral is redone in int64 (``_integral``). With
     ``groups`` (as torch's), the plan's bound is each group's own: ``w_int`` holds only a
-    group's input channels per output channel.
+    group's input channels per output channel. The values are converted to float32 once; the
+    bound is read from those converted values and the conv runs on them.
     """
-    plan = conv_plan(x_int, w_int)
+    x32, w32 = _float32(x_int), _float32(w_int)
+    plan = _float32_plan(x32, w32) or _int64_plan(x_int, w_int)
     if plan.method == "int64":
         return _int64_conv(x_int, w_int, stride, padding, groups)
     with exact_math():
         if plan.method == "float64":
-            parts = [_float_conv(x_int, w_int, torch.float64, stride, padding, groups)]
+            x64 = torch.from_numpy(np.ascontiguousarray(x_int, dtype=np.int64))
+            w64 = torch.from_numpy(np.ascontiguousarray(w_int, dtype=np.int64))
+            parts = [_float_conv(x64, w64, torch.float64, stride, padding, groups)]
         else:
             blocks = plan.blocks or ((0, w_int.shape[1]),)
             parts = [
                 _float_conv(
-                    _group_channels(x_int, groups, lo, hi),
-                    w_int[:, lo:hi],
+                    _group_channels(x32, groups, lo, hi),
+                    w32[:, lo:hi],
                     torch.float32,
                     stride,
                     padding,
@@ -204,7 +242,7 @@ def _integral(out: np.ndarray) -> np.ndarray | None:
     transformed its inputs (Winograd, FFT) is not, and its result must not be used.
     """
     psum = out.astype(np.int64)
-    return psum if np.array_equal(psum, out) else None
+    return psum if bool((psum == out).all()) else None
 
 
 def _int64_conv(

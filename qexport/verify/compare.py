@@ -1,8 +1,12 @@
 """Compare a simulator's output with a golden vector set and say which values differ, and how.
 
-The difference is found over the whole file at once (numpy); the first ``DETAIL`` differing values
-are decoded through the golden manifest into layer / tile / position / channel / expected / got /
-xor, every differing value counts towards the channels, pixels and tiles affected, and whole-file
+The difference is found over the whole file at once (numpy): one boolean array, a value a lane,
+says which values differ, and everything the report says is read from it with whole-array
+operations, so memory is a constant times the file size however many values differ. The first
+``detail`` differing values (``DETAIL`` unless asked) are decoded through the golden manifest into
+layer / tile / position / channel / expected / got / xor; every differing value counts towards the
+summary: the channels affected and how many values differ in each, the pixels affected (their
+count, their range and the first ``detail`` of them), the kernel taps and tiles; and whole-file
 patterns are named only when they hold for every differing value: a stuck lane, a swapped lane
 order, a word shift, one bit. A dump shorter or longer than the golden file is reported as such.
 
@@ -26,6 +30,7 @@ from qexport.verify.decode import lanes_from_digits, radix_of, stored_shape, syn
 from qexport.writer.manifest import MANIFEST_NAME, FileEntry, Manifest, loads
 
 DETAIL = 20  # differing values listed one by one; all of them are counted and summarised
+_CHUNK_VALUES = 1 << 20  # values a step where a pass must not allocate a value's worth per value
 
 _MISMATCH = re.compile(
     r"MISMATCH tile (\d+) otile (\d+) pixel \(n=(\d+), y=(\d+), x=(\d+)\) "
@@ -79,8 +84,10 @@ class FileReport:
     """One golden file against the simulator's words.
 
     ``compared`` counts the values compared (the words both hold, times lanes); ``diffs`` holds the
-    first ``DETAIL`` of the ``differences``; ``affected`` the channels, pixels and tiles of all of
-    them; ``problem`` a truncated or over-long dump or an unfinished log, which fails the file.
+    first ``detail`` of the ``differences``; ``affected`` the channels, taps and tiles of all of
+    them and the first ``detail`` pixels; ``counts`` how many items each ``affected`` list has in
+    all; ``summary`` the pixel range and the differences a channel; ``problem`` a truncated or
+    over-long dump or an unfinished log, which fails the file.
     """
 
     path: str
@@ -94,6 +101,9 @@ class FileReport:
     affected: dict[str, list[Any]] = field(default_factory=dict)
     problem: str | None = None
     matched_by: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    detail: int = DETAIL
 
     @property
     def identical(self) -> bool:
@@ -111,12 +121,21 @@ class FileReport:
         return "; ".join(parts)
 
     def affected_lines(self) -> list[str]:
-        """The ``affected`` lists as printed: at most ``DETAIL`` items each, the rest counted."""
+        """The ``affected`` lists as printed: at most ``detail`` items each, the rest counted."""
         lines = []
         for key, items in self.affected.items():
-            shown = ", ".join(str(tuple(i)) if isinstance(i, list) else str(i) for i in items[:DETAIL])
-            more = f", ... and {len(items) - DETAIL} more" if len(items) > DETAIL else ""
-            lines.append(f"{_LABELS.get(key, key)} affected ({len(items)}): {shown}{more}")
+            total = self.counts.get(key, len(items))
+            shown = ", ".join(str(tuple(i)) if isinstance(i, list) else str(i) for i in items[: self.detail])
+            more = f", ... and {total - min(len(items), self.detail)} more" if total > self.detail else ""
+            lines.append(f"{_LABELS.get(key, key)} affected ({total}): {shown}{more}")
+        span = self.summary.get("pixel_range")
+        if span:
+            lines.append("pixel range: " + ", ".join(f"{k} {lo}-{hi}" for k, (lo, hi) in span.items()))
+        by_channel = self.summary.get("differences_by_channel")
+        if by_channel:
+            shown = ", ".join(f"{c}: {n}" for c, n in by_channel[: self.detail])
+            more = f", ... and {len(by_channel) - self.detail} more" if len(by_channel) > self.detail else ""
+            lines.append(f"differing values a channel: {shown}{more}")
         return lines
 
 
@@ -161,6 +180,8 @@ class CompareReport:
                     "status": f.status,
                     "patterns": f.patterns,
                     "first": [asdict(d) | {"xor": d.xor} for d in f.diffs],
+                    "affected_counts": f.counts,
+                    "summary": f.summary,
                 }
                 | f.affected
                 for f in self.files
@@ -179,25 +200,32 @@ def _entries(manifest: Manifest) -> list[Entry]:
     return manifest.files()
 
 
-def _token_header_lines(text: str) -> int:
+def _token_header_lines(text: str | bytes) -> int:
     # the course files open with `#…#` tokens; `//` comments ($writememh's addresses) word_digits skips
-    count = 0
-    for line in text.split("\n"):
-        if not line.lstrip().startswith("#"):
+    data = text.encode("ascii") if isinstance(text, str) else text
+    count, start = 0, 0
+    while start <= len(data):  # only the leading lines: no Python string a line of a large dump
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        if not data[start:end].lstrip().startswith(b"#"):
             break
-        count += 1
+        count, start = count + 1, end + 1
     return count
 
 
 _MARKERS = {"coe": "memory_initialization_vector=", "mif": "CONTENT BEGIN", "h": "_words["}
 
 
-def _bits(text: str, entry: FileEntry, where: str) -> np.ndarray:
+def _bits(text: str | bytes, entry: FileEntry, where: str) -> np.ndarray:
     """A file's words as (words, digits) digit values; coe / mif / C-header files written by us are
     read past their syntax, any other text (e.g. a simulator's $writememh dump of such a memory) as
     bare words."""
     fmt = entry.format
-    if fmt in _MARKERS and _MARKERS[fmt] in text:
+    marker = _MARKERS.get(fmt)
+    marked = marker is not None and (
+        marker.encode("ascii") in text if isinstance(text, bytes) else marker in text
+    )
+    if marked:
         return syntax_digits(text, entry, where)
     return word_digits(text, radix_of(entry), entry.word_bits, _token_header_lines(text), where)
 
@@ -262,20 +290,10 @@ def _where(entry: FileEntry, layer: int | str, coords: dict[str, np.ndarray], i:
 
 
 def _unique_rows(*columns: np.ndarray) -> list[list[int]]:
-    """The distinct rows of integer columns, sorted. Coordinates span a tensor's shape, so marking
-    them in a table that size is linear in the differences (np.unique's sort is not, at 10 M)."""
+    """The distinct rows of integer columns, sorted (a testbench log's few MISMATCH lines)."""
     if not columns[0].size:
         return []
-    lows = [int(c.min()) for c in columns]
-    spans = [int(c.max()) - low + 1 for c, low in zip(columns, lows, strict=True)]
-    if int(np.prod(spans, dtype=np.float64)) > 1 << 26:
-        rows = np.unique(np.stack(columns, axis=1), axis=0)
-    else:
-        seen = np.zeros(int(np.prod(spans)), dtype=bool)
-        seen[np.ravel_multi_index([c - low for c, low in zip(columns, lows, strict=True)], spans)] = True
-        parts = np.unravel_index(np.flatnonzero(seen), spans)
-        rows = np.stack([p + low for p, low in zip(parts, lows, strict=True)], axis=1)
-    found: list[list[int]] = rows.tolist()
+    found: list[list[int]] = np.unique(np.stack(columns, axis=1), axis=0).tolist()
     return found
 
 
@@ -283,49 +301,126 @@ def _unique(values: np.ndarray) -> list[int]:
     return [row[0] for row in _unique_rows(values)]
 
 
-def _affected(entry: FileEntry, coords: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-    """The channels, pixels, taps and tiles of every differing value."""
-    valid = coords["valid"]
-    if not valid.any():
-        return {}
-    c = {k: v[valid] for k, v in coords.items()}
+def _first_true(mask: np.ndarray, limit: int) -> np.ndarray:
+    """Flat indices of the first ``limit`` True values of ``mask``, found a chunk at a time so that
+    no index array as long as all of them is made."""
+    flat = mask.reshape(-1)
+    found: list[np.ndarray] = []
+    left = limit
+    for start in range(0, flat.size, _CHUNK_VALUES):  # one step a chunk, not a value
+        if left <= 0:
+            break
+        hits = np.flatnonzero(flat[start : start + _CHUNK_VALUES])[:left] + start
+        found.append(hits)
+        left -= hits.size
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def _stored(entry: FileEntry, differ: np.ndarray) -> np.ndarray | None:
+    """Which values of the layer differ, in ``stored_shape`` without the channel-padding lanes;
+    None when the file's lanes do not tile its shape (nothing to place them in)."""
+    shape = stored_shape(entry)
+    if not shape:
+        return None
+    count = int(np.prod(shape))
+    words = min(len(differ), entry.words)  # fill words past ``words`` hold no value of the layer
+    marks = differ[:words].reshape(-1)[:count]
+    if marks.size < count:
+        marks = np.concatenate([marks, np.zeros(count - marks.size, dtype=bool)])
+    return marks.reshape(shape)[..., : entry.shape[-1]]
+
+
+def _hit(stored: np.ndarray, axes: tuple[str, ...], keep: tuple[str, ...]) -> np.ndarray:
+    """``stored`` reduced by any() over every axis but ``keep``, those in ``keep``'s order."""
+    drop = tuple(i for i, name in enumerate(axes) if name not in keep)
+    reduced = stored.any(axis=drop)
+    left = [name for name in axes if name in keep]
+    return np.transpose(reduced, [left.index(name) for name in keep])
+
+
+def _affected(
+    entry: FileEntry, differ: np.ndarray, detail: int
+) -> tuple[dict[str, list[Any]], dict[str, int], dict[str, Any]]:
+    """The channels, pixels, taps and tiles of every differing value, their counts and the
+    summary (pixel range, differences a channel), all from the ``differ`` mask (words, lanes)."""
+    stored = _stored(entry, differ)
+    if stored is None or not stored.any():
+        return {}, {}, {}
+    axes = entry.axes
+    at = entry.where
+    ic0 = at.ic[0] if at.ic is not None else 0
+    oc0 = at.oc[0] if at.oc is not None else 0
     found: dict[str, list[Any]] = {}
-    if "channel" in c:
-        found["channels"] = _unique(c["channel"])
-        found["pixels"] = _unique_rows(c["n"], c["y"], c["x"])
-    elif "oc" in c:
-        found["out_channels"] = _unique(c["oc"])
-        found["in_channels"] = _unique(c["ic"])
-        found["taps"] = _unique(c["kij"]) if "kij" in c else _unique_rows(c["kh"], c["kw"])
+    counts: dict[str, int] = {}
+    summary: dict[str, Any] = {}
+    if entry.tensor in ("input", "psum", "output") and {"n", "h", "w", "c"} <= set(axes):
+        halo = 1 if entry.padded and at.tile is not None else 0
+        offset = oc0 if entry.tensor != "input" and at.oc is not None else ic0
+        origin = np.array(
+            [
+                at.n or 0,
+                (at.y[0] if at.y is not None else 0) - halo,
+                (at.x[0] if at.x is not None else 0) - halo,
+            ]
+        )
+        c_axis = axes.index("c")
+        per_channel = np.count_nonzero(stored, axis=tuple(i for i in range(len(axes)) if i != c_axis))
+        channels = np.flatnonzero(per_channel)
+        found["channels"] = (channels + offset).tolist()
+        summary["differences_by_channel"] = [[int(c) + offset, int(per_channel[c])] for c in channels]
+        pixels = _hit(stored, axes, ("n", "h", "w"))
+        first = np.stack(np.unravel_index(_first_true(pixels, detail), pixels.shape), axis=1)
+        found["pixels"] = (first + origin).tolist()
+        counts["pixels"] = int(np.count_nonzero(pixels))
+        summary["pixel_range"] = {}
+        for k, key in enumerate("nyx"):  # from the pixels, a channel axis smaller than the values
+            hit = np.flatnonzero(pixels.any(axis=tuple(a for a in range(3) if a != k)))
+            summary["pixel_range"][key] = [int(hit[0] + origin[k]), int(hit[-1] + origin[k])]
+    elif entry.tensor == "weight" and {"oc", "ic", "kh", "kw"} <= set(axes):
+        found["out_channels"] = (np.flatnonzero(_hit(stored, axes, ("oc",))) + oc0).tolist()
+        found["in_channels"] = (np.flatnonzero(_hit(stored, axes, ("ic",))) + ic0).tolist()
+        if at.kij is not None:  # one kernel tap a file: its kh, kw axes are 1 long
+            found["taps"] = [at.kij]
+        else:
+            found["taps"] = np.argwhere(_hit(stored, axes, ("kh", "kw"))).tolist()
     for key, value in _tiles(entry).items():
         found[f"{key}s"] = [value]
-    return found
+    return found, counts, summary
 
 
 def _span(first: int, last: int) -> str:
     return f"word {first}" if first == last else f"words {first}-{last}"
 
 
-def _shift_pattern(expected: np.ndarray, got: np.ndarray, diff_words: np.ndarray) -> str | None:
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """``np.array_equal``, refusing at once when the first words already differ (the usual case)."""
+    head = min(len(a), len(b), 64)
+    return bool(np.array_equal(a[:head], b[:head])) and bool(np.array_equal(a, b))
+
+
+def _shift_pattern(expected: np.ndarray, got: np.ndarray, differ: np.ndarray) -> str | None:
     """A word shift by 1 or 2 words, named only when it explains differing values: every word
     of the overlap equals the golden word ``shift`` places away, and the only differences it leaves
-    are in the words that shift brings in."""
+    are in the words that shift brings in. ``differ``: which values differ (words, lanes)."""
     e_len, g_len = len(expected), len(got)
     rows = min(e_len, g_len)
+    total = int(np.count_nonzero(differ))
     for shift in (1, -1, 2, -2):
         s = abs(shift)
         if shift > 0:  # got[i + s] == expected[i]: the output lags
             overlap = min(e_len, g_len - s)
-            if overlap < 1 or not np.array_equal(got[s : s + overlap], expected[:overlap]):
+            if overlap < 1 or not _same(got[s : s + overlap], expected[:overlap]):
                 continue
-            explained, rest = int((diff_words >= s).sum()), int((diff_words < s).sum())
+            rest = int(np.count_nonzero(differ[:s]))
+            explained = total - rest
             lead_in = _span(0, s - 1)
             text = f"from word {s} on, every word equals the golden word {s} before it (the output lags)"
         else:  # got[i] == expected[i + s]: the output leads
             overlap = min(g_len, e_len - s)
-            if overlap < 1 or not np.array_equal(got[:overlap], expected[s : s + overlap]):
+            if overlap < 1 or not _same(got[:overlap], expected[s : s + overlap]):
                 continue
-            explained, rest = int((diff_words < overlap).sum()), int((diff_words >= overlap).sum())
+            explained = int(np.count_nonzero(differ[:overlap]))
+            rest = total - explained
             lead_in = _span(overlap, rows - 1)
             text = (
                 f"up to word {overlap - 1}, every word equals the golden word {s} after it (the output leads)"
@@ -336,35 +431,44 @@ def _shift_pattern(expected: np.ndarray, got: np.ndarray, diff_words: np.ndarray
     return None
 
 
-def _patterns(
-    expected: np.ndarray, got: np.ndarray, lane_bits: int, diff_words: np.ndarray, diff_lanes: np.ndarray
-) -> list[str]:
-    """Whole-file patterns, each true of every differing value (``expected``/``got``: (words, lanes))."""
+def _xor_bits(e: np.ndarray, g: np.ndarray, lane_bits: int) -> int:
+    """Every bit that differs in some value, OR-ed a chunk of words at a time (equal values add 0)."""
+    mask = (1 << lane_bits) - 1 if lane_bits < 63 else -1
+    step = max(1, _CHUNK_VALUES // max(1, e.shape[1]))
+    bits = 0
+    for start in range(0, len(e), step):  # one step a chunk, not a value
+        xors = np.bitwise_xor(e[start : start + step], g[start : start + step]) & mask
+        bits |= int(np.bitwise_or.reduce(xors, axis=None)) if xors.size else 0
+    return bits
+
+
+def _patterns(expected: np.ndarray, got: np.ndarray, lane_bits: int, differ: np.ndarray) -> list[str]:
+    """Whole-file patterns, each true of every differing value (``expected``/``got``: (words, lanes);
+    ``differ``: which of the values both hold differ)."""
     found: list[str] = []
-    count = len(diff_words)
+    count = int(np.count_nonzero(differ))
     if not count:
         return found
     rows = min(len(expected), len(got))
     e, g = expected[:rows], got[:rows]
     lanes = e.shape[1]
-    if lanes > 1 and rows == len(expected) == len(got) and np.array_equal(g, e[:, ::-1]):
+    if lanes > 1 and rows == len(expected) == len(got) and _same(g, e[:, ::-1]):
         found.append("swapped lane order: every word has its lanes reversed (lsb_first vs msb_first)")
-    shift = _shift_pattern(expected, got, diff_words)
+    shift = _shift_pattern(expected, got, differ)
     if shift:
         found.append(shift)
-    if count > 1 and np.all(g == g[0, 0]):
+    lanes_hit = np.flatnonzero(differ.any(axis=0))
+    if count > 1 and _same(g, np.broadcast_to(g[0, 0], g.shape)):
         found.append(f"every value reads {int(g[0, 0])}: a stuck bus or a memory never written")
-    elif lanes > 1 and count > 1 and np.all(diff_lanes == diff_lanes[0]):
-        lane = int(diff_lanes[0])
+    elif lanes > 1 and count > 1 and len(lanes_hit) == 1:
+        lane = int(lanes_hit[0])
         stuck = bool(np.all(g[:, lane] == g[0, lane]))
         kind = f"stuck at {int(g[0, lane])} in every word" if stuck else "wrong"
         found.append(
             f"lane {lane} {kind}: all {count} differing values are in lane {lane}; the other lanes match"
         )
     if count > 1:
-        mask = (1 << lane_bits) - 1 if lane_bits < 63 else -1
-        xors = (e[diff_words, diff_lanes] ^ g[diff_words, diff_lanes]) & mask
-        bits = int(np.bitwise_or.reduce(xors))
+        bits = _xor_bits(e, g, lane_bits)
         if bits > 0 and bits & (bits - 1) == 0:
             found.append(
                 f"only bit {bits.bit_length() - 1} differs, in all {count} differing values: "
@@ -381,20 +485,30 @@ def _length_problem(expected_words: int, depth: int, got_words: int) -> str | No
     return f"{kind}: {got_words} word(s) read, {expected_words} expected{deeper}"
 
 
-def compare_file(golden_dir: Path, entry: FileEntry, layer: int | str, text: str, where: str) -> FileReport:
-    """Compare one file's text with the golden file described by ``entry``."""
+def compare_file(
+    golden_dir: Path,
+    entry: FileEntry,
+    layer: int | str,
+    text: str | bytes,
+    where: str,
+    detail: int = DETAIL,
+) -> FileReport:
+    """Compare one file's text with the golden file described by ``entry``; the first ``detail``
+    differing values in full, all of them in the summary."""
     golden_path = golden_dir / entry.path
-    golden_all = _lanes(_bits(golden_path.read_text(encoding="ascii"), entry, str(golden_path)), entry)
+    golden_all = _lanes(_bits(golden_path.read_bytes(), entry, str(golden_path)), entry)
     got = _lanes(_bits(text, entry, where), entry)
     words = entry.words
     # a dump of the whole memory (depth words) is compared with the golden fill words too
     expected = golden_all if len(got) == len(golden_all) > words else golden_all[:words]
     rows = min(len(expected), len(got))
-    report = FileReport(entry.path, layer, words, len(got))
+    report = FileReport(entry.path, layer, words, len(got), detail=detail)
     report.problem = _length_problem(words, len(golden_all), len(got))
     report.compared = rows * entry.lanes
-    diff_words, diff_lanes = np.nonzero(expected[:rows] != got[:rows])
-    report.differences = len(diff_words)
+    differ = expected[:rows] != got[:rows]  # (words, lanes): the one array the report reads
+    report.differences = int(np.count_nonzero(differ))
+    first = _first_true(differ, detail)
+    diff_words, diff_lanes = first // entry.lanes, first % entry.lanes
     coords = _coordinates(entry, diff_words, diff_lanes)
     lane_bits = entry.lane_bits
     report.diffs = [
@@ -407,10 +521,10 @@ def compare_file(golden_dir: Path, entry: FileEntry, layer: int | str, text: str
             int(got[diff_words[i], diff_lanes[i]]),
             lane_bits,
         )
-        for i in range(min(DETAIL, len(diff_words)))
+        for i in range(len(first))
     ]
-    report.affected = _affected(entry, coords)
-    report.patterns = _patterns(expected, got, lane_bits, diff_words, diff_lanes)
+    report.affected, report.counts, report.summary = _affected(entry, differ, detail)
+    report.patterns = _patterns(expected, got, lane_bits, differ)
     return report
 
 
@@ -441,14 +555,15 @@ def _named(golden_dir: Path, entries: list[Entry], file: str) -> Entry:
     )
 
 
-def _shape_of(text: str) -> str:
+def _shape_of(data: str | bytes) -> str:
+    text = data.decode("ascii") if isinstance(data, bytes) else data
     lengths = {len(line.strip()) for line in text.split("\n")[_token_header_lines(text) :]}
     lengths.discard(0)
     digits = "/".join(str(n) for n in sorted(lengths)[:4]) or "no"
     return f"{digits}-digit words"
 
 
-def _pick(golden_dir: Path, entries: list[Entry], text: str, sim_output: Path) -> tuple[Entry, str]:
+def _pick(golden_dir: Path, entries: list[Entry], text: str | bytes, sim_output: Path) -> tuple[Entry, str]:
     """The golden file a single dump is, by ``pick_rule``; InputError asking for --file otherwise."""
     counts: dict[tuple[Any, ...], int | None] = {}
     fits: list[Entry] = []
@@ -493,15 +608,24 @@ def _pick(golden_dir: Path, entries: list[Entry], text: str, sim_output: Path) -
     )
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="ascii")
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path} is not a text file ({err})") from err
+def _read_text(path: Path) -> bytes:
+    """The file's bytes, refused unless they are ASCII text (kept as bytes: the decoder reads them)."""
+    data = path.read_bytes()
+    if not data.isascii():
+        try:
+            data.decode("ascii")
+        except UnicodeDecodeError as err:
+            raise InputError(f"{path} is not a text file ({err})") from err
+    return data
 
 
-def compare(golden_dir: Path, sim_output: Path, file: str | None = None) -> CompareReport:
-    """Compare ``sim_output`` (a memory file, a folder of them, or a testbench log) with the golden set."""
+def compare(
+    golden_dir: Path, sim_output: Path, file: str | None = None, detail: int = DETAIL
+) -> CompareReport:
+    """Compare ``sim_output`` (a memory file, a folder of them, or a testbench log) with the golden
+    set; each file's first ``detail`` differing values in full, every one in its summary."""
+    if detail < 0:
+        raise InputError(f"--detail {detail}: give 0 or more differing values to list in full")
     manifest = _read_manifest(golden_dir)
     entries = _entries(manifest)
     named = _named(golden_dir, entries, file) if file is not None else None
@@ -516,19 +640,28 @@ def compare(golden_dir: Path, sim_output: Path, file: str | None = None) -> Comp
         reports = []
         for layer, e in chosen:
             path = sim_output / e.path
-            reports.append(compare_file(golden_dir, e, layer, _read_text(path), str(path)))
+            reports.append(compare_file(golden_dir, e, layer, _read_text(path), str(path), detail))
             reports[-1].matched_by = "--file" if named else "path in the folder"
         return CompareReport(reports)
     text = _read_text(sim_output)
-    if _MISMATCH.search(text) or _PASS.search(text) or _FAIL.search(text):
-        return _from_log(text, manifest)
+    if _is_log(text):
+        return _from_log(text.decode("ascii"), manifest, detail)
     (layer, entry), matched_by = (named, "--file") if named else _pick(golden_dir, entries, text, sim_output)
-    report = compare_file(golden_dir, entry, layer, text, str(sim_output))
+    report = compare_file(golden_dir, entry, layer, text, str(sim_output), detail)
     report.matched_by = matched_by
     return CompareReport([report])
 
 
-def _from_log(text: str, manifest: Manifest) -> CompareReport:
+def _is_log(data: bytes) -> bool:
+    """A testbench log: plain substring scans first (fast on a large dump), the patterns after.
+    Every log line the patterns read holds a "y" ("layer", "y="); a bare memory dump holds none."""
+    if b"y" not in data or not any(word in data for word in (b"MISMATCH", b"PASS layer", b"FAIL layer")):
+        return False
+    text = data.decode("ascii")
+    return bool(_MISMATCH.search(text) or _PASS.search(text) or _FAIL.search(text))
+
+
+def _from_log(text: str, manifest: Manifest, detail: int = DETAIL) -> CompareReport:
     """A `qexport testbench` log: its MISMATCH lines are already decoded, its PASS / FAIL line counts."""
     passed, failed = _PASS.search(text), _FAIL.search(text)
     line = passed or failed
@@ -539,7 +672,7 @@ def _from_log(text: str, manifest: Manifest) -> CompareReport:
     outputs = [e for la, e in _entries(manifest) if la == layer and e.tensor == "output"]
     lane_bits = outputs[0].lane_bits if outputs else 64
     found = [tuple(int(v) for v in m.groups()) for m in _MISMATCH.finditer(text)]
-    report = FileReport("testbench log", layer, 0, 0, matched_by="testbench log")
+    report = FileReport("testbench log", layer, 0, 0, matched_by="testbench log", detail=detail)
     report.differences = len(found)
     report.diffs = [
         ValueDiff(
@@ -551,7 +684,7 @@ def _from_log(text: str, manifest: Manifest) -> CompareReport:
             got,
             lane_bits,
         )
-        for t, o, n, y, x, c, expected, got in found[:DETAIL]
+        for t, o, n, y, x, c, expected, got in found[:detail]
     ]
     if found:
         table = np.array(found, dtype=np.int64)

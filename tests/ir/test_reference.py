@@ -6,16 +6,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qexport.errors import CheckFailed
 from qexport.frontend.capture import capture
 from qexport.frontend.demo import demo_model
 from qexport.frontend.inputs import load_demo
 from qexport.frontend.models.vgg import BUILTIN
+from qexport.ir import reference
 from qexport.ir.integerize import IntLayer, integerize
 from qexport.ir.reference import (
     MEAN_ERROR_LIMIT,
+    _float32,
+    _float32_plan,
     _int64_conv,
+    _int64_plan,
     check_tiled,
     conv_plan,
     conv_psum,
@@ -101,6 +107,53 @@ def test_odd_sum_above_two_to_the_24_stays_exact() -> None:
     x[0, 0, 0, 2] = 0
     assert conv_plan(x, w).method != "float32"
     assert int(integer_conv(x, w, 1, 0)[0, 0, 0, 0]) == 2**24 + 1
+
+
+@settings(derandomize=True, max_examples=150, deadline=None, database=None)
+@given(
+    x_max=st.sampled_from([0, 1, 15, 255, 2**12, 2**24 - 1, 2**24, 2**24 + 1, 2**31]),
+    w_max=st.sampled_from([0, 1, 7, 127, 2**12, 2**23, 2**24 - 1, 2**24, 2**24 + 1, 2**40]),
+    channels=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_the_plan_from_the_float32_values_is_the_int64_plan(
+    x_max: int, w_max: int, channels: int, seed: int
+) -> None:
+    # the bound read from the converted values must be the exact one, or refuse (None) and leave
+    # the decision to int64, never a float32 plan from values that rounded on conversion
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-x_max, x_max, size=(1, channels, 3, 3), endpoint=True)
+    w = rng.integers(-w_max, w_max, size=(3, channels, 3, 3), endpoint=True)
+    x.flat[0], w.flat[0] = x_max, -w_max  # the extremes are there
+    fast = _float32_plan(_float32(x), _float32(w))
+    exact = _int64_plan(x, w)
+    if fast is None:
+        assert max(x_max, 9 * channels * w_max) >= 2**24  # refused only when float32 may not hold them
+    else:
+        assert fast == exact
+    assert reference.conv_plan(x, w) == exact
+
+
+def test_a_weight_that_rounds_to_two_to_the_24_is_not_trusted() -> None:
+    # 2^24 + 1 converts to 2^24 in float32; a bound read from it would say float32 holds x * w
+    x = np.ones((1, 1, 1, 1), dtype=np.int64)
+    w = np.full((1, 1, 1, 1), 2**24 + 1, dtype=np.int64)
+    assert _float32_plan(_float32(x), _float32(w)) is None
+    assert int(integer_conv(x, w, 1, 0)[0, 0, 0, 0]) == 2**24 + 1
+
+
+def test_integer_conv_converts_the_weights_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the bound comes from the float32 weights the conv runs on: no int64 pass over the weights
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 15, size=(1, 64, 4, 4), endpoint=True)
+    w = rng.integers(-7, 7, size=(32, 64, 3, 3), endpoint=True)
+
+    def no_int64_plan(*_args: object) -> None:
+        raise AssertionError("integer_conv made a second, int64 pass over the weights")
+
+    monkeypatch.setattr(reference, "_int64_plan", no_int64_plan)
+    monkeypatch.setattr(reference, "conv_plan", no_int64_plan)
+    np.testing.assert_array_equal(integer_conv(x, w, 1, 1), _int64_conv(x, w, 1, 1))
 
 
 def test_float32_ignores_a_reduced_precision_setting() -> None:

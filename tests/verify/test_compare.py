@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -165,3 +166,174 @@ def test_golden_sets_in_other_formats_compare_against_a_writememh_dump(tmp_path:
     dump.write_text("\n".join(words) + "\n")
     (diff,) = compare(golden, dump, f"output.{fmt}").files[0].diffs
     assert (diff.word, diff.lane, diff.where["x"]) == (4, 0, 0) and diff.where["y"] == 1
+
+
+# ---- issue 18, item 2: the summary is made with whole-array operations; it must say what a naive
+# per-value diff says
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The course testbench of layer 33: a tiled output file (8 lanes of 16 bits, tile 0)."""
+    from qexport import api
+
+    out = tmp_path_factory.mktemp("tiled") / "tb"
+    api.testbench(SourceOptions(), 33, out)
+    return out
+
+
+def _manifest_entry(folder: Path, name: str) -> dict[str, object]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return next(f for layer in manifest["layers"] for f in layer["files"] if f["path"].endswith(name))
+
+
+def _naive_lanes(text: str, header: int, lanes: int, bits: int, signed: bool) -> list[list[int]]:
+    rows = []
+    for line in text.splitlines()[header:]:
+        value = int(line, 16)
+        row = [(value >> (bits * k)) & ((1 << bits) - 1) for k in range(lanes)]
+        rows.append([v - (1 << bits) if signed and v >> (bits - 1) else v for v in row])
+    return rows
+
+
+def _naive_summary(
+    entry: dict[str, object], expected: list[list[int]], got: list[list[int]], detail: int
+) -> dict[str, object]:
+    """One value at a time, in plain Python: where each differing value lies and what it adds up to."""
+    shape = [int(s) for s in entry["shape"]]  # type: ignore[attr-defined]
+    axes = list(entry["axes"])  # type: ignore[call-overload]
+    lanes = int(entry["lanes"])  # type: ignore[call-overload]
+    halo = 1 if entry.get("padded") and "tile" in entry else 0
+    first, places = [], []
+    for word, (e_row, g_row) in enumerate(zip(expected, got, strict=True)):
+        for lane, (e, g) in enumerate(zip(e_row, g_row, strict=True)):
+            if e == g:
+                continue
+            if len(first) < detail:
+                first.append((word, lane, e, g))
+            index = word * lanes + lane
+            if index >= int(np.prod(shape)):
+                continue
+            place = {}
+            for name, size in reversed(list(zip(axes, shape, strict=True))):
+                index, place[name] = divmod(index, size)
+            places.append(place)
+    summary: dict[str, object] = {"first": first}
+    if "c" in axes:
+        oc0 = entry["oc"][0] if "oc" in entry else 0  # type: ignore[index]
+        y0 = entry["y"][0] if "y" in entry else 0  # type: ignore[index]
+        x0 = entry["x"][0] if "x" in entry else 0  # type: ignore[index]
+        n0 = int(entry.get("n", 0))  # type: ignore[call-overload]
+        pixels = sorted({(p["n"] + n0, p["h"] + y0 - halo, p["w"] + x0 - halo) for p in places})
+        by_channel: dict[int, int] = {}
+        for p in places:
+            by_channel[p["c"] + oc0] = by_channel.get(p["c"] + oc0, 0) + 1
+        summary |= {
+            "channels": sorted(by_channel),
+            "by_channel": sorted(by_channel.items()),
+            "pixels": pixels,
+        }
+    else:
+        summary |= {
+            "out_channels": sorted({p["oc"] for p in places}),
+            "in_channels": sorted({p["ic"] for p in places}),
+            "taps": sorted({(p["kh"], p["kw"]) for p in places}),
+        }
+    return summary
+
+
+_FILES = {  # (fixture, file name, lanes, lane bits, signed)
+    "flat-psum": ("golden", "psum.hex", 8, LANE_BITS, True),
+    "flat-weight": ("golden", "weight.hex", 8, 4, True),
+    "tiled-output": ("tiled", "out.hex", 8, 16, True),
+}
+
+
+@pytest.mark.parametrize("case", _FILES, ids=list(_FILES))
+@settings(
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    changes=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7), st.integers(-8, 7)), max_size=60),
+    detail=st.integers(0, 25),
+)
+def test_the_summary_equals_a_naive_per_value_diff(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    case: str,
+    changes: list[tuple[int, int, int]],
+    detail: int,
+) -> None:
+    fixture, name, lanes, bits, signed = _FILES[case]
+    folder: Path = request.getfixturevalue(fixture)
+    entry = _manifest_entry(folder, name)
+    text = (folder / str(entry["path"])).read_text()
+    expected = _naive_lanes(text, int(entry["header_lines"]), lanes, bits, signed)  # type: ignore[call-overload]
+    got = [row[:] for row in expected]
+    for word, lane, delta in changes:
+        row = got[word % len(got)]
+        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        row[lane] = min(max(row[lane] + delta, low), high)
+    mask = (1 << bits) - 1
+    digits = -(-lanes * bits // 4)
+    sim = tmp_path / "sim.hex"
+    sim.write_text(
+        "".join(f"{sum((v & mask) << (bits * k) for k, v in enumerate(r)):0{digits}x}\n" for r in got)
+    )
+
+    (f,) = compare(folder, sim, str(entry["path"]), detail=detail).files
+    naive = _naive_summary(entry, expected, got, detail)
+    assert f.differences == sum(
+        e != g for er, gr in zip(expected, got, strict=True) for e, g in zip(er, gr, strict=True)
+    )
+    assert [(d.word, d.lane, d.expected, d.got) for d in f.diffs] == naive["first"]
+    if not f.differences:
+        assert f.affected == {} and f.summary == {}
+        return
+    if "channels" in naive:
+        pixels = naive["pixels"]
+        assert f.affected["channels"] == naive["channels"]
+        assert [tuple(p) for p in f.affected["pixels"]] == pixels[:detail]  # type: ignore[index]
+        assert f.counts["pixels"] == len(pixels)  # type: ignore[arg-type]
+        assert [tuple(c) for c in f.summary["differences_by_channel"]] == naive["by_channel"]
+        span = f.summary["pixel_range"]
+        for k, key in enumerate("nyx"):
+            assert span[key] == [min(p[k] for p in pixels), max(p[k] for p in pixels)]  # type: ignore[attr-defined]
+    else:
+        assert f.affected["out_channels"] == naive["out_channels"]
+        assert f.affected["in_channels"] == naive["in_channels"]
+        assert [tuple(t) for t in f.affected["taps"]] == naive["taps"]
+
+
+def test_many_differences_keep_the_report_small(golden: Path, tmp_path: Path) -> None:
+    # every psum value wrong: the report holds --detail values and pixels, counts the rest
+    entry = _manifest_entry(golden, "psum.hex")
+    lines = (golden / str(entry["path"])).read_text().splitlines()[int(entry["header_lines"]) :]  # type: ignore[call-overload]
+    width = len(lines[0])
+    sim = _write(tmp_path, [f"{int(w, 16) ^ ((1 << (width * 4)) - 1):0{width}x}" for w in lines])
+    (f,) = compare(golden, sim, str(entry["path"]), detail=3).files
+    assert f.differences == 128 and len(f.diffs) == 3
+    assert len(f.affected["pixels"]) == 3 and f.counts["pixels"] == 16
+    assert f.affected["channels"] == list(range(8))
+    assert f.summary["pixel_range"] == {"n": [0, 0], "y": [0, 3], "x": [0, 3]}
+    result = CliRunner().invoke(
+        main, ["compare", str(golden), str(sim), "--file", "psum.hex", "--detail", "3"]
+    )
+    assert result.exit_code == 1
+    assert "... and 125 more" in result.output
+    assert "pixels (n, y, x) affected (16): (0, 0, 0), (0, 0, 1), (0, 0, 2), ... and 13 more" in result.output
+    assert "pixel range: n 0-0, y 0-3, x 0-3" in result.output
+    data = json.loads(
+        CliRunner()
+        .invoke(main, ["compare", str(golden), str(sim), "--file", "psum.hex", "--json", "--detail", "3"])
+        .output.split("\nerror:")[0]
+    )
+    assert len(data["files"][0]["first"]) == 3 and data["files"][0]["affected_counts"] == {"pixels": 16}
+
+
+def test_a_negative_detail_is_refused(golden: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="--detail -1"):
+        compare(golden, tmp_path, "psum.hex", detail=-1)
