@@ -16,6 +16,7 @@ two renames, and a crash between them (``.NAME.old`` beside the target) is undon
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import functools
@@ -78,12 +79,34 @@ class ExportPlan:
             self.executable.add(relpath)
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int]
+    call.restype = ctypes.c_int
+    return call
+
+
+_SYNCFS = _load_syncfs()
+
+
 @dataclass
 class StagedFolder:
-    """Files written straight into a hidden staging folder next to the output folder."""
+    """Files written straight into a hidden staging folder next to the output folder.
+
+    ``sync_each``: fsync every file as it is written. Off where ``syncfs(2)`` exists (Linux): one
+    call then makes every file of the set durable before the rename, instead of a disk flush a file
+    (thousands of tile files: the fsyncs were nine tenths of the time).
+    """
 
     root: Path
     written: set[str] = field(default_factory=set)
+    sync_each: bool = field(default_factory=lambda: _SYNCFS is None)
 
     def add(self, relpath: str, content: Content, *, executable: bool = False) -> None:
         refuse_twice(relpath, self.written)
@@ -96,8 +119,9 @@ class StagedFolder:
         with target.open("wb") as file:
             for chunk in _chunks(content):
                 file.write(chunk)
-            file.flush()
-            os.fsync(file.fileno())  # on disk before the folder is renamed into place
+            if self.sync_each:
+                file.flush()
+                os.fsync(file.fileno())  # on disk before the folder is renamed into place
         if executable:
             target.chmod(0o755)
 
@@ -270,8 +294,24 @@ def _fsync_dir(folder: Path | str) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
-    """fsync every folder under ``root``, root last (its files were fsynced as they were written)."""
+def _syncfs(folder: Path) -> None:
+    """Every file under ``folder`` on disk: one ``syncfs(2)`` of its file system, which reports a
+    write-back error of any of them (Linux >= 5.8) as an OSError."""
+    assert _SYNCFS is not None
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(folder))
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path, files_synced: bool) -> None:
+    """Make ``root``'s files (unless fsynced as they were written) and every folder under it durable,
+    root last."""
+    if not files_synced:
+        _syncfs(root)
     for folder, _dirs, _files in os.walk(root, topdown=False):
         _fsync_dir(folder)
 
@@ -282,7 +322,6 @@ _AT_FDCWD = -100  # linux/fcntl.h
 
 @functools.cache
 def _renameat2() -> Any:
-    import ctypes
 
     try:
         return ctypes.CDLL(None, use_errno=True).renameat2
@@ -297,8 +336,6 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
-    import ctypes
-
     code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # this file system cannot swap
         return False
@@ -360,8 +397,9 @@ def staged(out_dir: Path, *, force: bool = False) -> Iterator[StagedFolder]:
             raise _unusable_path(shown, err) from err
         held.callback(os.close, staging_fd)
         try:
-            yield StagedFolder(staging)
-            _fsync_tree(staging)
+            folder = StagedFolder(staging)
+            yield folder
+            _fsync_tree(staging, folder.sync_each)
             _check_target(out_dir, force)  # a program other than qexport may have made it meanwhile
             _publish(staging, out_dir)
         except OSError as err:

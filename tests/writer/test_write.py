@@ -145,9 +145,12 @@ def test_a_sigkilled_run_leaves_a_staging_folder_the_next_run_removes(tmp_path: 
     assert (out / "manifest.json").is_file()
 
 
-def test_files_and_folders_are_fsynced_before_the_rename(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("per_file", [False, True], ids=["syncfs", "fsync-each"])
+def test_files_and_folders_are_synced_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_file: bool
 ) -> None:
+    # Linux: one syncfs(2) of the staging folder's file system makes every file durable; elsewhere
+    # (no syncfs) each file is fsynced as it is written. Either way before the rename.
     events: list[tuple[str, str]] = []
     real_fsync, real_rename = os.fsync, Path.rename
 
@@ -155,20 +158,49 @@ def test_files_and_folders_are_fsynced_before_the_rename(
         events.append(("fsync", str(Path(f"/proc/self/fd/{fd}").readlink())))
         real_fsync(fd)
 
+    def syncfs(fd: int) -> int:
+        events.append(("syncfs", str(Path(f"/proc/self/fd/{fd}").readlink())))
+        return 0
+
     def rename(self: Path, target: Any) -> Path:
         events.append(("rename", str(self)))
         return real_rename(self, target)
 
     monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(write, "_SYNCFS", None if per_file else syncfs)
     monkeypatch.setattr(Path, "rename", rename)
     write_plan(_plan("1"), tmp_path / "set")
     renames = [i for i, (kind, _) in enumerate(events) if kind == "rename"]
     assert len(renames) == 1
     staging = events[renames[0]][1]
-    synced_before = {path for kind, path in events[: renames[0]] if kind == "fsync"}
-    for name in ["layer0/a.hex", "b.hex", "manifest.json", "layer0", ""]:
-        assert str(Path(staging) / name) in synced_before, name
+    before = events[: renames[0]]
+    synced = {path for kind, path in before if kind == "fsync"}
+    for name in ["layer0", ""]:
+        assert str(Path(staging) / name) in synced, name
+    files = [str(Path(staging) / name) for name in ["layer0/a.hex", "b.hex", "manifest.json"]]
+    if per_file:
+        assert set(files) <= synced
+    else:
+        assert ("syncfs", staging) in before and not set(files) & synced
     assert ("fsync", str(tmp_path)) in events[renames[0] :]  # the rename itself made durable
+
+
+def test_a_syncfs_error_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    def failing(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(write, "_SYNCFS", failing)
+    with pytest.raises(InputError, match=r"writing .*set failed \(Input/output error\); nothing was changed"):
+        write_plan(_plan("1"), tmp_path / "set")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
+
+
+def test_the_real_syncfs_is_found_on_linux() -> None:
+    if sys.platform == "linux":
+        assert write._SYNCFS is not None and write.StagedFolder(Path("x")).sync_each is False
 
 
 # item 3: replacing a set (--force): an atomic swap, or a rename pair a crash can interrupt
