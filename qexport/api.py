@@ -307,7 +307,8 @@ def testbench(
     force: bool = False,
     template_dir: Path | None = None,
 ) -> ExportResult:
-    """A self-checking testbench folder: vectors/, tb.sv, the reference core and run_iverilog.sh."""
+    """A self-checking testbench folder: vectors/, tb.sv, the reference core, its Icarus and Verilator
+    scripts, and a cocotb test with its runner script."""
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     if prof.kind != "systolic":
         raise InputError(f"profile {prof.name} is {prof.kind}; the testbench drives a systolic core profile")
@@ -351,6 +352,9 @@ def _testbench_set(
         "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
     )
     sink.add("qexport_ref_core.v", render("testbench/qexport_ref_core.v", {}, template_dir))
+    for script in ("run_verilator.sh", "run_cocotb.sh"):
+        sink.add(script, render(f"testbench/{script}.j2", context, template_dir), executable=True)
+    sink.add("cocotb_tb.py", render("testbench/cocotb_tb.py.j2", context, template_dir))
     return manifest, notices
 
 

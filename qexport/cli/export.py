@@ -292,7 +292,8 @@ def testbench_command(
 
     The folder holds manifest.json, vectors/layer<L>/ (the profile's files, read with
     $readmemh/$readmemb), tb.sv, qexport_ref_core.v (a behavioural core; swap in your DUT, same
-    ports and handshake) and run_iverilog.sh, which compiles and runs it and exits 0 only on PASS.
+    ports and handshake), run_iverilog.sh and run_verilator.sh, which compile and run it and exit
+    0 only on PASS, and cocotb_tb.py with run_cocotb.sh (the same check from cocotb, on Icarus).
 
     \b
     Example:
@@ -311,7 +312,9 @@ def testbench_command(
     )
     for line in _set_lines(out_dir, result.manifest):
         click.echo(f"  {line}")
-    bench = ", ".join(str(out_dir / name) for name in ("tb.sv", "qexport_ref_core.v", "run_iverilog.sh"))
+    names: tuple[str, ...] = ("tb.sv", "qexport_ref_core.v", "run_iverilog.sh", "run_verilator.sh")
+    names += ("cocotb_tb.py", "run_cocotb.sh")
+    bench = ", ".join(str(out_dir / name) for name in names)
     click.echo(f"  testbench {bench}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from qexport import __version__
@@ -18,6 +19,25 @@ def _need(value: int | None, tp: TensorPlan, key: str) -> int:
 
 
 _MAX_PASSES = 16  # the reference core's w_kij port is 4 bits
+
+
+def _parameters(prof: Profile, kernel: int, stride: int, grid: int, out_bits: int) -> dict[str, int]:
+    """The DUT's parameters, as tb.sv passes them (the cocotb runner sets them at build)."""
+    return {
+        "ROWS": prof.rows,
+        "COLS": prof.cols,
+        "ACT_BITS": prof.act_bits,
+        "W_BITS": prof.w_bits,
+        "PSUM_BITS": prof.psum_bits,
+        "OUT_BITS": out_bits,
+        "TILE": prof.tile,
+        "KERNEL": kernel,
+        "STRIDE": stride,
+        "GRID": grid,
+        "ADDR_BITS": prof.address_bits,
+        "WEIGHT_STATIONARY": int(prof.dataflow == "weight_stationary"),
+        "RELU": int("relu" in prof.golden),
+    }
 
 
 def testbench_context(plan: LayerPlan, memory: MemoryContext, prof: Profile) -> dict[str, Any]:
@@ -107,6 +127,8 @@ def testbench_context(plan: LayerPlan, memory: MemoryContext, prof: Profile) -> 
         "relu": "relu" in prof.golden,
         "address_file": "" if address is None else path(address),
         "tiles": sorted(tiles, key=lambda t: (t["tile"], t["otile"])),
+        "parameters": json.dumps(_parameters(prof, kernel, stride, grid, out_spec.lane_bits), sort_keys=True),
+        "vcd": False,
         "dut": "qexport_ref_core",
         "dut_file": "qexport_ref_core.v",
     }

@@ -86,6 +86,9 @@ def test_testbench_says_where_its_vectors_are_and_still_passes(tmp_path: Path) -
         "tb.sv",
         "qexport_ref_core.v",
         "run_iverilog.sh",
+        "run_verilator.sh",
+        "run_cocotb.sh",
+        "cocotb_tb.py",
     }
     # the rendered bench reads the layer folder, and compare finds the golden file by path or name
     assert '"vectors/layer33/out.hex"' in (out / "tb.sv").read_text()
