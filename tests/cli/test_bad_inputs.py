@@ -186,12 +186,12 @@ def test_a_failure_mid_export_removes_the_layers_already_streamed(
     real_checked = api._checked
     streamed: list[list[str]] = []
 
-    def fail_on_third_layer(t: Any) -> Any:
+    def fail_on_third_layer(t: Any, x_int: Any = None) -> Any:
         # files of the layers before are already on disk, in the staging folder
         streamed.append(sorted(p.name for p in tmp_path.glob(".set.*.partial/layer*/*")))
         if len(streamed) == 3:
             raise CheckFailed("layer 7: injected failure")
-        return real_checked(t)
+        return real_checked(t, x_int)
 
     monkeypatch.setattr(api, "_checked", fail_on_third_layer)
     with pytest.raises(CheckFailed, match="injected"):
