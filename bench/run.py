@@ -2,7 +2,8 @@
 
 Sections: 1. packing throughput, 2. whole-model export, 3. CLI start-up, 4. reference conv,
 5. decoding throughput (beside the encoder writing the same file), 6. compare at scale (beside
-decoding the two files it compares).
+decoding the two files it compares), 7. integer inference (`qexport infer` beside the float
+model's own forward pass on the same images).
 Each prints a table and PASS/FAIL lines against its targets; a summary of them closes the run.
 Speed never fails the run: the exit code is 1 only when a correctness cross-check fails (our
 text against a naive loop's and bitstring's, integer_conv against torch's float64 conv, the
@@ -13,7 +14,7 @@ Not collected by pytest (bench/ lies outside testpaths); tests/test_bench_smoke.
     python bench/run.py --quick              # small sizes, no batch 128, fewer repeats
     python bench/run.py --skip-export --out figures.json
     python bench/run.py --only decode          # one section (packing, export, startup, conv, decode,
-                                               # compare)
+                                               # compare, infer)
     python bench/run.py --only export-resnet   # section 2's ResNet20 row alone
 """
 
@@ -43,9 +44,10 @@ import torch.nn.functional as F
 from notebook_way import NotebookExport, export_notebook_way
 
 import qexport
-from qexport.frontend.demo import demo_model
+from qexport.frontend.demo import DEMO_IMAGES, demo_model
 from qexport.frontend.inputs import load_demo
 from qexport.frontend.models.resolve import builtin_model
+from qexport.infer import infer_network
 from qexport.ir.reference import conv_plan, integer_conv
 from qexport.verify.decode import decode_file, lanes_from_digits, word_digits
 from qexport.writer.manifest import FileEntry
@@ -61,8 +63,9 @@ SECTIONS = (
     "4. Reference conv",
     "5. Decoding throughput",
     "6. Compare at scale",
+    "7. Integer inference",
 )
-SECTION_NAMES = ("packing", "export", "startup", "conv", "decode", "compare")  # for --only
+SECTION_NAMES = ("packing", "export", "startup", "conv", "decode", "compare", "infer")  # for --only
 ONLY_CHOICES = (*SECTION_NAMES, "export-resnet")  # export-resnet: section 2's ResNet row alone
 MODEL = "VGG16_quant_gradual"
 RESNET_MODEL = "resnet20_quant"
@@ -1140,6 +1143,65 @@ def section_compare(settings: Settings, report: Report) -> None:
     report.figures["compare"] = rows
 
 
+# ---------------------------------------------------------------- 7. integer inference
+
+INFER_IMAGES = 1000  # the demo's 128 images, repeated
+INFER_BATCH = 32  # infer's default --batch-size; the float forward runs the same batches
+
+
+def section_infer(settings: Settings, report: Report) -> None:
+    """``infer`` (float capture + the integer network + the comparisons) against the float model's
+    own forward over the same images, batch for batch; target: at most 3x."""
+    section_header(SECTIONS[6])
+    count = 64 if settings.quick else INFER_IMAGES
+    demo = load_demo(f"0:{DEMO_IMAGES}").images
+    images = demo.repeat(math.ceil(count / demo.shape[0]), 1, 1, 1)[:count]
+    model = demo_model(builtin_model(MODEL))
+    repeats = 1 if settings.quick else settings.slow_repeats
+
+    def forward() -> None:
+        with torch.no_grad():
+            for start in range(0, count, INFER_BATCH):
+                model(images[start : start + INFER_BATCH])
+
+    forward()  # warm-up
+    float_s, _ = timed(repeats, forward)
+    infer_s, run = timed(repeats, lambda: infer_network(model, images, batch_size=INFER_BATCH))
+    report.cross_check(
+        f"infer on {count} images agrees with the float model on every top-1",
+        run.top1_agree == count and run.unexplained == 0,
+        f"{run.top1_agree}/{count}, {run.unexplained} unexplained x_int differences",
+    )
+    ratio = infer_s / float_s
+    print_table(
+        ["run", "images", "batch", "wall s", "images/s", "x float forward"],
+        [
+            [
+                "float model forward",
+                str(count),
+                str(INFER_BATCH),
+                fmt(float_s),
+                fmt(count / float_s, 0),
+                "1.00",
+            ],
+            [
+                "qexport infer",
+                str(count),
+                str(INFER_BATCH),
+                fmt(infer_s),
+                fmt(count / infer_s, 0),
+                fmt(ratio),
+            ],
+        ],
+    )
+    print(f"  {MODEL} demo; infer = the float pass (capture) + the exact convs and thresholds + the counts")
+    if not settings.quick:
+        report.target(
+            "infer", f"infer on {count} images <= 3x the float forward", ratio <= 3.0, f"{ratio:.2f}x"
+        )
+    report.figures["infer"] = {"images": count, "float_s": float_s, "infer_s": infer_s, "ratio": ratio}
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -1203,6 +1265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (section_conv, "integer_conv == torch float64 conv"),
         (section_decode, "decoded == the values encoded == bitstring's decode"),
         (section_compare, "compare == a per-value diff; every differing value counted"),
+        (section_infer, "infer's top-1 == the float model's"),
     )
     if "export-resnet" in settings.only and "export" not in settings.only:
         section_header(SECTIONS[1])

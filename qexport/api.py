@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -31,7 +32,9 @@ from qexport.verify.testbench import testbench_context
 from qexport.writer.formats import FORMATS
 from qexport.writer.manifest import (
     MANIFEST_NAME,
+    ArrayEntry,
     CheckpointRecord,
+    ClassifierEntry,
     FileEntry,
     InputsRecord,
     LayerEntry,
@@ -292,6 +295,10 @@ def _render_set(
         chain=chain,
     )
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt, recipe)
+    if sfu and rules:
+        with times.measure("pack_write"):
+            classifier = _classifier(loaded, [ref.name for ref in selected], sink, path_prefix)
+        manifest = replace(manifest, classifier=classifier)
     with times.measure("pack_write"):
         sink.add(MANIFEST_NAME, dumps(manifest))
     return manifest, notices
@@ -437,6 +444,24 @@ def _sfu_rules(
         return {}
     chains, _ = vgg_chains(loaded.model)
     return sfu_rules(chains, captured)
+
+
+def _classifier(loaded: Loaded, selected: list[str], sink: FileSink, prefix: str) -> ClassifierEntry | None:
+    """The float end's ops and float32 arrays (``classifier/<key>.npy``) when the set holds the
+    last conv, so the set alone runs the network to its logits (``qexport infer --from``)."""
+    from qexport.infer.chain import float_end
+
+    last, ops, arrays = float_end(loaded.model)
+    if last not in selected:
+        return None
+    files = []
+    for key, array in arrays.items():
+        buffer = io.BytesIO()
+        np.save(buffer, array.astype("<f4"), allow_pickle=False)
+        path = f"classifier/{key}.npy"
+        sha256 = write_hashed(sink, prefix + path, buffer.getvalue())
+        files.append(ArrayEntry(key, prefix + path, tuple(int(d) for d in array.shape), "float32", sha256))
+    return ClassifierEntry(last, tuple(ops), tuple(files))
 
 
 def _chained_inputs(

@@ -20,6 +20,7 @@ SECTION_HEADERS = (
     "== 4. Reference conv ==",
     "== 5. Decoding throughput ==",
     "== 6. Compare at scale ==",
+    "== 7. Integer inference ==",
     "== Summary ==",
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +16,7 @@ from qexport.cli.common import (
     handles_errors,
     source_options,
 )
-from qexport.errors import CheckFailed
+from qexport.errors import CheckFailed, InputError
 
 __all__ = ["infer_command"]
 
@@ -54,6 +55,12 @@ __all__ = ["infer_command"]
     show_default=True,
     help="ResNet fixed point: signed folded-bias width.",
 )
+@click.option(
+    "--from",
+    "from_set",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Run the network from this vector set alone (dump --all --sfu; no model, no torch).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--min-agreement",
@@ -69,6 +76,7 @@ def infer_command(
     bias_bits: int,
     as_json: bool,
     min_agreement: float | None,
+    from_set: Path | None,
     **kwargs: Any,
 ) -> None:
     """Run the whole network in integers: exact convs, SFU thresholds between them (a ResNet's
@@ -81,7 +89,11 @@ def infer_command(
     Example:
       qexport infer --images 0:32 --min-agreement 1.0
       qexport infer --model resnet20_quant --images 0:128 --frac-bits 20
+      qexport infer --from out/all    # a `dump --all --sfu` set, run from its files alone
     """
+    if from_set is not None:
+        _infer_from(from_set, batch_size, as_json)
+        return
     from qexport import api
     from qexport.ir.fixed_point import FixedPointWidths
 
@@ -123,3 +135,35 @@ def infer_command(
             )
     if min_agreement is not None and report.agreement < min_agreement:
         _fail(CheckFailed(f"top-1 agreement {report.agreement:.4f} is below --min-agreement {min_agreement}"))
+
+
+def _infer_from(folder: Path, batch_size: int, as_json: bool) -> None:
+    """``--from``: the set alone, torch never imported; every source option is refused."""
+    ctx = click.get_current_context()
+    given = [
+        p.opts[0]
+        for p in ctx.command.params
+        if p.name not in ("from_set", "batch_size", "as_json")
+        and ctx.get_parameter_source(p.name or "") == click.core.ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise InputError(f"--from runs the set alone (its model and images are the set's); drop {given[0]}")
+    from qexport.verify.run_set import infer_set
+
+    report = infer_set(folder, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), sort_keys=True, indent=2))
+        return
+    click.echo(f"# {report.model} from the vector set {folder}; {report.images} image(s)")
+    w = max([8] + [len(layer.label) for layer in report.layers])
+    click.echo(f"{'layer':>{w}} {'values':>9} {'vs input':>8} {'vs requant':>10}  between")
+
+    def shown(count: int | None) -> str:
+        return "-" if count is None else str(count)
+
+    for layer in report.layers:
+        click.echo(
+            f"{layer.label:>{w}} {layer.values:>9} {shown(layer.differ_input):>8} "
+            f"{shown(layer.differ_requant):>10}  {', '.join(layer.between) or 'float end'}"
+        )
+    click.echo("top-1: " + " ".join(map(str, report.predictions)))

@@ -19,6 +19,7 @@ from qexport.errors import InputError
 from qexport.frontend.capture import LayerSettings
 from qexport.frontend.models.network import is_quantized_conv
 from qexport.ir.sfu import BatchNorm, Thresholds, scale, thresholds
+from qexport.writer.manifest import TailOp
 
 
 @dataclass(frozen=True)
@@ -155,3 +156,75 @@ def sfu_rules(
     return {
         c.name: (c, chain_thresholds(c, layers[c.name], layers[c.next])) for c in chains if c.next is not None
     }
+
+
+def float_end(model: nn.Module) -> tuple[str, list[TailOp], dict[str, np.ndarray]]:
+    """The float end of a VGG-style model as ops and float32 arrays (by state-dict key): what
+    follows the last quantized conv in ``features``, flatten, then ``classifier``. The last conv's
+    module path comes first. An op a set cannot describe is refused by its module path."""
+    chains, _ = vgg_chains(model)
+    last = chains[-1].name
+    features: nn.Sequential = model.features  # type: ignore[assignment]
+    entries = list(features.named_children())
+    at = [f"features.{name}" for name, _ in entries].index(last)
+    ops: list[TailOp] = []
+    arrays: dict[str, np.ndarray] = {}
+    for child, module in entries[at + 1 :]:
+        _tail_op(f"features.{child}", module, ops, arrays, linear=False)
+    ops.append(TailOp("flatten"))
+    _tail_op("classifier", model.classifier, ops, arrays, linear=True)  # type: ignore[arg-type]
+    return last, ops, arrays
+
+
+def _tail_op(
+    path: str, module: nn.Module, ops: list[TailOp], arrays: dict[str, np.ndarray], linear: bool
+) -> None:
+    def array(t: object) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().cpu().float().numpy())  # type: ignore[attr-defined]
+
+    if isinstance(module, nn.Dropout | nn.Identity):
+        return
+    if isinstance(module, nn.Sequential):
+        for child, inner in module.named_children():
+            _tail_op(f"{path}.{child}", inner, ops, arrays, linear)
+    elif isinstance(module, nn.ReLU):
+        ops.append(TailOp("relu"))
+    elif not linear and isinstance(module, nn.BatchNorm2d) and module.running_mean is not None:
+        ops.append(TailOp("batchnorm", path, eps=float(module.eps)))
+        c = module.num_features
+        for key, value, default in (
+            ("weight", module.weight, 1.0),
+            ("bias", module.bias, 0.0),
+            ("running_mean", module.running_mean, 0.0),
+            ("running_var", module.running_var, 1.0),
+        ):
+            arrays[f"{path}.{key}"] = np.full(c, default, np.float32) if value is None else array(value)
+    elif not linear and isinstance(module, nn.MaxPool2d) and _plain_pool(module):
+        ops.append(TailOp("maxpool", kernel=_kernel(module.kernel_size)))
+    elif not linear and isinstance(module, nn.AvgPool2d) and _plain_avg(module):
+        ops.append(TailOp("avgpool", kernel=_kernel(module.kernel_size)))
+    elif linear and isinstance(module, nn.Linear):
+        ops.append(TailOp("linear", path))
+        arrays[f"{path}.weight"] = array(module.weight)
+        if module.bias is not None:
+            arrays[f"{path}.bias"] = array(module.bias)
+    else:
+        raise InputError(
+            f"{path} ({type(module).__name__}) is in the float end after the last quantized conv; a "
+            "vector set describes BatchNorm, ReLU, MaxPool/AvgPool(k, k), Dropout, then Linear and "
+            "ReLU in classifier only, so --sfu cannot export the classifier (export without it)"
+        )
+
+
+def _plain_avg(module: nn.AvgPool2d) -> bool:
+    """kernel == stride (ints or equal pairs), no padding, floor mode."""
+
+    def one(v: object) -> object:
+        return v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v
+
+    kernel, stride = one(module.kernel_size), one(module.stride)
+    return isinstance(kernel, int) and kernel == stride and one(module.padding) == 0 and not module.ceil_mode
+
+
+def _kernel(size: object) -> int:
+    return int(size if isinstance(size, int) else size[0])  # type: ignore[index]

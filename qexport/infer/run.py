@@ -79,6 +79,8 @@ class InferReport:
     predictions: list[int] = field(default_factory=list)
     fixed_point: dict[str, int] | None = None
     """The fixed-point widths used (ResNets), else None."""
+    x_int: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    """With ``keep_x_int`` (VGG): each conv's chained ``x_int`` batch by batch, by module path."""
 
     @property
     def agreement(self) -> float:
@@ -135,11 +137,13 @@ def infer_network(
     bits: Mapping[str, ConvBits] | None = None,
     batch_size: int = 32,
     widths: FixedPointWidths | None = None,
+    keep_x_int: bool = False,
 ) -> InferReport:
     """The integer network on ``images`` (N, 3, 32, 32), batch by batch, against the float model.
 
     A VGG runs with thresholds between its convs; a ResNet-CIFAR model with thresholds inside each
     block and the fixed-point SFU (``widths``) at each residual add (:mod:`qexport.infer.resnet`).
+    ``keep_x_int`` keeps every conv's chained ``x_int`` in the report (VGG).
     """
     from qexport.infer.resnet import infer_resnet_network, is_resnet
 
@@ -156,7 +160,7 @@ def infer_network(
         logits, ints = _float_pass(model, batch, bits)
         if not sfus:
             sfus = {c.name: _sfu(c, ints) for c in chains}
-        ours = _integer_pass(chains, sfus, ints, tail, model, report)
+        ours = _integer_pass(chains, sfus, ints, tail, model, report, keep_x_int)
         top_float, top_int = logits.argmax(1), ours.argmax(1)
         report.images += int(batch.shape[0])
         report.top1_agree += int((top_float == top_int).sum())
@@ -207,10 +211,13 @@ def _integer_pass(
     tail: list[nn.Module],
     model: nn.Module,
     report: InferReport,
+    keep_x_int: bool = False,
 ) -> torch.Tensor:
     """The integer network on one batch; adds each layer's counts to ``report``; returns its logits."""
     x_chained = ints[chains[0].name].x_int
     for chain, agreement in zip(chains, report.layers, strict=True):
+        if keep_x_int:
+            report.x_int.setdefault(chain.name, []).append(x_chained)
         layer, sfu = ints[chain.name], sfus[chain.name]
         psum = integer_conv(x_chained, layer.w_int, layer.stride, layer.padding)
         if sfu.thresholds is None or chain.next is None:

@@ -599,6 +599,77 @@ class Recipe:
 
 
 @dataclass(frozen=True, slots=True)
+class ArrayEntry:
+    """One float32 parameter array of the model's float end, a ``.npy`` file: its state-dict
+    ``key`` (``classifier.weight``), where it is, its shape and dtype, the bytes' sha256."""
+
+    key: str
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    sha256: str
+
+    def to_json(self) -> Json:
+        return _plain(self)
+
+    @classmethod
+    def read(cls, r: _Reader) -> ArrayEntry:
+        entry = cls(r.text("key"), r.text("path"), r.ints("shape"), r.text("dtype"), r.text("sha256"))
+        r.done()
+        return entry
+
+
+TAIL_OPS = ("batchnorm", "relu", "maxpool", "avgpool", "flatten", "linear")
+
+
+@dataclass(frozen=True, slots=True)
+class TailOp:
+    """One op of the float end, in order: ``batchnorm`` (``module``, ``eps``; its arrays
+    ``<module>.weight``, ``.bias``, ``.running_mean``, ``.running_var``), ``relu``, ``maxpool`` /
+    ``avgpool`` (``kernel`` = stride, no padding), ``flatten`` (N, C, H, W -> N, C*H*W) or
+    ``linear`` (``module``; ``<module>.weight`` (out, in), ``<module>.bias`` if it has one)."""
+
+    op: str
+    module: str | None = None
+    kernel: int | None = None
+    eps: float | None = None
+
+    def to_json(self) -> Json:
+        return _drop_none(_plain(self), "module", "kernel", "eps")
+
+    @classmethod
+    def read(cls, r: _Reader) -> TailOp:
+        op = cls(
+            op=r.choice("op", TAIL_OPS),
+            module=r.opt_text("module", absent=True),
+            kernel=r.opt_integer("kernel", absent=True),
+            eps=r.number("eps") if "eps" in r.data else None,
+        )
+        r.done()
+        return op
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierEntry:
+    """The model's float end (``dump --sfu`` of a set holding the last conv): after the last
+    quantized conv ``after``, its dequantised psums (``psum * x_delta * w_delta``) go through
+    ``ops``, whose parameters are ``files``; the result is the logits (N, classes)."""
+
+    after: str
+    ops: tuple[TailOp, ...]
+    files: tuple[ArrayEntry, ...]
+
+    def to_json(self) -> Json:
+        return _plain(self)
+
+    @classmethod
+    def read(cls, r: _Reader) -> ClassifierEntry:
+        entry = cls(r.text("after"), r.objects("ops", TailOp.read), r.objects("files", ArrayEntry.read))
+        r.done()
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """A vector set's ``manifest.json``: the model, the inputs, each layer with its files, the recipe."""
 
@@ -614,13 +685,15 @@ class Manifest:
     recipe: Recipe | None = None
     """None in a manifest an older qexport wrote (it cannot be checked)."""
     schema: int = MANIFEST_SCHEMA
+    classifier: ClassifierEntry | None = None
+    """The float end's ops and arrays (``dump --sfu`` with the last conv), else absent."""
 
     def files(self) -> list[tuple[int | str, FileEntry]]:
         """Every file with its layer's key (VGG: the features index 33, else the module path)."""
         return [(layer.key, f) for layer in self.layers for f in layer.files]
 
     def to_json(self) -> Json:
-        return _drop_none(_plain(self), "label", "recipe")
+        return _drop_none(_plain(self), "label", "recipe", "classifier")
 
     @classmethod
     def read(cls, r: _Reader) -> Manifest:
@@ -636,6 +709,7 @@ class Manifest:
             layers=r.objects("layers", LayerEntry.read),
             label=r.opt_text("label", absent=True),
             recipe=None if "recipe" not in r.data else r.object("recipe", Recipe.read),
+            classifier=None if "classifier" not in r.data else r.object("classifier", ClassifierEntry.read),
         )
         r.done()
         return manifest

@@ -173,3 +173,26 @@ def test_optional_keys_are_absent_not_null() -> None:
     assert FileEntry.from_json(bare.to_json(), "x") == bare
     assert isinstance(manifest, Manifest) and "label" in json.loads(dumps(manifest))
     assert "label" not in json.loads(dumps(replace(manifest, label=None)))
+
+
+def test_the_classifier_entry_round_trips_and_is_absent_without_the_last_conv(tmp_path: Path) -> None:
+    export(SourceOptions(images="0:1"), [48, 51], tmp_path / "end", sfu=True)
+    text = (tmp_path / "end" / "manifest.json").read_text()
+    manifest = loads(text)
+    assert manifest.classifier is not None
+    assert manifest.classifier.after == "features.51"
+    assert [op.op for op in manifest.classifier.ops] == [
+        "batchnorm",
+        "relu",
+        "maxpool",
+        "avgpool",
+        "flatten",
+        "linear",
+    ]
+    assert {f.key for f in manifest.classifier.files} >= {"classifier.weight", "classifier.bias"}
+    assert all((tmp_path / "end" / f.path).is_file() for f in manifest.classifier.files)
+    assert dumps(manifest) == text
+    export(SourceOptions(images="0:1"), [45, 48], tmp_path / "middle", sfu=True)
+    assert "classifier" not in json.loads((tmp_path / "middle" / "manifest.json").read_text())
+    export(SourceOptions(images="0:1"), [51], tmp_path / "plain")
+    assert "classifier" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())

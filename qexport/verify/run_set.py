@@ -1,0 +1,322 @@
+"""``qexport infer --from``: run the integer network from a vector set alone (no torch, no model).
+
+What the set must hold (a flat-profile ``dump --all --sfu``): every quantized conv of the network,
+the first one's ``input`` file, each conv's ``weight``, every conv but the last its ``threshold``
+and ``direction`` files with ``next`` / ``between``, and the manifest's ``classifier`` (the float
+end's ops and float32 arrays). Per batch of images: the first conv's ``x_int`` from its ``input``
+file, each conv's exact psums (:func:`qexport.ir.numpy_conv.numpy_conv`), its thresholds, the
+max-pool of ``between``, the next conv ... then the float end on the last conv's dequantised psums.
+
+Where the set also holds a conv's ``input`` (a later conv's: the float model's ``x_int``, or the
+integer network's own with ``--chain``) or ``requant``, the run counts the values that differ from
+it; on a ``--chain`` set both counts are 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qexport.errors import InputError
+from qexport.ir.numpy_conv import numpy_conv
+from qexport.ir.sfu import Thresholds, max_pool, scale
+from qexport.verify.decode import decode_file
+from qexport.writer.manifest import MANIFEST_NAME, ClassifierEntry, FileEntry, LayerEntry, Manifest, loads
+
+
+@dataclass
+class SetLayer:
+    """One conv of a set's run: how many ``x_int`` values it made and how many differ from the set's."""
+
+    name: str
+    label: str
+    next: str | None
+    between: tuple[str, ...]
+    values: int = 0
+    differ_input: int | None = None
+    """Of this conv's ``x_int`` from the run, how many differ from the set's ``input`` file."""
+    differ_requant: int | None = None
+    """Of the next conv's ``x_int`` from the run, how many differ from the set's ``requant`` file."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "next": self.next,
+            "between": list(self.between),
+            "values": self.values,
+            "differ_input": self.differ_input,
+            "differ_requant": self.differ_requant,
+        }
+
+
+@dataclass
+class SetInferReport:
+    """The integer network run from a set: per conv, and the top-1 class of every image."""
+
+    model: str
+    layers: list[SetLayer]
+    predictions: list[int] = field(default_factory=list)
+    x_int: dict[str, np.ndarray] = field(default_factory=dict)
+    """With ``keep``: each conv's ``x_int`` (N, C, H, W) as the run made it, by module path."""
+
+    @property
+    def images(self) -> int:
+        return len(self.predictions)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "images": self.images,
+            "layers": [layer.as_dict() for layer in self.layers],
+            "predictions": list(self.predictions),
+        }
+
+
+@dataclass(frozen=True)
+class _Conv:
+    layer: LayerEntry
+    w_int: np.ndarray  # (OC, IC, KH, KW)
+    s: float  # x_delta * w_delta, the psum's float value
+    psum_limit: int  # |psum| the set's psum lanes hold (the thresholds are exact up to it)
+    rule: Thresholds | None
+    pool: int | None
+    x_set: np.ndarray | None  # the set's input (N, C, H, W), if it has one
+    requant: np.ndarray | None  # the set's requant (N, C, H', W'), if it has one
+
+
+def infer_set(folder: Path, batch_size: int = 100, keep: bool = False) -> SetInferReport:
+    """Run the network a flat-profile vector set describes, from its files alone (see the module)."""
+    manifest = _manifest(folder)
+    convs, x0 = _program(folder, manifest)
+    end = manifest.classifier
+    if end is None:
+        raise InputError(
+            f"{folder}: the manifest has no 'classifier' (the float end after {convs[-1].layer.name}); "
+            "make the set with `qexport dump --all --sfu` (the last conv with --sfu writes it)"
+        )
+    arrays = {a.key: _array(folder, a.path, a.sha256, a.shape) for a in end.files}
+    report = SetInferReport(
+        manifest.model,
+        [SetLayer(c.layer.name, str(c.layer.key), c.layer.next, c.layer.between or ()) for c in convs],
+    )
+    kept: dict[str, list[np.ndarray]] = {c.layer.name: [] for c in convs}
+    for start in range(0, x0.shape[0], batch_size):
+        x = x0[start : start + batch_size]
+        for conv, row in zip(convs, report.layers, strict=True):
+            if keep:
+                kept[conv.layer.name].append(x)
+            row.values += int(x.size)
+            if conv.x_set is not None:
+                row.differ_input = (row.differ_input or 0) + int(
+                    (x != conv.x_set[start : start + batch_size]).sum()
+                )
+            psum = numpy_conv(x, conv.w_int, conv.layer.stride, conv.layer.padding)
+            if conv.rule is None:
+                logits = _float_end(psum, conv.s, end, arrays)
+                report.predictions.extend(int(p) for p in logits.argmax(1))
+                break
+            _check_range(psum, conv)
+            levels = conv.rule.apply(psum)
+            x = levels if conv.pool is None else max_pool(levels, conv.pool)
+            if conv.requant is not None:
+                row.differ_requant = (row.differ_requant or 0) + int(
+                    (x != conv.requant[start : start + batch_size]).sum()
+                )
+    if keep:
+        report.x_int = {name: np.concatenate(parts) for name, parts in kept.items() if parts}
+    return report
+
+
+def _manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"{folder} has no {MANIFEST_NAME}; give a vector set folder (qexport dump -o DIR)")
+    manifest = loads(path.read_text(encoding="utf-8"), str(path))
+    if manifest.profile != "flat" and any(f.where.items() for _, f in manifest.files()):
+        raise InputError(
+            f"{folder} is a tiled set (profile {manifest.profile}); infer --from reads flat-profile "
+            "sets: make one with `qexport dump --all --sfu --profile flat`"
+        )
+    if not manifest.layers:
+        raise InputError(f"{path} lists no layer")
+    return manifest
+
+
+def _program(folder: Path, manifest: Manifest) -> tuple[list[_Conv], np.ndarray]:
+    """The convs in order from the first, following ``next``, and the first conv's ``x_int``."""
+    by_name = {layer.name: layer for layer in manifest.layers}
+    consumers = {layer.next for layer in manifest.layers if layer.next is not None}
+    firsts = [layer for layer in manifest.layers if layer.name not in consumers]
+    first = firsts[0] if firsts else manifest.layers[0]
+    if first.conv_number != 0:
+        raise InputError(
+            f"{folder}: the set starts at layer {first.key} (conv {first.conv_number}), not at the "
+            "network's first conv; make the set with every layer (`qexport dump --all --sfu`)"
+        )
+    convs: list[_Conv] = []
+    layer: LayerEntry | None = first
+    while layer is not None:
+        convs.append(_conv(folder, layer, first=not convs))
+        if layer.next is None:
+            break
+        nxt = by_name.get(layer.next)
+        if nxt is None:
+            raise InputError(
+                f"{folder}: layer {layer.key}'s SFU feeds {layer.next}, which the set does not hold; "
+                "make the set with every layer (`qexport dump --all --sfu`)"
+            )
+        layer = nxt
+    missing = [layer.key for layer in manifest.layers if layer.name not in {c.layer.name for c in convs}]
+    if missing:
+        raise InputError(
+            f"{folder}: layer {convs[-1].layer.key} has no SFU files (threshold, direction), so the run "
+            f"stops there and cannot reach layer {missing[0]}; make the set with `qexport dump --all --sfu`"
+        )
+    x0 = convs[0].x_set
+    if x0 is None:  # pragma: no cover - _conv requires the first conv's input
+        raise InputError(f"{folder}: layer {first.key} has no input file")
+    return convs, x0
+
+
+def _file(layer: LayerEntry, tensor: str) -> FileEntry | None:
+    return next((f for f in layer.files if f.tensor == tensor), None)
+
+
+def _need(folder: Path, layer: LayerEntry, tensor: str, why: str) -> FileEntry:
+    entry = _file(layer, tensor)
+    if entry is None:
+        raise InputError(
+            f"{folder}: layer {layer.key} has no {tensor} file in the manifest; infer --from needs it "
+            f"({why}); make the set with `qexport dump --all --sfu`"
+        )
+    return entry
+
+
+def _decoded(folder: Path, entry: FileEntry) -> np.ndarray:
+    path = folder / entry.path
+    if not path.is_file():
+        raise InputError(f"{path} is missing (the manifest lists it); the set is incomplete (re-export it)")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise InputError(
+            f"{path} does not match its sha256 in the manifest; the set is damaged (re-export it)"
+        )
+    return decode_file(path, entry)
+
+
+def _nchw(folder: Path, entry: FileEntry, padding: int) -> np.ndarray:
+    """An ``n, h, w, c`` file as (N, C, H, W), without the zero border of a padded input."""
+    x = _decoded(folder, entry).transpose(0, 3, 1, 2)
+    if entry.padded and padding:
+        x = x[:, :, padding:-padding, padding:-padding]
+    return np.ascontiguousarray(x)
+
+
+def _conv(folder: Path, layer: LayerEntry, first: bool) -> _Conv:
+    w = _decoded(folder, _need(folder, layer, "weight", "the conv's weights")).transpose(0, 3, 1, 2)
+    entry = _need(folder, layer, "input", "the first conv's x_int") if first else _file(layer, "input")
+    x_set = None if entry is None else _nchw(folder, entry, layer.padding)
+    psum = _file(layer, "psum")
+    psum_limit = 2 ** (psum.lane_bits - 1) if psum is not None else 2**62
+    s = float(scale(layer.act_alpha, layer.act_bit, layer.wgt_alpha, layer.w_bit))
+    if layer.next is None:
+        return _Conv(layer, np.ascontiguousarray(w), s, psum_limit, None, None, x_set, None)
+    t = _decoded(folder, _need(folder, layer, "threshold", "the SFU's thresholds"))
+    d = _decoded(folder, _need(folder, layer, "direction", "the SFU's direction"))
+    requant = _file(layer, "requant")
+    # a constant channel (direction 0) is written so count(psum >= T) gives it: its level at psum 0
+    constant = np.where(d == 0, (t <= 0).sum(1), 0)
+    rule = Thresholds(t, d.astype(np.int8), constant, layer.act_bit)
+    return _Conv(
+        layer,
+        np.ascontiguousarray(w),
+        s,
+        psum_limit,
+        rule,
+        _pool(folder, layer),
+        x_set,
+        None if requant is None else _nchw(folder, requant, 0),
+    )
+
+
+def _pool(folder: Path, layer: LayerEntry) -> int | None:
+    pool = None
+    for op in layer.between or ():
+        if op.startswith("maxpool") and op[7:].isdigit() and pool is None:
+            pool = int(op[7:])
+        elif op not in ("batchnorm", "relu"):
+            raise InputError(
+                f"{folder}: layer {layer.key}'s between names {op!r}; infer --from runs batchnorm, relu "
+                "and maxpool<k> (the thresholds hold the first two)"
+            )
+    return pool
+
+
+def _check_range(psum: np.ndarray, conv: _Conv) -> None:
+    """The thresholds are exact for the psums the set's psum lanes hold; refuse any beyond them."""
+    low, high = int(psum.min(initial=0)), int(psum.max(initial=0))
+    if low < -conv.psum_limit or high >= conv.psum_limit:
+        raise InputError(
+            f"layer {conv.layer.key}: the run's psums span [{low}, {high}], beyond the set's psum lanes "
+            f"[{-conv.psum_limit}, {conv.psum_limit - 1}] its thresholds are clamped to; make the set "
+            "without a narrow --psum-bits"
+        )
+
+
+def _array(folder: Path, relpath: str, sha256: str, shape: tuple[int, ...]) -> np.ndarray:
+    path = folder / relpath
+    if not path.is_file():
+        raise InputError(f"{path} is missing (the manifest's classifier lists it); the set is incomplete")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise InputError(
+            f"{path} does not match its sha256 in the manifest; the set is damaged (re-export it)"
+        )
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    if tuple(array.shape) != tuple(shape):
+        raise InputError(f"{path} holds shape {list(array.shape)}, the manifest says {list(shape)}")
+    return np.asarray(array, dtype=np.float32)
+
+
+def _arg(arrays: dict[str, np.ndarray], key: str, optional: bool = False) -> np.ndarray | None:
+    if key in arrays:
+        return arrays[key]
+    if optional:
+        return None
+    raise InputError(f"the manifest's classifier has no array {key!r}; the set is incomplete (re-export it)")
+
+
+def _float_end(psum: np.ndarray, s: float, end: ClassifierEntry, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The logits (N, classes): float32 ops, as the model runs them, on ``psum * s``."""
+    y = (psum.astype(np.float64) * s).astype(np.float32)
+    for op in end.ops:
+        if op.op == "batchnorm":
+            key = op.module or ""
+            gamma, beta, mean, var = (
+                _arg(arrays, f"{key}.{p}") for p in ("weight", "bias", "running_mean", "running_var")
+            )
+            per = (None, slice(None), None, None)
+            inv = (np.float32(1.0) / np.sqrt(var + np.float32(op.eps or 0.0))).astype(np.float32)  # type: ignore[operator]
+            y = ((y - mean[per]) * (inv * gamma)[per] + beta[per]).astype(np.float32)  # type: ignore[index,operator]
+        elif op.op == "relu":
+            y = np.maximum(y, np.float32(0.0))
+        elif op.op in ("maxpool", "avgpool"):
+            k = op.kernel or 1
+            n, c, h, w = y.shape
+            win = y[:, :, : h // k * k, : w // k * k].reshape(n, c, h // k, k, w // k, k)
+            y = win.max(axis=(3, 5)) if op.op == "maxpool" else win.mean(axis=(3, 5), dtype=np.float32)
+        elif op.op == "flatten":
+            y = y.reshape(y.shape[0], -1)
+        else:  # linear
+            key = op.module or ""
+            weight, bias = _arg(arrays, f"{key}.weight"), _arg(arrays, f"{key}.bias", optional=True)
+            y = y @ weight.T  # type: ignore[union-attr]
+            if bias is not None:
+                y = y + bias
+    return np.asarray(y)
