@@ -246,14 +246,8 @@ def infer_resnet_network(
         if plan is None:
             plan = _plan(stem_bn, blocks, ints, widths, quant_stem)
         ours = _integer_pass(model, blocks, plan, ints, floats, index, widths, quant_stem)
-        top_float, top_int = logits.argmax(1), ours.argmax(1)
-        report.images += int(batch.shape[0])
-        report.top1_agree += int((top_float == top_int).sum())
-        report.predictions.extend(int(p) for p in top_int)
-        if labels is not None:
-            truth = labels[start : start + batch_size].cpu()
-            report.int_correct += int((top_int == truth).sum())
-            report.float_correct += int((top_float == truth).sum())
+        truth = None if labels is None else labels[start : start + batch_size].cpu()
+        report.add_batch(logits, ours, truth)
     return report
 
 

@@ -86,6 +86,16 @@ class InferReport:
     def agreement(self) -> float:
         return self.top1_agree / self.images if self.images else 1.0
 
+    def add_batch(self, logits: torch.Tensor, ours: torch.Tensor, truth: torch.Tensor | None) -> None:
+        """One batch's top-1: the float model's ``logits`` against the integer network's ``ours``."""
+        top_float, top_int = logits.argmax(1), ours.argmax(1)
+        self.images += int(top_int.shape[0])
+        self.top1_agree += int((top_float == top_int).sum())
+        self.predictions.extend(int(p) for p in top_int)
+        if truth is not None:
+            self.int_correct += int((top_int == truth).sum())
+            self.float_correct += int((top_float == truth).sum())
+
     @property
     def x_int_equal(self) -> float:
         """The fraction of the integer network's own (chained) ``x_int`` equal to the float model's."""
@@ -161,14 +171,8 @@ def infer_network(
         if not sfus:
             sfus = {c.name: _sfu(c, ints) for c in chains}
         ours = _integer_pass(chains, sfus, ints, tail, model, report, keep_x_int)
-        top_float, top_int = logits.argmax(1), ours.argmax(1)
-        report.images += int(batch.shape[0])
-        report.top1_agree += int((top_float == top_int).sum())
-        report.predictions.extend(int(p) for p in top_int)
-        if labels is not None:
-            truth = labels[start : start + batch_size].cpu()
-            report.int_correct += int((top_int == truth).sum())
-            report.float_correct += int((top_float == truth).sum())
+        truth = None if labels is None else labels[start : start + batch_size].cpu()
+        report.add_batch(logits, ours, truth)
     return report
 
 
