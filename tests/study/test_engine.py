@@ -19,15 +19,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from seed_loop import seed_greedy, seed_sensitivity  # type: ignore[import-not-found]
+from quadrants import quadrant_study, trained_on_quadrants
+from quadrants import seed_run as seed_run_on
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from qexport import study
-from qexport.api import Loaded
 from qexport.cli import study as cli_study
 from qexport.frontend.bits import read_bits_config
-from qexport.frontend.inputs import Inputs
 from qexport.frontend.models.network import conv_table, quantized_convs
 from qexport.frontend.models.resnet import ResNetArch, ResNetQuant, build_resnet
 from qexport.frontend.models.vgg import _from_cfg, build_model
@@ -46,77 +44,25 @@ NAMES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    # tiny model and batches: a second OpenMP thread only adds barrier waits on shared cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _quadrants(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images whose class (0..3) is the brightest quadrant, normalised as the course's loader does."""
-    g = torch.Generator().manual_seed(seed)
-    levels = torch.rand(count, 4, generator=g)
-    images = torch.zeros(count, 3, 32, 32)
-    for q in range(4):
-        r, c = divmod(q, 2)
-        images[:, :, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] = levels[:, q].view(count, 1, 1, 1)
-    images += 0.02 * torch.randn(count, 3, 32, 32, generator=g)
-    return (images - 0.5) / 0.25, levels.argmax(1)
-
-
 @pytest.fixture(scope="module")
 def r8() -> tuple[ResNetQuant, torch.Tensor, torch.Tensor]:
     """The ResNet trained for 150 steps at 4 bits: (model, test images, labels)."""
     torch.manual_seed(0)
     model = build_resnet(ResNetArch("r8", blocks=(1, 1, 1), widths=(4, 8, 8), num_classes=4))
-    with torch.no_grad():
-        for _, m in quantized_convs(model):
-            m.act_alpha.fill_(2.0)  # BatchNorm'd activations, not the course's initial 8
-    train_x, train_y = _quadrants(2048, 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(150):
-        pick = torch.randint(0, 2048, (32,))
-        loss = nn.functional.cross_entropy(model(train_x[pick]), train_y[pick])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    test_x, test_y = _quadrants(512, 2)
-    with torch.no_grad():
-        model(test_x[:1])  # refresh weight_q, so a saved checkpoint is consistent
+    test_x, test_y = trained_on_quadrants(model)
     return model, test_x, test_y
 
 
 def _study(model: ResNetQuant, images: torch.Tensor, labels: torch.Tensor) -> study.Study:
-    inputs = Inputs(images, labels, {"input": "quadrants"}, tuple(range(images.shape[0])))
-    loaded = Loaded(model, model.arch, inputs, {"checkpoint": "r8"}, None)
-    return study.Study(loaded, images, labels, "quadrants", None)
+    return quadrant_study(model, images, labels, "r8")
 
 
 @pytest.fixture(scope="module")
 def seed_run(r8: tuple[ResNetQuant, torch.Tensor, torch.Tensor]) -> dict[str, Any]:
     """The seed loop on the ResNet, epsilon halfway between the smallest and largest drop."""
-    model, x, y = r8
-    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False)
-    acc_all4, loss_all4, ranked = seed_sensitivity(model, loader)
-    drops = [r["acc_drop"] for r in ranked]
-    assert drops[-1] - drops[0] >= 1.0, f"2-bit activations barely matter: {drops}"
-    epsilon = round((drops[0] + drops[-1]) / 2, 2)
-    decisions, precisions, final = seed_greedy(model, loader, acc_all4, ranked, epsilon)
-    assert {accepted for _, accepted, *_ in decisions} == {True, False}, decisions
-    return {
-        "acc": acc_all4,
-        "loss": loss_all4,
-        "ranked": ranked,
-        "epsilon": epsilon,
-        "decisions": decisions,
-        "precisions": precisions,
-        "final": final,
-    }
+    run = seed_run_on(*r8, BATCH)
+    assert {accepted for _, accepted, *_ in run["decisions"]} == {True, False}, run["decisions"]
+    return run
 
 
 def _act_bits(model: nn.Module) -> list[int]:

@@ -27,15 +27,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from seed_loop import seed_greedy, seed_sensitivity  # type: ignore[import-not-found]
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from quadrants import quadrant_study, trained_on_quadrants
+from quadrants import seed_run as seed_run_on
 
 from qexport import study
-from qexport.api import Loaded
 from qexport.cli import study as cli_study
 from qexport.frontend.bits import read_bits_config
-from qexport.frontend.inputs import Inputs
 from qexport.frontend.models.network import conv_table
 from qexport.frontend.models.quant import QuantConv2d
 from qexport.frontend.models.vgg import VGGQuant, _from_cfg, build_model
@@ -43,30 +40,8 @@ from qexport.frontend.models.vgg import VGGQuant, _from_cfg, build_model
 BATCH = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    # these models and batches are tiny: a second OpenMP thread only adds barrier waits, which
-    # grow to seconds per evaluation when other processes share the 2 cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------
 # the small trained model
-
-
-def _quadrants(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images whose class (0..3) is the brightest quadrant; little noise, so no dithering."""
-    g = torch.Generator().manual_seed(seed)
-    levels = torch.rand(count, 4, generator=g)
-    images = torch.zeros(count, 3, 32, 32)
-    for q in range(4):
-        r, c = divmod(q, 2)
-        images[:, :, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] = levels[:, q].view(count, 1, 1, 1)
-    images += 0.02 * torch.randn(count, 3, 32, 32, generator=g)
-    return (images - 0.5) / 0.25, levels.argmax(1)
 
 
 @pytest.fixture(scope="module")
@@ -75,51 +50,19 @@ def tiny() -> tuple[VGGQuant, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     arch = replace(_from_cfg("tiny", [4, "M", 8, "M", 8, "M", 16, "M", 16, "M"]), num_classes=4)
     model = build_model(arch)
-    with torch.no_grad():
-        for m in model.features:
-            if isinstance(m, QuantConv2d):
-                m.act_alpha.fill_(2.0)  # BatchNorm'd activations, not the course's initial 8
-    train_x, train_y = _quadrants(2048, 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(150):
-        pick = torch.randint(0, 2048, (32,))
-        loss = nn.functional.cross_entropy(model(train_x[pick]), train_y[pick])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    test_x, test_y = _quadrants(512, 2)
-    with torch.no_grad():
-        model(test_x[:1])  # refresh weight_q, so a saved checkpoint is consistent
+    test_x, test_y = trained_on_quadrants(model)
     return model, test_x, test_y
 
 
 def _study(model: VGGQuant, images: torch.Tensor, labels: torch.Tensor) -> study.Study:
-    inputs = Inputs(images, labels, {"input": "quadrants"}, tuple(range(images.shape[0])))
-    loaded = Loaded(model, model.arch, inputs, {"checkpoint": "tiny"}, None)
-    return study.Study(loaded, images, labels, "quadrants", None)
+    return quadrant_study(model, images, labels, "tiny")
 
 
 @pytest.fixture(scope="module")
 def seed_run(tiny: tuple[VGGQuant, torch.Tensor, torch.Tensor]) -> dict[str, Any]:
     """The seed loop on the tiny model, with epsilon halfway between the smallest and largest drop."""
-    model, x, y = tiny
-    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False)
-    acc_all4, loss_all4, ranked = seed_sensitivity(model, loader)
-    drops = [r["acc_drop"] for r in ranked]
-    assert drops[-1] - drops[0] >= 1.0, f"2-bit activations barely matter: {drops}"
-    epsilon = round((drops[0] + drops[-1]) / 2, 2)
-    decisions, precisions, final = seed_greedy(model, loader, acc_all4, ranked, epsilon)
-    return {
-        "acc": acc_all4,
-        "loss": loss_all4,
-        "ranked": ranked,
-        "epsilon": epsilon,
-        "decisions": decisions,
-        "precisions": precisions,
-        "final": final,
-    }
+    run = seed_run_on(*tiny, BATCH)
+    return run
 
 
 # ------------------------------------------------------------------------------------------
