@@ -9,12 +9,14 @@ reading of the format; the block's formula is re-implemented in float64 from the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from variant_checkpoints import ResNetVariant as Variant
+from variant_checkpoints import StateDict, write_checkpoint
+from variant_checkpoints import resnet_state as course_resnet_state
 
 from qexport.errors import InputError
 from qexport.frontend.checkpoint import load_checkpoint
@@ -27,78 +29,7 @@ from qexport.frontend.models.resnet import (
     resolve_resnet,
 )
 
-StateDict = dict[str, torch.Tensor]
 StateDictEdit = Callable[[StateDict], None]
-
-
-@dataclass(frozen=True)
-class Variant:
-    blocks: int = 3
-    widths: tuple[int, int, int] = (16, 32, 64)
-    stem: str = "float"
-    without_bn2: tuple[str, ...] = ()
-
-
-def _weight_q(weight: torch.Tensor, wgt_alpha: torch.Tensor, bits: int) -> torch.Tensor:
-    """The course's weight_q: normalise by mean and unbiased std, /alpha, clip, round, *alpha."""
-    levels = 2 ** (bits - 1) - 1
-    scaled = ((weight - weight.mean()) / weight.std()) / wgt_alpha
-    clipped = scaled.clamp(-1.0, 1.0)
-    return torch.round(clipped.abs() * levels) / levels * clipped.sign() * wgt_alpha
-
-
-def course_resnet_state(v: Variant, *, seed: int = 0, bits: int = 4) -> StateDict:
-    """A state dict with the issue's key names, as a trained course ResNet saves it."""
-    gen = torch.Generator().manual_seed(seed)
-    sd: StateDict = {}
-
-    def uniform(low: float, high: float, shape: tuple[int, ...] = ()) -> torch.Tensor:
-        return low + (high - low) * torch.rand(shape, generator=gen)
-
-    def qconv(prefix: str, in_c: int, out_c: int, k: int) -> None:
-        weight = 0.1 * torch.randn(out_c, in_c, k, k, generator=gen)
-        wgt_alpha = uniform(2.5, 3.0)
-        sd[f"{prefix}.weight"] = weight
-        sd[f"{prefix}.act_alpha"] = uniform(2.0, 3.0)
-        sd[f"{prefix}.weight_q"] = _weight_q(weight, wgt_alpha, bits)
-        sd[f"{prefix}.weight_quant.wgt_alpha"] = wgt_alpha
-
-    def bn(prefix: str, c: int) -> None:
-        sd[f"{prefix}.weight"] = uniform(0.8, 1.2, (c,))
-        sd[f"{prefix}.bias"] = 0.1 * torch.randn(c, generator=gen)
-        sd[f"{prefix}.running_mean"] = 0.1 * torch.randn(c, generator=gen)
-        sd[f"{prefix}.running_var"] = uniform(0.5, 1.5, (c,))
-        sd[f"{prefix}.num_batches_tracked"] = torch.tensor(391 * 3)
-
-    if v.stem == "quant":
-        qconv("conv1", 3, v.widths[0], 3)
-    else:  # a plain nn.Conv2d(3, w, 3, padding=1, bias=False): its weight only
-        sd["conv1.weight"] = 0.1 * torch.randn(v.widths[0], 3, 3, 3, generator=gen)
-    bn("bn1", v.widths[0])
-    in_c = v.widths[0]
-    for s in (1, 2, 3):
-        out_c = v.widths[s - 1]
-        for b in range(v.blocks):
-            p = f"layer{s}.{b}"
-            qconv(f"{p}.conv1", in_c, out_c, 3)
-            bn(f"{p}.bn1", out_c)
-            qconv(f"{p}.conv2", out_c, out_c, 3)
-            if p not in v.without_bn2:
-                bn(f"{p}.bn2", out_c)
-            if s > 1 and b == 0:
-                qconv(f"{p}.downsample.0", in_c, out_c, 1)
-                bn(f"{p}.downsample.1", out_c)
-            in_c = out_c
-    sd["fc.weight"] = 0.1 * torch.randn(10, v.widths[2], generator=gen)
-    sd["fc.bias"] = 0.1 * torch.randn(10, generator=gen)
-    return sd
-
-
-def write_checkpoint(path: Path, sd: StateDict) -> Path:
-    """The course's ``main.py`` wrapper: ``{'epoch', 'state_dict', 'best_prec', 'optimizer'}``."""
-    optimizer = {"state": {}, "param_groups": [{"lr": 0.02, "momentum": 0.9, "params": []}]}
-    torch.save({"epoch": 199, "state_dict": sd, "best_prec": 91.5, "optimizer": optimizer}, path)
-    return path
 
 
 VARIANTS = {
