@@ -149,8 +149,16 @@ def conv_table(model: nn.Module, name: str) -> ConvTable:
     return ConvTable.of(name, [n for n, _ in quantized_convs(model)], kinds)
 
 
+_KINDS: dict[type[nn.Module], str] = {
+    nn.Conv2d: "conv",
+    nn.BatchNorm2d: "bn",
+    nn.Identity: "identity",
+    nn.ReLU: "relu",
+    nn.MaxPool2d: "maxpool",
+}
+
+
 def _kind(module: nn.Module) -> str:
     if is_quantized_conv(module):
         return "qconv"
-    kinds = {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.Identity: "identity", nn.ReLU: "relu"}
-    return {**kinds, nn.MaxPool2d: "maxpool"}.get(type(module), type(module).__name__)
+    return _KINDS.get(type(module), type(module).__name__)
