@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,11 +54,6 @@ def apply_bits(model: nn.Module, config: BitsConfig, bits: dict[str, ConvBits]) 
             "bits config" if name in config.w else own.w_source,
             "bits config" if name in config.act else own.act_source,
         )
-
-
-def apply_act_bits(model: nn.Module, act_bits: Mapping[str, int]) -> None:
-    """Set each named layer's activation bits (module path -> bits); the rest keep theirs."""
-    apply_bits(model, BitsConfig(act=dict(act_bits)), {})
 
 
 ACT_BITS_KEY = "act_bits"

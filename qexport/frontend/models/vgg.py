@@ -7,8 +7,8 @@ An architecture is data, so a checkpoint can be matched against every known one
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -55,10 +55,6 @@ class Arch:
 
     def qconv_indices(self) -> list[int]:
         return [i for i, m in enumerate(self.features) if m.kind == "qconv"]
-
-    def qconv_paths(self) -> dict[str, int]:
-        """Each quantized conv's module path (``features.33``, its identity) to its features index."""
-        return {f"features.{i}": i for i in self.qconv_indices()}
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """State-dict keys with shapes, as the course's model would save them."""
@@ -192,30 +188,3 @@ def builtin_arch(name: str) -> Arch:
 
 def build_model(arch: Arch, act_clip: ActClip = DEFAULT_ACT_CLIP) -> VGGQuant:
     return VGGQuant(arch, act_clip)
-
-
-def with_act_bits(arch: Arch, act_bits: Mapping[int, int]) -> Arch:
-    return replace(arch, act_bits=tuple(sorted(act_bits.items())))
-
-
-def conv_numbering(arch: Arch) -> list[int]:
-    """features index of each QuantConv2d, in order: conv number ``n`` is ``features[result[n]]``."""
-    return arch.qconv_indices()
-
-
-def resolve_layer(arch: Arch, name: str | int) -> int:
-    """A layer named by features index (``33``, ``features[33]``) or conv number (``conv 10``)."""
-    text = str(name).strip().lower().replace(" ", "")
-    convs = arch.qconv_indices()
-    try:
-        if text.startswith("conv"):
-            number = int(text[4:])
-            if not 0 <= number < len(convs):
-                raise InputError(f"{name!r}: {arch.name} has convs 0..{len(convs) - 1}")
-            return convs[number]
-        index = int(text.removeprefix("features[").removesuffix("]"))
-    except ValueError:
-        raise InputError(
-            f"{name!r} names no layer; use a features index (33) or a conv number (conv 10)"
-        ) from None
-    return index
