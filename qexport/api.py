@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 
@@ -627,10 +627,14 @@ def _manifest(
 
 
 def infer(
-    opts: SourceOptions, batch_size: int = 32, widths: FixedPointWidths | None = None
+    opts: SourceOptions,
+    batch_size: int = 32,
+    widths: FixedPointWidths | None = None,
+    end: Literal["float", "int8"] = "float",
 ) -> tuple[Loaded, InferReport]:
     """The network in integers (exact convs, SFU thresholds or fixed point, float tail) against the
-    float model; ``widths`` are the ResNet fixed-point SFU's (defaults: ``FixedPointWidths()``)."""
+    float model; ``widths`` are the ResNet fixed-point SFU's (defaults: ``FixedPointWidths()``);
+    ``end="int8"`` runs the classifier in int8 (:mod:`qexport.infer.end`)."""
     from qexport.infer import infer_network
 
     loaded = load(opts)
@@ -645,5 +649,6 @@ def infer(
         loaded.bits,
         batch_size=batch_size,
         widths=widths,
+        end=end,
     )
     return loaded, report

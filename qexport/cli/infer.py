@@ -61,6 +61,14 @@ __all__ = ["infer_command"]
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Run the network from this vector set alone (dump --all --sfu; no model, no torch).",
 )
+@click.option(
+    "--end",
+    type=click.Choice(["float", "int8"]),
+    default="float",
+    show_default=True,
+    help="The model's end (classifier / fc): float on the dequantised integers, or int8 (per-row "
+    "weight scales, input scale = max |x| / 127 over the images run, int32 accumulation).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--min-agreement",
@@ -74,6 +82,7 @@ def infer_command(
     frac_bits: int,
     skip_bits: int,
     bias_bits: int,
+    end: str,
     as_json: bool,
     min_agreement: float | None,
     from_set: Path | None,
@@ -89,6 +98,7 @@ def infer_command(
     Example:
       qexport infer --images 0:32 --min-agreement 1.0
       qexport infer --model resnet20_quant --images 0:128 --frac-bits 20
+      qexport infer --images 0:100 --end int8
       qexport infer --from out/all    # a `dump --all --sfu` set, run from its files alone
     """
     if from_set is not None:
@@ -98,7 +108,9 @@ def infer_command(
     from qexport.ir.fixed_point import FixedPointWidths
 
     widths = FixedPointWidths(mult_bits, frac_bits, skip_bits, bias_bits)
-    loaded, report = api.infer(_source(kwargs), batch_size=batch_size, widths=widths)
+    loaded, report = api.infer(
+        _source(kwargs), batch_size=batch_size, widths=widths, end="int8" if end == "int8" else "float"
+    )
     if as_json:
         click.echo(json.dumps({"model": loaded.arch.name, **report.as_dict()}, sort_keys=True, indent=2))
     else:
@@ -126,8 +138,13 @@ def infer_command(
             )
         click.echo(
             f"top-1 agreement with the float model: {report.top1_agree}/{report.images} "
-            f"({report.agreement:.2%})"
+            f"({report.agreement:.2%}{', int8 end' if report.end == 'int8' else ''})"
         )
+        if report.agreement_by_end:
+            click.echo(
+                "top-1 agreement by end: "
+                + ", ".join(f"{name} {value:.2%}" for name, value in report.agreement_by_end.items())
+            )
         if report.labelled:
             click.echo(
                 f"accuracy: integer {report.int_correct / report.images:.2%}, "

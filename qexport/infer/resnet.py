@@ -30,7 +30,7 @@ from qexport.frontend.capture import ConvBits, capture
 from qexport.frontend.models.network import is_quantized_conv
 from qexport.frontend.models.resnet import BasicBlock, ResNetQuant
 from qexport.infer.chain import _batchnorm
-from qexport.infer.run import InferReport, LayerAgreement
+from qexport.infer.run import End, EndRun, InferReport, LayerAgreement, end_ops
 from qexport.ir.fixed_point import (
     Affine,
     FixedPointWidths,
@@ -218,8 +218,10 @@ def infer_resnet_network(
     bits: Mapping[str, ConvBits] | None = None,
     batch_size: int = 32,
     widths: FixedPointWidths | None = None,
+    end: End = "float",
 ) -> InferReport:
-    """The integer ResNet on ``images`` (N, 3, 32, 32), batch by batch, against the float model."""
+    """The integer ResNet on ``images`` (N, 3, 32, 32), batch by batch, against the float model;
+    ``end="int8"`` runs ``fc`` in int8 (:mod:`qexport.infer.end`)."""
     widths = widths or FixedPointWidths()
     stem_bn, blocks = resnet_blocks(model)
     quant_stem = is_quantized_conv(model.conv1)  # type: ignore[arg-type]
@@ -239,15 +241,21 @@ def infer_resnet_network(
             rows.append(LayerAgreement(block.conv2, None, None, between, sfu="fixed_point"))
     report = InferReport(rows, labelled=labels is not None, fixed_point=widths.as_dict())
     index = {(r.name, r.next): r for r in rows}
+    ends = EndRun(end_ops(model.fc, "fc")) if end == "int8" else None  # type: ignore[arg-type]
     plan: _Plan | None = None
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size]
         logits, ints, floats = _float_pass(model, batch, bits)
         if plan is None:
             plan = _plan(stem_bn, blocks, ints, widths, quant_stem)
-        ours = _integer_pass(model, blocks, plan, ints, floats, index, widths, quant_stem)
+        ours, features = _integer_pass(model, blocks, plan, ints, floats, index, widths, quant_stem)
         truth = None if labels is None else labels[start : start + batch_size].cpu()
-        report.add_batch(logits, ours, truth)
+        if ends is None:
+            report.add_batch(logits, ours, truth)
+        else:
+            ends.add(logits, ours, features, truth)
+    if ends is not None:
+        ends.finish(report)
     return report
 
 
@@ -280,8 +288,8 @@ def _integer_pass(
     index: dict[tuple[str, str | None], LayerAgreement],
     widths: FixedPointWidths,
     quant_stem: bool,
-) -> torch.Tensor:
-    """The integer network on one batch; adds each row's counts; returns its logits."""
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The integer network on one batch; adds each row's counts; returns its logits and fc's input."""
     first = blocks[0]
     x: dict[str, np.ndarray] = {}  # the integer network's own x_int of each conv
     if quant_stem:
@@ -347,10 +355,11 @@ def _block_end(
     return np.asarray(np.maximum(term + shortcut, 0))
 
 
-def _tail(model: nn.Module, out: np.ndarray, unit: float) -> torch.Tensor:
-    """The float end on the dequantised accumulator: avgpool, flatten, fc."""
+def _tail(model: nn.Module, out: np.ndarray, unit: float) -> tuple[torch.Tensor, np.ndarray]:
+    """The float end on the dequantised accumulator: avgpool, flatten, fc; the logits and fc's input."""
     device = next(model.parameters()).device
     y = torch.from_numpy((out.astype(np.float64) * unit).astype(np.float32)).to(device)
     with exact_math():
-        logits = model.fc(model.avgpool(y).flatten(1))  # type: ignore[operator]
-    return logits.detach().to("cpu")  # type: ignore[no-any-return]
+        features = model.avgpool(y).flatten(1)  # type: ignore[operator]
+        logits = model.fc(features)  # type: ignore[operator]
+    return logits.detach().to("cpu"), features.detach().cpu().numpy()

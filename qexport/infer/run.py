@@ -17,15 +17,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from qexport.errors import InputError
 from qexport.frontend.capture import ConvBits, capture
 from qexport.frontend.models.network import layer_label
 from qexport.infer.chain import Chain, vgg_chains
+from qexport.infer.end import EndLinear, EndOp, run_int8_end
 from qexport.ir.fixed_point import FixedPointWidths
 from qexport.ir.integerize import IntLayer, integerize
 from qexport.ir.reference import integer_conv
@@ -81,6 +83,12 @@ class InferReport:
     """The fixed-point widths used (ResNets), else None."""
     x_int: dict[str, list[np.ndarray]] = field(default_factory=dict)
     """With ``keep_x_int`` (VGG): each conv's chained ``x_int`` batch by batch, by module path."""
+    end: End = "float"
+    """How the model's end ran for the headline figures (:mod:`qexport.infer.end`)."""
+    agreement_by_end: dict[str, float] = field(default_factory=dict)
+    """With ``end="int8"``: top-1 agreement with the float model under each end (float, int8)."""
+    int8_scales: dict[str, float] = field(default_factory=dict)
+    """With ``end="int8"``: each Linear's calibrated input scale, by module path."""
 
     @property
     def agreement(self) -> float:
@@ -125,10 +133,73 @@ class InferReport:
         }
         if self.fixed_point is not None:
             out["fixed_point"] = dict(self.fixed_point)
+        out["end"] = self.end
+        if self.agreement_by_end:
+            out["top1_agreement_by_end"] = dict(self.agreement_by_end)
+            out["int8_input_scales"] = dict(self.int8_scales)
         if self.labelled:
             out["accuracy_integer"] = self.int_correct / self.images if self.images else 0.0
             out["accuracy_float"] = self.float_correct / self.images if self.images else 0.0
         return out
+
+
+End = Literal["float", "int8"]
+"""The model's end: float on the dequantised integers, or every Linear in int8."""
+
+
+@dataclass
+class EndRun:
+    """Every batch's float logits, the integer network's float-end logits and the end's input,
+    kept for ``end="int8"``: the int8 input scales are calibrated on all images at once."""
+
+    ops: list[EndOp]
+    logits: list[torch.Tensor] = field(default_factory=list)
+    ours: list[torch.Tensor] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)
+    truth: list[torch.Tensor] = field(default_factory=list)
+
+    def add(
+        self, logits: torch.Tensor, ours: torch.Tensor, features: np.ndarray, truth: torch.Tensor | None
+    ) -> None:
+        self.logits.append(logits)
+        self.ours.append(ours)
+        self.features.append(features)
+        if truth is not None:
+            self.truth.append(truth)
+
+    def finish(self, report: InferReport) -> None:
+        """The int8 end on every image; tallies ``report`` with its logits, both ends' agreement."""
+        if not self.logits:
+            return
+        logits, ours = torch.cat(self.logits), torch.cat(self.ours)
+        truth = torch.cat(self.truth) if self.truth else None
+        float_agree = int((logits.argmax(1) == ours.argmax(1)).sum())
+        int8_logits, layers = run_int8_end(self.ops, np.concatenate(self.features))
+        report.add_batch(logits, torch.from_numpy(int8_logits), truth)
+        report.end = "int8"
+        report.agreement_by_end = {"float": float_agree / report.images, "int8": report.agreement}
+        report.int8_scales = {layer.path: layer.x_scale for layer in layers}
+
+
+def end_ops(module: nn.Module, path: str) -> list[EndOp]:
+    """A classifier (a Linear, or a Sequential of Linear, ReLU, Dropout, Identity) as end ops;
+    anything else is refused by its module path."""
+    if isinstance(module, nn.Sequential):
+        return [op for child, inner in module.named_children() for op in end_ops(inner, f"{path}.{child}")]
+    if isinstance(module, nn.Dropout | nn.Identity):
+        return []
+    if isinstance(module, nn.ReLU):
+        return ["relu"]
+    if isinstance(module, nn.Linear):
+
+        def array(t: torch.Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().cpu().float().numpy())
+
+        return [EndLinear(path, array(module.weight), None if module.bias is None else array(module.bias))]
+    raise InputError(
+        f"{path} ({type(module).__name__}) is in the model's end; --end int8 runs Linear, ReLU and "
+        "Dropout only (run the end in float: --end float)"
+    )
 
 
 @dataclass(frozen=True)
@@ -148,18 +219,21 @@ def infer_network(
     batch_size: int = 32,
     widths: FixedPointWidths | None = None,
     keep_x_int: bool = False,
+    end: End = "float",
 ) -> InferReport:
     """The integer network on ``images`` (N, 3, 32, 32), batch by batch, against the float model.
 
     A VGG runs with thresholds between its convs; a ResNet-CIFAR model with thresholds inside each
     block and the fixed-point SFU (``widths``) at each residual add (:mod:`qexport.infer.resnet`).
-    ``keep_x_int`` keeps every conv's chained ``x_int`` in the report (VGG).
+    ``keep_x_int`` keeps every conv's chained ``x_int`` in the report (VGG). ``end="int8"`` runs
+    the classifier in int8 (:mod:`qexport.infer.end`) for the top-1 figures and reports both ends'.
     """
     from qexport.infer.resnet import infer_resnet_network, is_resnet
 
     if is_resnet(model):
-        return infer_resnet_network(model, images, labels, bits, batch_size, widths)
+        return infer_resnet_network(model, images, labels, bits, batch_size, widths, end)
     chains, tail = vgg_chains(model)
+    ends = EndRun(end_ops(model.classifier, "classifier")) if end == "int8" else None  # type: ignore[arg-type]
     report = InferReport(
         [LayerAgreement(c.name, _index(c.name), c.next, c.between) for c in chains],
         labelled=labels is not None,
@@ -170,9 +244,14 @@ def infer_network(
         logits, ints = _float_pass(model, batch, bits)
         if not sfus:
             sfus = {c.name: _sfu(c, ints) for c in chains}
-        ours = _integer_pass(chains, sfus, ints, tail, model, report, keep_x_int)
+        ours, features = _integer_pass(chains, sfus, ints, tail, model, report, keep_x_int)
         truth = None if labels is None else labels[start : start + batch_size].cpu()
-        report.add_batch(logits, ours, truth)
+        if ends is None:
+            report.add_batch(logits, ours, truth)
+        else:
+            ends.add(logits, ours, features, truth)
+    if ends is not None:
+        ends.finish(report)
     return report
 
 
@@ -216,8 +295,9 @@ def _integer_pass(
     model: nn.Module,
     report: InferReport,
     keep_x_int: bool = False,
-) -> torch.Tensor:
-    """The integer network on one batch; adds each layer's counts to ``report``; returns its logits."""
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The integer network on one batch; adds each layer's counts to ``report``; returns its logits
+    and the classifier's input (N, features) float32."""
     x_chained = ints[chains[0].name].x_int
     for chain, agreement in zip(chains, report.layers, strict=True):
         if keep_x_int:
@@ -247,12 +327,16 @@ def _integer_pass(
     raise AssertionError("unreachable: the last conv runs the tail")  # pragma: no cover
 
 
-def _tail(psum: np.ndarray, s: Fraction, tail: list[nn.Module], model: nn.Module) -> torch.Tensor:
-    """The float end on the dequantised psums: the rest of features, flatten, classifier."""
+def _tail(
+    psum: np.ndarray, s: Fraction, tail: list[nn.Module], model: nn.Module
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The float end on the dequantised psums: the rest of features, flatten, classifier; the
+    logits and the classifier's input."""
     device = next(model.parameters()).device
     y = torch.from_numpy((psum.astype(np.float64) * float(s)).astype(np.float32)).to(device)
     with exact_math():
         for module in tail:
             y = module(y)
-        logits = model.classifier(y.flatten(1))  # type: ignore[operator]
-    return logits.detach().to("cpu")  # type: ignore[no-any-return]
+        features = y.flatten(1)
+        logits = model.classifier(features)  # type: ignore[operator]
+    return logits.detach().to("cpu"), features.detach().cpu().numpy()
