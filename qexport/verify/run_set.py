@@ -1,6 +1,7 @@
 """``qexport infer --from``: run the integer network from a vector set alone (no torch, no model).
 
-What the set must hold (a flat-profile ``dump --all --sfu``): every quantized conv of the network,
+What the set must hold (a ``dump --all --sfu`` of any profile; a tiled set's tensors are put back
+together from their tile files by :mod:`qexport.verify.tiles`): every quantized conv of the network,
 the first one's ``input`` file, each conv's ``weight``, every conv but the last its ``threshold``
 and ``direction`` files with ``next`` / ``between``, and the manifest's ``classifier`` (the float
 end's ops and float32 arrays). Per batch of images: the first conv's ``x_int`` from its ``input``
@@ -26,6 +27,7 @@ from qexport.errors import InputError
 from qexport.ir.numpy_conv import numpy_conv
 from qexport.ir.sfu import Thresholds, max_pool, scale
 from qexport.verify.decode import decode_file
+from qexport.verify.tiles import assemble, is_tiled
 from qexport.writer.manifest import MANIFEST_NAME, ClassifierEntry, FileEntry, LayerEntry, Manifest, loads
 
 
@@ -138,11 +140,6 @@ def _manifest(folder: Path) -> Manifest:
     if not path.is_file():
         raise InputError(f"{folder} has no {MANIFEST_NAME}; give a vector set folder (qexport dump -o DIR)")
     manifest = loads(path.read_text(encoding="utf-8"), str(path))
-    if manifest.profile != "flat" and any(f.where.items() for _, f in manifest.files()):
-        raise InputError(
-            f"{folder} is a tiled set (profile {manifest.profile}); infer --from reads flat-profile "
-            "sets: make one with `qexport dump --all --sfu --profile flat`"
-        )
     if not manifest.layers:
         raise InputError(f"{path} lists no layer")
     return manifest
@@ -210,25 +207,37 @@ def _decoded(folder: Path, entry: FileEntry) -> np.ndarray:
     return decode_file(path, entry)
 
 
-def _nchw(folder: Path, entry: FileEntry, padding: int) -> np.ndarray:
-    """An ``n, h, w, c`` file as (N, C, H, W), without the zero border of a padded input."""
-    x = _decoded(folder, entry).transpose(0, 3, 1, 2)
-    if entry.padded and padding:
-        x = x[:, :, padding:-padding, padding:-padding]
-    return np.ascontiguousarray(x)
+def _tensor(folder: Path, layer: LayerEntry, tensor: str) -> np.ndarray:
+    """The layer's ``tensor`` in the flat layout's axes (an input without its zero border): its one
+    flat file, or its tile files put back together by their placement (:mod:`qexport.verify.tiles`)."""
+    entries = [f for f in layer.files if f.tensor == tensor]
+    if is_tiled(entries):
+        return assemble(layer, tensor, entries, lambda entry: _decoded(folder, entry))
+    entry = entries[0]
+    x = _decoded(folder, entry)
+    if entry.padded and layer.padding:
+        x = x[:, layer.padding : -layer.padding, layer.padding : -layer.padding, :]
+    return x
+
+
+def _nchw(folder: Path, layer: LayerEntry, tensor: str) -> np.ndarray:
+    """An ``n, h, w, c`` tensor as (N, C, H, W), without the zero border of a padded input."""
+    return np.ascontiguousarray(_tensor(folder, layer, tensor).transpose(0, 3, 1, 2))
 
 
 def _conv(folder: Path, layer: LayerEntry, first: bool) -> _Conv:
-    w = _decoded(folder, _need(folder, layer, "weight", "the conv's weights")).transpose(0, 3, 1, 2)
+    _need(folder, layer, "weight", "the conv's weights")
+    w = _tensor(folder, layer, "weight").transpose(0, 3, 1, 2)
     entry = _need(folder, layer, "input", "the first conv's x_int") if first else _file(layer, "input")
-    x_set = None if entry is None else _nchw(folder, entry, layer.padding)
+    x_set = None if entry is None else _nchw(folder, layer, "input")
     psum = _file(layer, "psum")
     psum_limit = 2 ** (psum.lane_bits - 1) if psum is not None else 2**62
     s = float(scale(layer.act_alpha, layer.act_bit, layer.wgt_alpha, layer.w_bit))
     if layer.next is None:
         return _Conv(layer, np.ascontiguousarray(w), s, psum_limit, None, None, x_set, None)
-    t = _decoded(folder, _need(folder, layer, "threshold", "the SFU's thresholds"))
-    d = _decoded(folder, _need(folder, layer, "direction", "the SFU's direction"))
+    _need(folder, layer, "threshold", "the SFU's thresholds")
+    _need(folder, layer, "direction", "the SFU's direction")
+    t, d = _tensor(folder, layer, "threshold"), _tensor(folder, layer, "direction")
     requant = _file(layer, "requant")
     # a constant channel (direction 0) is written so count(psum >= T) gives it: its level at psum 0
     constant = np.where(d == 0, (t <= 0).sum(1), 0)
@@ -241,7 +250,7 @@ def _conv(folder: Path, layer: LayerEntry, first: bool) -> _Conv:
         rule,
         _pool(folder, layer),
         x_set,
-        None if requant is None else _nchw(folder, requant, 0),
+        None if requant is None else _nchw(folder, layer, "requant"),
     )
 
 

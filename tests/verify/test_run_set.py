@@ -166,7 +166,81 @@ def test_a_set_without_sfu_files_is_refused(tmp_path: Path) -> None:
         infer_set(tmp_path / "plain")
 
 
-def test_a_tiled_set_is_refused(tmp_path: Path) -> None:
-    export(SourceOptions(images="0:1", act_clip="relu"), [33], tmp_path / "tiled", profile="course", sfu=True)
-    with pytest.raises(InputError, match="flat-profile"):
-        infer_set(tmp_path / "tiled")
+_TINY_VGG = Path(__file__).resolve().parents[2] / "vectors" / "tiny_vgg.pth.tar"
+
+
+@pytest.fixture(scope="module")
+def tiny_flat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_vgg's flat ``dump --all --sfu --act-clip relu`` set of images 0:2."""
+    folder = tmp_path_factory.mktemp("tiny") / "flat"
+    export(SourceOptions(checkpoint=_TINY_VGG, images="0:2", act_clip="relu"), None, folder, sfu=True)
+    return folder
+
+
+@pytest.mark.parametrize("profile", ["course", "course-os", "systolic"])
+def test_infer_from_a_tiled_set_equals_infer_from_the_flat_set(
+    tiny_flat: Path, tmp_path: Path, profile: str
+) -> None:
+    folder = tmp_path / profile
+    opts = SourceOptions(checkpoint=_TINY_VGG, images="0:2", act_clip="relu")
+    export(opts, None, folder, profile=profile, sfu=True, chain=True)
+    tiled, flat = infer_set(folder, keep=True), infer_set(tiny_flat, keep=True)
+    assert tiled.predictions == flat.predictions and len(tiled.predictions) == 2
+    assert list(tiled.x_int) == list(flat.x_int) == ["features.0", "features.4", "features.7", "features.9"]
+    for name, x in flat.x_int.items():
+        assert np.array_equal(tiled.x_int[name], x), name
+    # the tile files' inputs and requants, put back together, are what the run makes
+    assert [layer.differ_input for layer in tiled.layers] == [0, 0, 0, 0]
+    assert [layer.differ_requant for layer in tiled.layers] == [0, 0, 0, None]
+
+
+@pytest.fixture(scope="module")
+def tiny_course(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny") / "course"
+    export(
+        SourceOptions(checkpoint=_TINY_VGG, images="0:2", act_clip="relu"),
+        None,
+        folder,
+        profile="course",
+        sfu=True,
+    )
+    return folder
+
+
+def _drop_file(path: str) -> object:
+    def edit(data: dict[str, object]) -> None:
+        for entry in data["layers"]:  # type: ignore[attr-defined]
+            entry["files"] = [f for f in entry["files"] if f["path"] != path]
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda f: (f / "layer4" / "threshold_otile1.txt").unlink(),
+            r"layer4/threshold_otile1\.txt is missing",
+        ),
+        (
+            lambda f: (f / "layer0" / "weight_itile0_otile0_kij4.txt").unlink(),
+            r"layer0/weight_itile0_otile0_kij4\.txt is missing",
+        ),
+        (
+            lambda f: _edit_manifest(f, _drop_file("layer0/activation_tile5.txt")),
+            r"layer 0: no input tile file in the manifest holds value \(n 0, h 0, w 20, c 0\)",
+        ),
+        (
+            lambda f: _edit_manifest(f, _drop_file("layer4/direction_otile1.txt")),
+            r"layer 4: no direction tile file in the manifest holds value \(c 8\)",
+        ),
+    ],
+    ids=["threshold-tile", "weight-tap", "input-tile-entry", "direction-tile-entry"],
+)
+def test_a_tiled_set_missing_a_tile_file_names_it(
+    tiny_course: Path, tmp_path: Path, damage: object, message: str
+) -> None:
+    copy = _copy(tiny_course, tmp_path)
+    damage(copy)  # type: ignore[operator]
+    with pytest.raises(InputError, match=message):
+        infer_set(copy)
