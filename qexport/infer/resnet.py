@@ -37,6 +37,8 @@ from qexport.ir.fixed_point import (
     Requant,
     check_skip,
     fold,
+    near_boundary,
+    pre_rounding,
     requant,
     rescale,
     to_skip,
@@ -278,6 +280,19 @@ def _count(row: LayerAgreement, own: np.ndarray, local: np.ndarray, chained: np.
     row.differ_chained += int((chained != own).sum())
 
 
+def _fan_in(*layers: IntLayer) -> int:
+    return max(layer.in_channels * layer.kernel**2 for layer in layers)
+
+
+def _near(row: LayerAgreement, consumer: IntLayer, x: np.ndarray, local: np.ndarray, fan_in: int) -> None:
+    """A fixed-point row's ``near``: differences within float32 rounding of the half-step between
+    the two levels, judged on the float model's pre-rounding value (``x`` the consumer's float input)."""
+    differ = local != consumer.x_int
+    if differ.any():
+        v = pre_rounding(x, consumer.act_alpha, consumer.act_bit)
+        row.near += int((differ & near_boundary(v, consumer.x_int, local, fan_in)).sum())
+
+
 @torch.no_grad()
 def _integer_pass(
     model: nn.Module,
@@ -299,6 +314,13 @@ def _integer_pass(
             x[consumer] = rq.apply(out)
             own = ints[consumer].x_int
             _count(index[("conv1", consumer)], own, x[consumer], x[consumer])
+            _near(
+                index[("conv1", consumer)],
+                ints[consumer],
+                floats[consumer],
+                x[consumer],
+                _fan_in(ints["conv1"]),
+            )
     else:  # the float stem: its output quantised as the float model does
         for consumer in _consumers(blocks, 0):
             x[consumer] = ints[consumer].x_int
@@ -328,9 +350,12 @@ def _integer_pass(
         local_ds = ints[block.downsample].x_int if block.downsample else None
         local_out = _block_end(block, plan, ints, c2.x_int, local_ds, local_skip)
         skip = check_skip(out, widths, f"{block.path} output")
+        fan_in = _fan_in(c2, *([ints[block.downsample]] if block.downsample else []))
         for consumer, rq in plan.requants[block.conv2]:
             x[consumer] = rq.apply(out)
-            _count(index[(block.conv2, consumer)], ints[consumer].x_int, rq.apply(local_out), x[consumer])
+            local = rq.apply(local_out)
+            _count(index[(block.conv2, consumer)], ints[consumer].x_int, local, x[consumer])
+            _near(index[(block.conv2, consumer)], ints[consumer], floats[consumer], local, fan_in)
         if i == len(blocks) - 1:
             return _tail(model, skip, plan.unit[block.conv2])
     raise AssertionError("unreachable: the last block runs the tail")  # pragma: no cover

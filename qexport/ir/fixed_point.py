@@ -219,3 +219,39 @@ def to_skip(x: np.ndarray, unit: float, widths: FixedPointWidths, what: str) -> 
     even, ReLU, then the ``skip_bits`` check."""
     values = np.maximum(np.round(x.astype(np.float64) / unit), 0.0).astype(np.int64)
     return check_skip(values, widths, what)
+
+
+_U32 = 2.0**-24  # float32 unit roundoff
+_AFTER_SUM = 8
+"""Roundings after the conv's sum: BatchNorm (4), the residual add (1), /alpha (1), * L (1), one spare."""
+
+
+def pre_rounding(x: np.ndarray, act_alpha: float, act_bit: int) -> np.ndarray:
+    """The float32 value the course act quantiser rounds: ``clip(x / alpha, 0, 1) * L`` in float32,
+    as ``torch`` computes it (``x`` float32, the consumer's input; ``L = 2^act_bit - 1``)."""
+    scaled = x.astype(np.float32) / np.float32(act_alpha)
+    return np.asarray(np.clip(scaled, np.float32(0.0), np.float32(1.0)) * np.float32(2**act_bit - 1))
+
+
+def float32_error(v: np.ndarray, fan_in: int) -> np.ndarray:
+    """The float32 error bound of a pre-rounding value ``v`` (in steps of the next ``x_int``), from
+    its magnitude: ``(fan_in + 8) * 2^-24 * |v|``.
+
+    The float model's ``v`` is a conv's sum of ``fan_in`` products (``in_channels * k^2``), then
+    at most 8 more roundings (the BatchNorm, the residual add, ``/ alpha``, ``* L``). A float32 sum
+    of K terms errs by at most ``K * u * sum |terms|`` (``u = 2^-24``; Higham's ``gamma_K``), each
+    later operation by ``u`` of its result; the bound takes ``sum |terms| ~ |v|`` (no cancellation
+    inside the sum), so it is what float32 rounding can do to a value of this size, not a proof for
+    every input.
+    """
+    return np.asarray((fan_in + _AFTER_SUM) * _U32 * np.abs(v.astype(np.float64)))
+
+
+def near_boundary(v: np.ndarray, own: np.ndarray, ours: np.ndarray, fan_in: int) -> np.ndarray:
+    """Where ``ours`` and the float model's ``own`` ``x_int`` differ by one level and ``v`` (the
+    float model's pre-rounding value, :func:`pre_rounding`) lies within :func:`float32_error` of
+    the half-step between them: a difference the float model's own rounding explains, not the
+    fixed-point widths. All (N, C, H, W); a bool array."""
+    boundary = np.maximum(own, ours).astype(np.float64) - 0.5
+    adjacent = np.abs(own.astype(np.int64) - ours.astype(np.int64)) == 1
+    return np.asarray(adjacent & (np.abs(v.astype(np.float64) - boundary) <= float32_error(v, fan_in)))

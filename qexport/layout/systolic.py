@@ -68,8 +68,14 @@ def check_systolic(layer: IntLayer, p: Profile) -> None:
         layer.x_int,
         act_spec,
         f"layer {layer.label} x_int",
-        f"the {p.name} profile has unsigned {p.act_bits}-bit activation lanes; use --act-clip relu, "
-        "or the flat profile, which writes signed lanes",
+        (
+            f"layer {layer.label}'s input is the normalised image, which is signed, and the {p.name} "
+            f"core's activation lanes are unsigned {p.act_bits}-bit; add --act-clip relu (the image "
+            "clipped at 0), or use the flat profile, which writes signed lanes"
+            if layer.conv_number == 0
+            else f"the {p.name} profile has unsigned {p.act_bits}-bit activation lanes; use --act-clip "
+            "relu, or the flat profile, which writes signed lanes"
+        ),
     )
     check_fits(
         layer.w_int, w_spec, f"layer {layer.label} w_int", f"the {p.name} core has {p.w_bits}-bit weights"

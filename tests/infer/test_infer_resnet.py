@@ -113,3 +113,14 @@ def test_cli_resnet_min_agreement_exit_codes() -> None:
     )
     assert narrow.exit_code == 2
     assert "the shortcut reaches" in narrow.output and "try --skip-bits" in narrow.output
+
+
+def test_fixed_point_rows_say_which_differences_are_float_rounding() -> None:
+    # 8 fractional bits: most differences are the accumulator's width, a few sit within float32
+    # rounding of the half-step the float model rounds (both kinds, neither all)
+    model = demo_model(RESNET_BUILTIN["resnet20_quant"])
+    report = infer_network(model, load_demo("0:4").images, widths=FixedPointWidths(frac_bits=8))
+    fixed = [r for r in report.layers if r.sfu == "fixed_point" and r.next is not None]
+    differ, near = sum(r.differ for r in fixed), sum(r.near for r in fixed)
+    assert 0 < near < differ
+    assert report.unexplained == sum(r.differ - r.near for r in report.layers) > 0

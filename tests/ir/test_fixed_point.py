@@ -12,7 +12,10 @@ from qexport.ir.fixed_point import (
     Affine,
     FixedPointWidths,
     check_skip,
+    float32_error,
     fold,
+    near_boundary,
+    pre_rounding,
     requant,
     rescale,
     rshift_even,
@@ -163,3 +166,28 @@ def test_to_skip_rounds_half_even_and_applies_relu() -> None:
 def test_affine_docstring_example() -> None:
     a = Affine(np.array([181]), np.array([8]), np.array([-3]))
     assert int(a.apply(np.full((1, 1, 1, 1), 100))[0, 0, 0, 0]) == 68
+
+
+def test_pre_rounding_is_the_value_the_course_quantiser_rounds() -> None:
+    import torch
+
+    from qexport.frontend.models.quant import quantize_act
+
+    x = np.random.default_rng(3).uniform(-1, 20, size=(2, 3, 5, 5)).astype(np.float32)
+    v = pre_rounding(x, 12.5, 4)
+    assert v.dtype == np.float32
+    x_q = quantize_act(torch.from_numpy(x), torch.tensor(12.5), 4, "relu").numpy()
+    assert np.array_equal(np.round(v), np.round(x_q / np.float32(12.5 / 15)))
+    # 0.75 / 1.5 * 15 is exactly 7.5: a half-step, which the quantiser rounds to 8 (even)
+    assert pre_rounding(np.array([0.75], np.float32), 1.5, 4).tolist() == [7.5]
+
+
+def test_a_difference_at_a_half_step_is_float_rounding_one_away_from_it_is_not() -> None:
+    fan_in = 9  # bound: (9 + 8) * 2^-24 * |v|, about 7.6e-6 at v = 7.5
+    assert float32_error(np.array([7.5]), fan_in)[0] == pytest.approx(17 * 2.0**-24 * 7.5)
+    v = np.array([7.5, 7.5 + 5e-6, 7.5 - 5e-6, 7.5 + 1e-4, 7.5, 3.0], np.float64)
+    own = np.array([8, 8, 7, 8, 8, 3])  # the float model's levels
+    ours = np.array([7, 7, 8, 7, 6, 4])
+    near = near_boundary(v, own, ours, fan_in)
+    # at the boundary, within the bound either side, beyond it, two levels apart, far from any
+    assert near.tolist() == [True, True, True, False, False, False]

@@ -106,7 +106,14 @@ def test_values_follow_the_spec_formula(course33: Path) -> None:
 
 
 def test_first_layer_is_refused_by_unsigned_lanes(tmp_path: Path) -> None:
-    with pytest.raises(BitWidthError, match=r"layer 0 x_int spans \[-\d+, \d+\].*--act-clip relu"):
+    # the message says why (the signed image, the unsigned lanes) and the fix, as for `dump --all
+    # --chain --profile course` on the demo, which stops at this layer
+    why = (
+        r"layer 0 x_int spans \[-\d+, \d+\]; unsigned 4-bit holds \[0, 15\]; layer 0's input is the "
+        r"normalised image, which is signed, and the course core's activation lanes are unsigned "
+        r"4-bit; add --act-clip relu"
+    )
+    with pytest.raises(BitWidthError, match=why):
         export(SourceOptions(), [0], tmp_path / "c0", profile="course")
     assert not (tmp_path / "c0").exists()
 
