@@ -2,9 +2,10 @@
 
 A systolic-profile set (``course``, ``systolic``) splits each tensor into tile files; each file's
 manifest entry records where its values sit in the layer (``where``: ``n``, the output pixel
-ranges ``y`` / ``x``, the channel ranges ``ic`` / ``oc``, the kernel tap ``kij``; see
-``docs`` of :class:`qexport.layout.placement.Placement`). :func:`assemble` reads only those
-fields, never the layout code, and returns the tensor as the flat profile's one file holds it:
+ranges ``y`` / ``x``, the channel ranges ``ic`` / ``oc``, the kernel tap ``kij``; the fields of
+:class:`qexport.layout.placement.Placement` as ``writer/manifest.py`` reads them).
+:func:`assemble` reads only those fields, never the layout code, and returns the tensor as the flat
+profile's one file holds it:
 
     weight     (OC, KH, KW, IC)   a file: oc rows x ic lanes of one tap kij = ki * K + kj (or all taps)
     input      (N, H, W, C)       a file: the tile's input grid; its interior (the halo of
