@@ -49,7 +49,7 @@ from qexport.frontend.inputs import load_demo
 from qexport.frontend.models.resolve import builtin_model
 from qexport.infer import infer_network
 from qexport.ir.reference import conv_plan, integer_conv
-from qexport.verify.decode import decode_file, lanes_from_digits, word_digits
+from qexport.verify.decode import decode_file, text_lanes
 from qexport.writer.manifest import FileEntry
 from qexport.writer.manifest import loads as manifest_loads
 from qexport.writer.pack import PackSpec, Radix, line_blocks, to_words
@@ -872,8 +872,17 @@ DECODE_ROWS: tuple[tuple[str, PackSpec, Radix, float | None], ...] = (
 
 def ours_decode(path: Path, spec: PackSpec, radix: Radix) -> np.ndarray:
     """qexport's decoder on a file: read it, digits, lanes (what decode_file does past the manifest)."""
-    digits = word_digits(path.read_bytes(), radix, spec.word_bits, 0, str(path))
-    return lanes_from_digits(digits, radix, spec.lanes, spec.lane_bits, spec.signed, spec.lane_order)
+    return text_lanes(
+        path.read_bytes(),
+        radix,
+        spec.word_bits,
+        0,
+        spec.lanes,
+        spec.lane_bits,
+        spec.signed,
+        spec.lane_order,
+        str(path),
+    )
 
 
 def bitstring_decode(text: bytes, spec: PackSpec, radix: Radix) -> list[int]:
