@@ -26,6 +26,7 @@ skipped (``fp32_precision`` came with torch 2.9; before it the legacy flags are 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -73,6 +74,18 @@ def _reductions(matmul: Any) -> dict[str, Any]:
     return saved
 
 
+@functools.cache
+def _slots() -> tuple[Any, ...]:
+    """The fp32_precision settings this torch has, found once (the reference conv enters
+    exact_math at every call, and on a small layer finding them cost as much as the conv)."""
+    backends = torch.backends
+    return tuple(
+        getattr(getattr(backends, name), op)
+        for name, op in _PRECISION_SLOTS
+        if hasattr(getattr(getattr(backends, name), op, None), "fp32_precision")
+    )
+
+
 @contextlib.contextmanager
 def exact_math() -> Iterator[None]:
     """Run the block with full-precision float math on every backend, then restore the settings.
@@ -81,11 +94,7 @@ def exact_math() -> Iterator[None]:
     """
     backends = torch.backends
     matmul = backends.cuda.matmul
-    slots = [
-        getattr(getattr(backends, name), op)
-        for name, op in _PRECISION_SLOTS
-        if hasattr(getattr(getattr(backends, name), op, None), "fp32_precision")
-    ]
+    slots = _slots()
     saved_slots = [slot.fp32_precision for slot in slots]
     reductions = _reductions(matmul)
     fp16_accumulation = getattr(matmul, "allow_fp16_accumulation", None)

@@ -210,7 +210,7 @@ def _plan(
 
 
 def _conv(x: np.ndarray, layer: IntLayer) -> np.ndarray:
-    return integer_conv(x, layer.w_int, layer.stride, layer.padding)
+    return integer_conv(x, layer.w_int, layer.stride, layer.padding, weights=layer.w_float)
 
 
 def infer_resnet_network(

@@ -303,14 +303,16 @@ def _integer_pass(
         if keep_x_int:
             report.x_int.setdefault(chain.name, []).append(x_chained)
         layer, sfu = ints[chain.name], sfus[chain.name]
-        psum = integer_conv(x_chained, layer.w_int, layer.stride, layer.padding)
+        psum = integer_conv(x_chained, layer.w_int, layer.stride, layer.padding, weights=layer.w_float)
         if sfu.thresholds is None or chain.next is None:
             return _tail(psum, sfu.s, tail, model)
         own = ints[chain.next].x_int
         chained_next = _pool(sfu.thresholds.apply(psum), chain)
         same_input = np.array_equal(x_chained, layer.x_int)
         local_psum = (
-            psum if same_input else integer_conv(layer.x_int, layer.w_int, layer.stride, layer.padding)
+            psum
+            if same_input
+            else integer_conv(layer.x_int, layer.w_int, layer.stride, layer.padding, weights=layer.w_float)
         )
         local_next = chained_next if same_input else _pool(sfu.thresholds.apply(local_psum), chain)
         differ = local_next != own

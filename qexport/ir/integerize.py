@@ -11,6 +11,7 @@ import torch
 from qexport.errors import BitWidthError
 from qexport.frontend.capture import LayerSettings, LayerTensors
 from qexport.frontend.models.quant import quantize_act
+from qexport.ir.weights import FloatWeights, float_weights
 
 INTEGRAL_TOLERANCE = 1e-3
 """Largest distance from an integer tolerated in value/delta (float32 noise is ~1e-6)."""
@@ -22,7 +23,8 @@ class IntLayer(LayerSettings):
 
     ``w_int`` (oc, ic, kh, kw) in [-(2^(w_bit-1)-1), 2^(w_bit-1)-1]; ``x_int`` (n, c, h, w), the
     unpadded input, in [0, 2^act_bit-1] (negative only for a first layer under the course clip).
-    float value = int * delta.
+    float value = int * delta. The arrays are never edited in place (``w_float`` is ``w_int``
+    converted; a ``replace`` of ``w_int`` is safe, see FloatWeights).
     """
 
     w_delta: float
@@ -35,6 +37,8 @@ class IntLayer(LayerSettings):
     """The next conv's activation integers, where only a ReLU lies between."""
     next_act_alpha: float | None = None
     next_act_bit: int | None = None
+    w_float: FloatWeights | None = None
+    """``w_int`` converted to float32 once, with its |w| sum (what the reference conv reads)."""
 
 
 def _to_int(values: torch.Tensor, delta: float, layer: str, tensor: str) -> np.ndarray:
@@ -74,6 +78,7 @@ def integerize(t: LayerTensors) -> IntLayer:
         x_delta=x_delta,
         w_int=w_int,
         x_int=x_int,
+        w_float=float_weights(w_int),
         y_float=t.y.numpy(),
         next_x=None if t.next_x is None else t.next_x.numpy(),
         **_next_layer(t),

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from qexport.ir.checks import LayerChecks
 from qexport.ir.integerize import IntLayer
+from qexport.ir.weights import FloatWeights, abs_sum, float_weights
 from qexport.precision import exact_math
 
 MEAN_ERROR_LIMIT = 1e-3  # the seeds' check: mean |recovered - float| < 1e-3
@@ -117,10 +118,12 @@ def _float32(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
 
 
-def _float32_plan(x32: torch.Tensor, w32: torch.Tensor) -> ConvPlan | None:
+def _float32_plan(x32: torch.Tensor, w32: torch.Tensor, w_sum: float | None = None) -> ConvPlan | None:
     """The plan from the converted values, or None when some value may not have converted exactly.
 
-    |w| is summed in float32 over each output channel's weights (its in-channels and kernel).
+    |w| is summed in float32 over each output channel's weights (its in-channels and kernel);
+    ``w_sum``, that sum's max, when the weights came with it (``FloatWeights``, as
+    ``float_weights`` sums it the same way).
     Every term and partial sum is a non-negative integer, so a sum that stays below 2^24 is
     exact; and a true sum of 2^24 or more never comes out below 2^24, since float32 holds 2^24
     and rounding is monotone. A computed sum below 2^24 therefore is the exact sum, and every
@@ -129,16 +132,15 @@ def _float32_plan(x32: torch.Tensor, w32: torch.Tensor) -> ConvPlan | None:
     """
     lo, hi = torch.aminmax(x32) if x32.numel() else (torch.zeros(()), torch.zeros(()))
     x_max = max(-float(lo), float(hi))
-    w_abs = w32.abs()
-    per_output = w_abs.reshape(w32.shape[0], -1).sum(dim=1)
-    w_sum = float(per_output.max()) if per_output.numel() else 0.0
+    if w_sum is None:
+        w_sum = abs_sum(w32)
     if x_max >= _FLOAT32_EXACT or w_sum >= _FLOAT32_EXACT:
         return None
     bound = int(x_max) * int(w_sum)
     if bound <= _FLOAT32_EXACT:
         return ConvPlan("float32", bound)
     # |w| over each (output channel, input channel)'s kernel, exact: each is at most w_sum
-    per_channel = w_abs.reshape(*w32.shape[:2], -1).sum(dim=2).to(torch.int64).numpy()
+    per_channel = w32.abs().reshape(*w32.shape[:2], -1).sum(dim=2).to(torch.int64).numpy()
     return _wider_plan(int(x_max), bound, per_channel)
 
 
@@ -196,7 +198,12 @@ def _group_channels(x: torch.Tensor, groups: int, lo: int, hi: int) -> torch.Ten
 
 
 def integer_conv(
-    x_int: np.ndarray, w_int: np.ndarray, stride: int, padding: int, groups: int = 1
+    x_int: np.ndarray,
+    w_int: np.ndarray,
+    stride: int,
+    padding: int,
+    groups: int = 1,
+    weights: FloatWeights | None = None,
 ) -> np.ndarray:
     """Exact conv of integer arrays (n, c, h, w) * (oc, c / groups, kh, kw) -> int64 (n, oc, h', w').
 
@@ -205,10 +212,13 @@ def integer_conv(
     directly. A result that still is not integral is redone in int64 (``_integral``). With
     ``groups`` (as torch's), the plan's bound is each group's own: ``w_int`` holds only a
     group's input channels per output channel. The values are converted to float32 once; the
-    bound is read from those converted values and the conv runs on them.
+    bound is read from those converted values and the conv runs on them. ``weights``: ``w_int``
+    already converted (``IntLayer.w_float``), used only if made from this very ``w_int``.
     """
-    x32, w32 = _float32(x_int), _float32(w_int)
-    plan = _float32_plan(x32, w32) or _int64_plan(x_int, w_int)
+    if weights is None or weights.source is not w_int:
+        weights = float_weights(w_int)
+    x32, w32 = _float32(x_int), weights.w32
+    plan = _float32_plan(x32, w32, weights.w_sum) or _int64_plan(x_int, w_int)
     if plan.method == "int64":
         return _int64_conv(x_int, w_int, stride, padding, groups)
     with exact_math():
@@ -264,7 +274,7 @@ def _int64_conv(
 
 def conv_psum(layer: IntLayer) -> Psums:
     """The layer's exact psums, with recovered = psum * x_delta * w_delta checked as in seed 003."""
-    psum = integer_conv(layer.x_int, layer.w_int, layer.stride, layer.padding)
+    psum = integer_conv(layer.x_int, layer.w_int, layer.stride, layer.padding, weights=layer.w_float)
     recovered = psum.astype(np.float64) * (layer.x_delta * layer.w_delta)
     error = np.abs(recovered - layer.y_float.astype(np.float64))
     mean, next_mean, next_max = float(error.mean()), None, None

@@ -10,6 +10,7 @@ the fast checks have failed, and names the file's line.
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
@@ -346,13 +347,16 @@ def _little_bytes(digits: np.ndarray, radix: str) -> np.ndarray:
 def _word_ints(digits: np.ndarray, radix: str) -> np.ndarray:
     """(words, digits) of words up to 64 bits -> (words,) unsigned integers of the narrowest size.
 
-    A pass a hex digit column, or a pass eight bits (one multiply, see _eight_bits), over every word.
+    Hex: a pass a digit column. Bin: one multiply a byte of the word (see _eight_bits), each
+    product's top byte stored straight into its byte of the word, a block of rows at a time, so no
+    shift or or passes over the words: bits ``01 01101011`` -> the last eight, 0x6b, the word's
+    low byte; the two above them, 0x01, its next -> 0x016b.
     """
     rows, width = digits.shape
     per = 1 if radix == "bin" else 4
     kind = np.dtype(f"u{next(size for size in (1, 2, 4, 8) if width * per <= 8 * size)}")
-    word = np.zeros(rows, dtype=kind)
     if radix == "hex" or width < 8:
+        word = np.zeros(rows, dtype=kind)
         for column in range(width):
             if column:
                 np.left_shift(word, kind.type(per), out=word)
@@ -360,24 +364,108 @@ def _word_ints(digits: np.ndarray, radix: str) -> np.ndarray:
         return word
     if digits.strides[1] != 1:
         digits = np.ascontiguousarray(digits)
-    top = width % 8  # the bits above the last whole groups of eight: the first eight's leading ones
-    scratch = np.empty(rows, dtype=np.uint64)
-    if top:
-        np.right_shift(_eight_bits(digits, 0, scratch), np.uint64(8 - top), out=scratch)
-        np.bitwise_or(word, scratch, out=word, casting="unsafe")  # the bits fit the word
-    for start in range(top, width, 8):
-        if start:
-            np.left_shift(word, kind.type(8), out=word)
-        np.bitwise_or(word, _eight_bits(digits, start, scratch), out=word, casting="unsafe")
-    return word
+    word_bytes = np.zeros((rows, kind.itemsize), dtype=np.uint8)  # the words' bytes in memory order
+    # a block of rows at a time: the scratch stays in cache, never a fresh buffer the size of the file
+    scratch = np.empty(min(rows, _BLOCK), dtype=np.uint64)
+    for first in range(0, rows, _BLOCK):
+        _bin_block(digits[first : first + _BLOCK], word_bytes[first : first + _BLOCK], scratch)
+    return word_bytes.view(kind)[:, 0]
 
 
-def _eight_bits(digits: np.ndarray, start: int, out: np.ndarray) -> np.ndarray:
-    """Bit columns start..start+7 (each 0 or 1, the first most significant) -> one byte a word, in ``out``."""
+_BLOCK = 1 << 15  # rows a block: 256 KiB of uint64 scratch
+
+
+def _bin_block(digits: np.ndarray, word_bytes: np.ndarray, scratch: np.ndarray) -> None:
+    """(rows, width) bits, the first most significant -> each word's bytes (rows, size) in memory order."""
+    rows, width = digits.shape
+    scratch = scratch[:rows]
+    top_byte = scratch.view(np.uint8).reshape(rows, 8)[:, _TOP]
+    groups, top = divmod(width, 8)  # whole bytes from the end; ``top`` leading bits above them
+    size = word_bytes.shape[1]
+    for k in range(groups):  # k: the word's k-th byte from the least significant
+        _eight_bits(digits, width - 8 * (k + 1), scratch)
+        word_bytes[:, _byte_column(k, size)] = top_byte
+    if top:  # the first eight columns' leading ``top`` bits
+        _eight_bits(digits, 0, scratch)
+        np.right_shift(top_byte, np.uint8(8 - top), out=word_bytes[:, _byte_column(groups, size)])
+
+
+def _uniform_bin_words(data: str | bytes, word_bits: int, header_lines: int) -> np.ndarray | None:
+    """The words of a bin text that is nothing but ``word_bits``-digit lines (8 to 64 bits), each
+    with its newline, as (words,) unsigned integers; None for anything else (the general path then
+    reads it, or names what is wrong).
+
+    A block of lines at a time, from the text's bytes to the words: each block's bits are checked
+    and gathered while in cache, so no (words, digits) matrix the size of the file is ever made.
+    """
+    if not isinstance(data, bytes) or not 8 <= word_bits <= 64:
+        return None
+    codes = np.frombuffer(data, dtype=np.uint8)
+    start = _header_end(codes, header_lines)
+    line = word_bits + 1
+    if start is None or codes.size == start or (codes.size - start) % line:
+        return None
+    rows = (codes.size - start) // line
+    lines = codes[start:].reshape(rows, line)
+    kind = np.dtype(f"u{next(size for size in (1, 2, 4, 8) if word_bits <= 8 * size)}")
+    word_bytes = np.zeros((rows, kind.itemsize), dtype=np.uint8)
+    block = min(rows, _BLOCK)
+    bits, scratch = np.empty((block, line), dtype=np.uint8), np.empty(block, dtype=np.uint64)
+    newline = np.uint8(_NEWLINE ^ ord("0"))
+    for first in range(0, rows, block):
+        chunk = bits[: min(block, rows - first)]
+        np.bitwise_xor(lines[first : first + block], np.uint8(ord("0")), out=chunk)  # '0' -> 0, '1' -> 1
+        if not (chunk[:, word_bits] == newline).all():
+            return None
+        chunk[:, word_bits] = 0  # then one contiguous max checks every digit
+        if int(chunk.max()) > 1:
+            return None
+        _bin_block(chunk[:, :word_bits], word_bytes[first : first + block], scratch)
+    return word_bytes.view(kind)[:, 0]
+
+
+def text_lanes(
+    data: str | bytes,
+    radix: str,
+    word_bits: int,
+    header_lines: int,
+    lanes: int,
+    lane_bits: int,
+    signed: bool,
+    lane_order: str,
+    where: str,
+    words: int | None = None,
+) -> np.ndarray:
+    """Text words -> (words, lanes) int64 in file order: word_digits then lanes_from_digits, with a
+    plain bin file read block by block (see _uniform_bin_words). ``words``: the file must hold at
+    least that many, and only they are read (InputError otherwise, naming ``where``)."""
+    word = _uniform_bin_words(data, word_bits, header_lines) if radix == "bin" else None
+    if word is None:
+        digits = word_digits(data, radix, word_bits, header_lines, where)
+        _enough(digits.shape[0], words, where)
+        return lanes_from_digits(digits[:words], radix, lanes, lane_bits, signed, lane_order)
+    _enough(word.shape[0], words, where)
+    return word_lanes(word[:words], lanes, lane_bits, signed, lane_order)
+
+
+def _enough(found: int, words: int | None, where: str) -> None:
+    if words is not None and found < words:
+        raise InputError(f"{where}: {found} data words, the manifest says {words}")
+
+
+_TOP = 7 if sys.byteorder == "little" else 0  # where a uint64's most significant byte sits in memory
+
+
+def _byte_column(k: int, size: int) -> int:
+    """Where a ``size``-byte unsigned integer keeps its ``k``-th least significant byte in memory."""
+    return k if sys.byteorder == "little" else size - 1 - k
+
+
+def _eight_bits(digits: np.ndarray, start: int, out: np.ndarray) -> None:
+    """Bit columns start..start+7 (each 0 or 1, the first most significant) -> in ``out``'s top
+    byte, one byte a word (the product's lower bytes hold carries: read only the top one)."""
     group = digits[:, start : start + 8].view("<u8")[:, 0]  # eight bytes a word, in place
     np.multiply(group, _GATHER_BITS, out=out)
-    np.right_shift(out, np.uint64(56), out=out)
-    return out
 
 
 def _uint64(columns: np.ndarray) -> np.ndarray:
@@ -398,15 +486,27 @@ def lanes_from_digits(
     if radix == "hex" and lane_bits == 4:
         shown = digits[:, width - lanes :]
         values = np.array(shown if lane_order == "msb_first" else shown[:, ::-1], dtype=np.int64)
+    elif width * (1 if radix == "bin" else 4) <= 64:
+        return word_lanes(_word_ints(digits, radix), lanes, lane_bits, signed, lane_order)
     else:
-        word = _word_ints(digits, radix) if width * (1 if radix == "bin" else 4) <= 64 else None
-        if word is not None and lanes == 1:
-            return _one_lane(word, lane_bits, signed)
-        values = _lanes_of(digits, radix, word, lanes, lane_bits, lane_order)
-    if signed:  # two's complement
-        sign = np.int64(1 << (lane_bits - 1))
-        np.bitwise_xor(values, sign, out=values)
-        np.subtract(values, sign, out=values)
+        values = _lanes_of(digits, radix, None, lanes, lane_bits, lane_order)
+    return _signed(values, lane_bits) if signed else values
+
+
+def word_lanes(word: np.ndarray, lanes: int, lane_bits: int, signed: bool, lane_order: str) -> np.ndarray:
+    """(words,) unsigned words up to 64 bits -> (words, lanes) int64 in file order (lsb_first: lane 0
+    in the low bits). ``word`` may be overwritten."""
+    if lanes == 1:
+        return _one_lane(word, lane_bits, signed)
+    values = _lanes_of(word[:, None], "bin", word, lanes, lane_bits, lane_order)
+    return _signed(values, lane_bits) if signed else values
+
+
+def _signed(values: np.ndarray, lane_bits: int) -> np.ndarray:
+    """Unsigned ``lane_bits``-bit lanes as two's complement, in place."""
+    sign = np.int64(1 << (lane_bits - 1))
+    np.bitwise_xor(values, sign, out=values)
+    np.subtract(values, sign, out=values)
     return values
 
 
@@ -476,6 +576,29 @@ def file_digits(data: str | bytes, entry: FileEntry, where: str) -> np.ndarray:
     return word_digits(data, radix_of(entry), entry.word_bits, entry.header_lines, where)
 
 
+def file_values(data: str | bytes, entry: FileEntry, where: str) -> np.ndarray:
+    """A file of ``entry``'s format as its first ``entry.words`` words' (words, lanes) int64, in file
+    order; InputError if it holds fewer."""
+    if entry.format in _SYNTAX:
+        digits = syntax_digits(data, entry, where)
+        _enough(digits.shape[0], entry.words, where)
+        return lanes_from_digits(
+            digits[: entry.words], "hex", entry.lanes, entry.lane_bits, entry.signed, entry.lane_order
+        )
+    return text_lanes(
+        data,
+        radix_of(entry),
+        entry.word_bits,
+        entry.header_lines,
+        entry.lanes,
+        entry.lane_bits,
+        entry.signed,
+        entry.lane_order,
+        where,
+        entry.words,
+    )
+
+
 def radix_of(entry: FileEntry) -> str:
     return "bin" if entry.format in ("bin", "txt") else "hex"
 
@@ -510,12 +633,7 @@ def decode_file(path: Path, entry: FileEntry | Mapping[str, Any]) -> np.ndarray:
     if entry.format == "npy":
         array = np.load(io.BytesIO(data), allow_pickle=False)
         return np.asarray(array.astype(np.int64).reshape(shape))
-    digits = file_digits(data, entry, str(path))
-    if digits.shape[0] < entry.words:
-        raise InputError(f"{path}: {digits.shape[0]} data words, the manifest says {entry.words}")
-    values = lanes_from_digits(
-        digits[: entry.words], radix_of(entry), entry.lanes, entry.lane_bits, entry.signed, entry.lane_order
-    )
+    values = file_values(data, entry, str(path))
     stored = stored_shape(entry)
     count = int(np.prod(stored))
     if values.size < count:

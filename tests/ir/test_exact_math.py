@@ -281,3 +281,15 @@ def test_study_evaluate_runs_in_exact_math(user_settings: dict[str, Any]) -> Non
     assert result.count == 6
     assert seen == [EXACT, EXACT]  # two batches
     assert _settings() == user_settings
+
+
+def test_the_precision_settings_are_found_once_and_still_restored() -> None:
+    # the reference conv enters exact_math at every call: finding the settings is done once
+    from qexport import precision
+
+    assert precision._slots() is precision._slots()
+    conv = torch.backends.mkldnn.conv
+    before = conv.fp32_precision
+    with precision.exact_math():
+        assert conv.fp32_precision == "ieee"
+    assert conv.fp32_precision == before

@@ -29,6 +29,7 @@ from qexport.ir.reference import (
     partial_psums,
     tiled_psums,
 )
+from qexport.ir.weights import float_weights
 
 
 def _torch_float64_conv(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.ndarray:
@@ -132,6 +133,61 @@ def test_the_plan_from_the_float32_values_is_the_int64_plan(
     else:
         assert fast == exact
     assert reference.conv_plan(x, w) == exact
+
+
+@settings(derandomize=True, max_examples=150, deadline=None, database=None)
+@given(
+    x_max=st.sampled_from([0, 1, 15, 255, 2**12, 2**24 - 1, 2**24, 2**24 + 1, 2**31]),
+    w_max=st.sampled_from([0, 1, 7, 127, 2**12, 2**23, 2**24 - 1, 2**24, 2**24 + 1, 2**40]),
+    channels=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_the_plan_from_weights_converted_beforehand_is_the_int64_plan(
+    x_max: int, w_max: int, channels: int, seed: int
+) -> None:
+    # integerize converts the weights and sums |w| once (float_weights); the plan read from them
+    # must be the exact one or refuse, as the plan from weights converted in the conv is
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-x_max, x_max, size=(1, channels, 3, 3), endpoint=True)
+    w = rng.integers(-w_max, w_max, size=(3, channels, 3, 3), endpoint=True)
+    x.flat[0], w.flat[0] = x_max, -w_max
+    weights = float_weights(w)
+    fast = _float32_plan(_float32(x), weights.w32, weights.w_sum)
+    assert fast == _float32_plan(_float32(x), _float32(w))
+    if fast is not None:
+        assert fast == _int64_plan(x, w)
+    np.testing.assert_array_equal(integer_conv(x, w, 1, 1, weights=weights), _int64_conv(x, w, 1, 1))
+
+
+def test_conv_psum_runs_on_the_weights_integerize_converted(
+    demo_layers: list,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layer = integerize(next(t for t in demo_layers if t.layer == 33))
+    assert layer.w_float is not None and layer.w_float.source is layer.w_int
+    np.testing.assert_array_equal(layer.w_float.w32.numpy(), layer.w_int)
+
+    def no_conversion(*_args: object) -> None:
+        raise AssertionError("integer_conv converted the layer's weights again")
+
+    monkeypatch.setattr(reference, "float_weights", no_conversion)
+    psums = conv_psum(layer)
+    np.testing.assert_array_equal(
+        psums.psum, _int64_conv(layer.x_int, layer.w_int, layer.stride, layer.padding)
+    )
+
+
+def test_weights_of_another_array_are_not_used() -> None:
+    # a layer whose w_int was replaced (dataclasses.replace) still carries the old conversion
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 15, size=(1, 8, 4, 4), endpoint=True)
+    w = rng.integers(-7, 7, size=(4, 8, 3, 3), endpoint=True)
+    stale = float_weights(w)
+    changed = w.copy()
+    changed[0, 0, 1, 1] += 3
+    np.testing.assert_array_equal(
+        integer_conv(x, changed, 1, 1, weights=stale), _int64_conv(x, changed, 1, 1)
+    )
 
 
 def test_a_weight_that_rounds_to_two_to_the_24_is_not_trusted() -> None:

@@ -8,6 +8,7 @@ import contextlib
 import re
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from qexport.errors import InputError
 from qexport.layout.flat import TensorPlan
-from qexport.verify.decode import decode_file, lanes_from_digits, word_digits
+from qexport.verify.decode import decode_file, lanes_from_digits, text_lanes, word_digits
 from qexport.writer.manifest import FileEntry, file_entry
 from qexport.writer.pack import PackSpec, format_words, to_words
 from qexport.writer.render import MemoryContext, render_memory
@@ -200,3 +201,59 @@ def test_wide_c_words_keep_their_limbs_in_order(tmp_path: Path) -> None:
     path = tmp_path / "w.h"
     path.write_bytes(data)
     assert decode_file(path, entry).reshape(-1).tolist() == values.tolist()
+
+
+_MANY = 70_001  # words: more than two of the bin reader's blocks of lines, the last one short
+
+
+def _bin_text(words: list[int], word_bits: int, header: str = "") -> bytes:
+    return (header + "".join(f"{word:0{word_bits}b}\n" for word in words)).encode("ascii")
+
+
+@pytest.mark.parametrize("word_bits", [8, 9, 13, 18, 31, 33, 40, 63, 64], ids=lambda b: f"{b}-bit")
+def test_a_plain_bin_file_of_many_blocks_decodes_as_python_ints_read_it(word_bits: int) -> None:
+    """Widths off a whole byte, and files longer than a block: each lane as ``int(line, 2)`` gives it."""
+    rng = np.random.default_rng(word_bits)
+    words = [int(w) for w in rng.integers(0, 2**word_bits, _MANY, dtype=np.uint64, endpoint=False)]
+    words[:4] = [0, 2**word_bits - 1, 2 ** (word_bits - 1), 2 ** (word_bits - 1) - 1]  # the edges
+    data = _bin_text(words, word_bits, header="// two header\n// lines\n")
+    lane_bits = word_bits // 2 if word_bits % 2 == 0 else word_bits
+    lanes = word_bits // lane_bits
+    for signed, order in ((True, "lsb_first"), (False, "msb_first")):
+        got = text_lanes(data, "bin", word_bits, 2, lanes, lane_bits, signed, order, "f.mem")
+        entry = SimpleNamespace(
+            words=_MANY,
+            word_bits=word_bits,
+            lanes=lanes,
+            lane_bits=lane_bits,
+            signed=signed,
+            lane_order=order,
+        )
+        assert got.reshape(-1).tolist() == _naive_lanes(words, entry)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda line: line[:-1] + "2", r"f\.mem line 40002: data word 40000 has a bad bin digit '2'"),
+        (lambda line: line[1:], r"f\.mem line 40002: data word 40000 is 17 digits, expected 18"),
+    ],
+    ids=["bad digit", "short word"],
+)
+def test_a_bad_line_in_a_later_block_of_a_bin_file_names_its_line(edit: Any, message: str) -> None:
+    lines = _bin_text(list(range(_MANY)), 18, header="// header\n").decode("ascii").split("\n")
+    lines[40_001] = edit(lines[40_001])
+    with pytest.raises(InputError, match=message):
+        text_lanes("\n".join(lines).encode("ascii"), "bin", 18, 1, 1, 18, True, "lsb_first", "f.mem")
+
+
+def test_a_bin_file_short_of_the_manifest_words_is_an_input_error() -> None:
+    data = _bin_text(list(range(10)), 18)
+    with pytest.raises(InputError, match=r"f\.mem: 10 data words, the manifest says 11"):
+        text_lanes(data, "bin", 18, 0, 1, 18, True, "lsb_first", "f.mem", words=11)
+    assert text_lanes(data, "bin", 18, 0, 1, 18, True, "lsb_first", "f.mem", words=4).tolist() == [
+        [0],
+        [1],
+        [2],
+        [3],
+    ]
