@@ -394,7 +394,7 @@ class _StandIn(str):
 
 def _logged_dunder(name: str) -> Any:
     def method(self: _StandIn, *args: Any) -> Any:
-        return self.__getattribute__(name)(*args)
+        return _StandIn.__getattribute__(self, name)(*args)
 
     method.__name__ = name
     return method
@@ -440,7 +440,7 @@ def _render_group(group: list[TensorPlan], ctx: MemoryContext) -> list[RenderedM
         return None  # each file alone says which one and why
     rows = -(-per_file // spec.lanes)
     words = np.zeros((count, rows * spec.lanes), dtype=flat.dtype)
-    words[:, :per_file] = flat.reshape(count, per_file)
+    words[:, :per_file] = flat.reshape(-1)[: count * per_file].reshape(count, per_file)
     depth = _depth_of(rows, "exact" if fmt == "txt" else ctx.depth)
     padded = np.zeros((count, depth, spec.lanes), dtype=flat.dtype)
     padded[:, :rows] = words.reshape(count, rows, spec.lanes)
