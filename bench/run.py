@@ -1247,7 +1247,8 @@ def section_smallfiles(settings: Settings, report: Report) -> None:
     """A course-profile dump writes one file a tile; its pack+write stage beside a plain Python loop
     writing the same bytes to as many files in the same file system; target: at most 1.5x."""
     section_header(SECTIONS[7])
-    cases = [("layer 48", "48")] if settings.quick else [("layer 48", "48"), ("--all", None)]
+    # --quick: a layer of 662 files, so the smoke run stays short (its ratio means less)
+    cases = [("layer 27", "27")] if settings.quick else [("layer 48", "48"), ("--all", None)]
     rows, figures = [], {}
     for label, layer in cases:
         with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
@@ -1309,7 +1310,7 @@ def section_smallfiles(settings: Settings, report: Report) -> None:
         "  every file and writes the manifest, and syncs the set (syncfs, folder fsyncs) before its rename."
     )
     if settings.quick:
-        print("  dump --all skipped (--quick)")
+        print("  layer 48 (41,089 files) and dump --all (211,043) skipped (--quick)")
     report.figures["smallfiles"] = figures
 
 
