@@ -46,7 +46,7 @@ from qexport.writer.manifest import (
     file_entry,
 )
 from qexport.writer.recipe import build_recipe, find_checkpoint
-from qexport.writer.render import Depth, MemoryContext, render, render_memory
+from qexport.writer.render import Depth, MemoryContext, RenderedMemory, render, render_memories
 from qexport.writer.write import ExportPlan, FileSink, staged, write_hashed
 
 if TYPE_CHECKING:
@@ -275,7 +275,8 @@ def _render_set(
                 depth,
                 template_dir,
             )
-            files = [_write_memory(tp, context, sink) for tp in plan.tensors]
+            rendered = render_memories(plan.tensors, context)
+            files = [_write_memory(tp, r, sink) for tp, r in zip(plan.tensors, rendered, strict=True)]
         if plans is not None:
             plans.append((plan, context))
         layer_entries.append(_layer_entry(int_layer, psums, files, loaded, ref, layer_sfu))
@@ -535,9 +536,8 @@ def _checked_float(t: LayerTensors) -> tuple[IntLayer, Psums]:
     return int_layer, psums
 
 
-def _write_memory(tp: TensorPlan, context: MemoryContext, sink: FileSink) -> FileEntry:
-    """Render one file, write it (hashing it on the way) and say what the manifest records of it."""
-    rendered = render_memory(tp, context)
+def _write_memory(tp: TensorPlan, rendered: RenderedMemory, sink: FileSink) -> FileEntry:
+    """Write one rendered file (hashing it on the way) and say what the manifest records of it."""
     sha256 = write_hashed(sink, rendered.facts.path, rendered.content)
     return file_entry(tp, rendered.facts, sha256)
 

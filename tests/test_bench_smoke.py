@@ -21,6 +21,7 @@ SECTION_HEADERS = (
     "== 5. Decoding throughput ==",
     "== 6. Compare at scale ==",
     "== 7. Integer inference ==",
+    "== 8. Thousands of small files ==",
     "== Summary ==",
 )
 

@@ -11,8 +11,10 @@ dataclasses. No torch here: ``qexport compare`` reads a manifest without loading
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -177,8 +179,13 @@ class _Reader:
             raise self.error(f"unknown key {unknown[0]!r}")
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _json_value(value: object) -> object:
     """A field's value as JSON holds it: tuples as lists, records as their objects."""
+    if type(value) in _SCALARS:  # most fields: answered before any of the checks below
+        return value
     if isinstance(value, tuple):
         return [_json_value(v) for v in value]
     to_json = getattr(value, "to_json", None)
@@ -191,7 +198,16 @@ def _json_value(value: object) -> object:
 
 def _plain(record: Any, skip: str = "") -> Json:
     """A record's fields as a JSON object, each under its own name (the manifest's key)."""
-    return {f.name: _json_value(getattr(record, f.name)) for f in fields(record) if f.name != skip}
+    return {
+        name: _json_value(getattr(record, name))
+        for name in _field_names(cast(Hashable, type(record)))
+        if name != skip
+    }
+
+
+@functools.cache
+def _field_names(cls: Any) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 def _drop_none(data: Json, *keys: str) -> Json:
@@ -716,8 +732,80 @@ class Manifest:
 
 
 def dumps(manifest: Manifest) -> str:
-    """Sorted, indented JSON with a final newline: byte-identical for identical content."""
-    return dumps_json(manifest.to_json())
+    """Sorted, indented JSON with a final newline: byte-identical for identical content.
+
+    Exactly ``dumps_json(manifest.to_json())``; a layer's file entries (a tiled layer has tens of
+    thousands, all alike but for a few values) are spelt from one ``json.dumps`` of each shape of
+    entry, their values put in after, then set in place of a stand-in for the layer's list.
+    """
+    data = manifest.to_json()
+    lists: list[list[Json]] = []
+    for layer in data["layers"]:
+        files = layer["files"]
+        if files:
+            layer["files"] = f"@@qexport-files-{len(lists)}@@"
+            lists.append(files)
+    shapes: dict[tuple[Any, ...], str] = {}
+
+    def spliced(match: re.Match[str]) -> str:
+        indent = match[1]
+        entries = lists[int(match[2])]
+        inner = indent + "  "
+        items = ",\n".join(inner + _entry_text(entry, len(inner), shapes) for entry in entries)
+        return f'{indent}"files": [\n{items}\n{indent}]'
+
+    return _FILES_STAND_IN.sub(spliced, dumps_json(data))
+
+
+_FILES_STAND_IN = re.compile(r'(?m)^( *)"files": "@@qexport-files-(\d+)@@"')
+_LEAF = '"@@qexport-leaf@@"'
+
+
+def _entry_text(entry: Json, indent: int, shapes: dict[tuple[Any, ...], str]) -> str:
+    """``entry`` as ``dumps_json`` spells it nested ``indent`` spaces deep (first line unindented).
+
+    Entries of one shape (the same keys, the same list lengths) share a %-template made by
+    ``json.dumps`` with a stand-in for each scalar; an entry holding anything else is dumped alone.
+    """
+    shape: list[tuple[str, int]] = []
+    leaves: list[object] = []
+    for name, value in sorted(entry.items()):
+        if type(value) is list:
+            shape.append((name, len(value)))
+            leaves.extend(value)
+        else:
+            shape.append((name, -1))
+            leaves.append(value)
+    spelt = [_scalar_json(leaf) for leaf in leaves]
+    if None in spelt:  # a record, a nested list, a number JSON cannot hold: as json.dumps does it
+        text = json.dumps(entry, sort_keys=True, indent=2, allow_nan=False)
+        return text.replace("\n", "\n" + " " * indent)
+    key = (indent, *shape)
+    template = shapes.get(key)
+    if template is None:
+        sample = {k: [_LEAF_VALUE] * n if n >= 0 else _LEAF_VALUE for k, n in shape}
+        text = json.dumps(sample, sort_keys=True, indent=2).replace("\n", "\n" + " " * indent)
+        template = shapes[key] = "%s".join(part.replace("%", "%%") for part in text.split(_LEAF))
+    text = template % tuple(spelt)
+    return text
+
+
+_LEAF_VALUE = _LEAF[1:-1]
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _scalar_json(value: object) -> str | None:
+    """A scalar as ``json.dumps`` spells it (ASCII strings, int's repr), or None for anything else."""
+    kind = type(value)
+    if kind is str:
+        return _encode_string(cast(str, value))
+    if kind is int:
+        return int.__repr__(cast(int, value))
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return None  # floats (nan, inf refused), int subclasses, records: json.dumps decides
 
 
 def dumps_json(data: Mapping[str, Any]) -> str:

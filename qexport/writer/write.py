@@ -74,7 +74,10 @@ class ExportPlan:
 
     def add(self, relpath: str, content: Content, *, executable: bool = False) -> None:
         refuse_twice(relpath, self.files)
-        self.files[relpath] = b"".join([bytes(chunk) for chunk in _chunks(content)])
+        if isinstance(content, bytes):
+            self.files[relpath] = content
+        else:
+            self.files[relpath] = b"".join([bytes(chunk) for chunk in _chunks(content)])
         if executable:
             self.executable.add(relpath)
 
@@ -106,28 +109,36 @@ class StagedFolder:
 
     root: Path
     written: set[str] = field(default_factory=set)
+    made: set[str] = field(default_factory=set)
+    """Folders (relative, "/"-separated) already made in the staging folder."""
     sync_each: bool = field(default_factory=lambda: _SYNCFS is None)
 
     def add(self, relpath: str, content: Content, *, executable: bool = False) -> None:
         refuse_twice(relpath, self.written)
         self.written.add(relpath)
-        target = self.root / relpath
-        folder = self.root
-        for part in Path(relpath).parent.parts:  # never parents=True: a vanished root stays gone
-            folder = folder / part
-            folder.mkdir(exist_ok=True)
-        with target.open("wb") as file:
+        parent, _, _ = relpath.rpartition("/")
+        if parent not in self.made:  # a folder is made once, not checked again for each of its files
+            folder = self.root
+            for part in Path(parent).parts:  # never parents=True: a vanished root stays gone
+                folder = folder / part
+                folder.mkdir(exist_ok=True)
+            self.made.add(parent)
+        target = f"{self.root}/{relpath}"  # a str path: pathlib costs more than the open on small files
+        with open(target, "wb") as file:  # noqa: PTH123
             for chunk in _chunks(content):
                 file.write(chunk)
             if self.sync_each:
                 file.flush()
                 os.fsync(file.fileno())  # on disk before the folder is renamed into place
         if executable:
-            target.chmod(0o755)
+            os.chmod(target, 0o755)  # noqa: PTH101
 
 
 def write_hashed(sink: FileSink, relpath: str, content: Content) -> str:
     """Write ``content`` to ``sink`` as ``relpath`` and return its sha256 (hex)."""
+    if isinstance(content, bytes):  # a small file whole: one call each, no chunk pipeline
+        sink.add(relpath, content)
+        return hashlib.sha256(content).hexdigest()
     digest = hashlib.sha256()
     sink.add(relpath, _hashed(_chunks(content), digest.update))  # add takes every chunk before it returns
     return digest.hexdigest()

@@ -196,3 +196,19 @@ def test_the_classifier_entry_round_trips_and_is_absent_without_the_last_conv(tm
     assert "classifier" not in json.loads((tmp_path / "middle" / "manifest.json").read_text())
     export(SourceOptions(images="0:1"), [51], tmp_path / "plain")
     assert "classifier" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())
+
+
+def test_dumps_spells_many_file_entries_as_json_dumps_does() -> None:
+    """The file entries spliced in from templates (issue 18 item 4) are json.dumps' own bytes,
+    whatever the paths hold (quotes, %, non-ASCII, backslashes), in every shape of entry."""
+    folder = Path(__file__).parents[2] / "vectors" / "gradual27_course_txt"
+    manifest = loads((folder / "manifest.json").read_text(), "gradual27 manifest")
+    layer = manifest.layers[0]
+    odd = ['a "quoted" %s %d 100%', "ünïcode/tilé", "back\\slash\ttab", "@@qexport-leaf@@"]
+    files = tuple(
+        replace(entry, path=f"{odd[k % len(odd)]}/{entry.path}", channels=k if k % 3 else None)
+        for k, entry in enumerate(layer.files)
+    )
+    manifest = replace(manifest, layers=(replace(layer, files=files), replace(layer, files=())))
+    assert dumps(manifest) == json.dumps(manifest.to_json(), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    assert loads(dumps(manifest)) == manifest

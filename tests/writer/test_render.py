@@ -8,17 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qexport import __version__
 from qexport.cli.main import main
-from qexport.errors import InputError
+from qexport.errors import BitWidthError, InputError
 from qexport.layout.flat import TensorPlan
+from qexport.layout.placement import Placement
 from qexport.layout.profile import load_profile, parse_profile
 from qexport.verify.decode import decode_file
 from qexport.writer import formats, pack
-from qexport.writer.manifest import file_entry
+from qexport.writer import render as render_module
+from qexport.writer.formats import FORMATS
+from qexport.writer.manifest import RenderedFacts, file_entry
 from qexport.writer.pack import PackSpec
-from qexport.writer.render import MemoryContext, render_memory
+from qexport.writer.render import MemoryContext, render_memories, render_memory
 from qexport.writer.write import ExportPlan, write_hashed
 
 # --- item 5: file-name patterns -------------------------------------------------------------
@@ -326,3 +331,146 @@ def test_a_name_pattern_that_gives_two_files_one_name_is_refused(tmp_path: Path)
     assert "two files of this set are both named layer33/w00.txt" in result.output
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["mine.toml"]  # no staging folder left either
+
+
+# --- issue 18 item 4: many small files, rendered a group at a time ------------------------------
+
+BATCH_PROPERTY = settings(
+    derandomize=True,
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+def _tiles(
+    count: int, spec: PackSpec, shape: tuple[int, ...], seed: int, pad_to: int = 1, tensor: str = "weight"
+) -> list[TensorPlan]:
+    """``count`` tile files of one kind, as a systolic layout hands them over (own name and place)."""
+    low, high = spec.value_range
+    rng = np.random.default_rng(seed)
+    return [
+        TensorPlan(
+            tensor,  # type: ignore[arg-type]
+            f"layer33/{tensor}_itile{k}_otile{k % 3}_kij{k % 9}",
+            rng.integers(low, high + 1, size=shape),
+            tuple("nhwc"[-len(shape) :]),
+            spec,
+            padded=True if tensor == "input" else None,
+            where=Placement(itile=k, otile=k % 3, kij=k % 9, ic=(8 * k, 8 * k + 8), oc=(0, 8)),
+            pad_to=pad_to,
+        )
+        for k in range(count)
+    ]
+
+
+def _context(fmt: str, depth: str = "exact", template_dir: Path | None = None) -> MemoryContext:
+    return MemoryContext(
+        "VGG16_quant_gradual",
+        "demo, untrained",
+        "course",
+        "33",
+        "layer33",
+        10,
+        fmt,
+        depth,
+        template_dir,  # type: ignore[arg-type]
+    )
+
+
+def _alone(tp: TensorPlan, ctx: MemoryContext) -> tuple[bytes, RenderedFacts]:
+    rendered = render_memory(tp, ctx)
+    return b"".join(bytes(chunk) for chunk in rendered.content), rendered.facts
+
+
+def _batched(tps: list[TensorPlan], ctx: MemoryContext) -> list[tuple[bytes, RenderedFacts]]:
+    out = []
+    for rendered in render_memories(tps, ctx):
+        content = rendered.content
+        out.append((content if isinstance(content, bytes) else b"".join(map(bytes, content)), rendered.facts))
+    return out
+
+
+@st.composite
+def _tile_groups(draw: st.DrawFn) -> tuple[list[TensorPlan], MemoryContext]:
+    """Two kinds of tiles, interleaved, of any spec, in every format, exact or pow2 depth."""
+    bits = draw(st.integers(1, 33))
+    lanes = draw(st.integers(1, 9))
+    order = draw(st.sampled_from(["lsb_first", "msb_first"]))
+    spec = PackSpec(bits, lanes, draw(st.booleans()), order)  # type: ignore[arg-type]
+    shape = (1, draw(st.integers(1, 5)), draw(st.integers(1, 4)), draw(st.integers(1, 9)))
+    pad_to = draw(st.sampled_from([1, lanes]))
+    first = _tiles(draw(st.integers(2, 6)), spec, shape, draw(st.integers(0, 99)), pad_to, "input")
+    second = _tiles(draw(st.integers(1, 4)), spec, shape[1:], 7, 1, "weight")
+    tps = first + second
+    perm = draw(st.permutations(range(len(tps))))
+    fmt = draw(st.sampled_from(FORMATS))
+    return [tps[k] for k in perm], _context(fmt, draw(st.sampled_from(["exact", "pow2"])))
+
+
+@BATCH_PROPERTY
+@given(_tile_groups())
+def test_batched_rendering_equals_rendering_each_file_alone(
+    case: tuple[list[TensorPlan], MemoryContext],
+) -> None:
+    """Every format, header, spec and lane order: a group's files are byte for byte (and fact for
+    fact) what render_memory makes of each, in the order given."""
+    tps, ctx = case
+    assert _batched(tps, ctx) == [_alone(tp, ctx) for tp in tps]
+
+
+@pytest.mark.parametrize("fmt", ["txt", "hex", "bin", "coe", "mif"])
+def test_a_group_renders_its_template_once_and_checks_it_on_its_first_file(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-file values go in after one render: render_memory runs once a group (the check)."""
+    tps = _tiles(40, PackSpec(4, 8, True), (8, 8), 1) + _tiles(30, PackSpec(16, 8, True), (1, 4, 4, 8), 2)
+    ctx = _context(fmt)
+    expected = [_alone(tp, ctx) for tp in tps]
+    calls = []
+
+    def counted(tp: TensorPlan, ctx: MemoryContext) -> object:
+        calls.append(tp.stem)
+        return render_memory(tp, ctx)
+
+    monkeypatch.setattr(render_module, "render_memory", counted)
+    assert _batched(tps, ctx) == expected
+    assert calls == [tps[0].stem, tps[40].stem]
+
+
+_PER_FILE_TEMPLATES = {
+    "compares": "{% if name == 'weight_itile3_otile0_kij3' %}third{% endif %}#{{ name }}\n{{ body }}\n",
+    "filters": "#{{ name | upper }}#{{ where | length }}#{{ name[:9] }}#\n{{ body }}\n",
+    "methods": "#{{ name.replace('_', '-') }}#{{ name.startswith('weight_itile1') }}#\n{{ body }}\n",
+    "iterates": "#{% for c in name %}{{ c }}.{% endfor %}#{{ (name ~ where) | wordcount }}\n{{ body }}\n",
+    "concatenates": "#{{ 'x' + name + 'y' }}#{{ c_name ~ '_' ~ where }}#\n{{ body }}\n",
+    "formats": "#{{ '%-30s|' | format(name) }}#{{ name | truncate(12) }}\n{{ body }}\n",
+    "twice": "#{{ name }}\n{{ body }}\n--\n{{ body }}\n{{ where }}\n",
+}
+
+
+@pytest.mark.parametrize("use", sorted(_PER_FILE_TEMPLATES))
+def test_a_template_that_does_more_than_show_a_per_file_value_gives_each_file_its_own_outcome(
+    use: str, tmp_path: Path
+) -> None:
+    """Comparisons, filters, methods, loops, string formatting: whatever a template does with
+    ``name`` or ``where``, each file's bytes are those it would have alone."""
+    root = _template(tmp_path, "txt/memory.txt.j2", _PER_FILE_TEMPLATES[use])
+    tps = _tiles(12, PackSpec(4, 8, True), (8, 8), 3)
+    ctx = _context("txt", template_dir=root)
+    assert _batched(tps, ctx) == [_alone(tp, ctx) for tp in tps]
+
+
+def test_a_value_that_does_not_fit_in_a_group_is_refused_naming_it_as_alone(tmp_path: Path) -> None:
+    tps = _tiles(5, PackSpec(4, 8, True), (8, 8), 4)
+    tps[3].array[2, 5] = 9
+    with pytest.raises(BitWidthError, match=r"spans \[-?\d+, 9\]; signed 4-bit holds \[-8, 7\]"):
+        list(render_memories(tps, _context("txt")))
+
+
+def test_a_group_larger_than_a_window_is_made_in_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render_module, "_WINDOW_WORDS", 20)
+    tps = _tiles(25, PackSpec(4, 8, True), (8, 8), 5)
+    ctx = _context("hex")
+    assert _batched(tps, ctx) == [_alone(tp, ctx) for tp in tps]
