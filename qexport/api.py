@@ -446,16 +446,17 @@ def _regenerate(recipe: Recipe, checkpoint: Path | None, set_dir: Path | None) -
 def _sfu_rules(
     loaded: Loaded, captured: dict[str, LayerTensors], chain: bool, notices: list[str]
 ) -> dict[str, tuple[Chain, Thresholds]]:
-    """Each conv's chain and thresholds, for every conv a next one reads; a model that is not a VGG
-    gets none (``chain`` refuses it), a chain the SFU cannot express is refused by module path."""
+    """Each conv's chain and thresholds, for every conv a next one reads; a model that is neither a
+    VGG nor the course ResNet gets none (``chain`` refuses it), a chain the SFU cannot express is
+    refused by module path."""
     from qexport.infer.chain import is_vgg, sfu_rules, vgg_chains
 
     if not is_vgg(loaded.model):
         if chain:
             vgg_chains(loaded.model)  # raises, naming why
         notices.append(
-            f"--sfu: {loaded.arch.name} is not a VGG-style model (features, then classifier); its "
-            "SFU (a residual add: fixed point) is not exported yet, so no layer has SFU files"
+            f"--sfu: {loaded.arch.name} is neither a VGG-style model (features, then classifier) nor "
+            "the course ResNet-CIFAR, so qexport cannot say what its SFU computes; no layer has SFU files"
         )
         return {}
     chains, _ = vgg_chains(loaded.model)
