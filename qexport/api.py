@@ -21,7 +21,7 @@ from qexport.frontend.source import Loaded as Loaded  # re-exported, as SourceOp
 from qexport.frontend.source import SourceOptions as SourceOptions
 from qexport.frontend.source import load as load
 from qexport.ir.checks import LayerChecks
-from qexport.ir.fixed_point import LayerFixedPoint
+from qexport.ir.fixed_point import FixedPointWidths, LayerFixedPoint
 from qexport.ir.integerize import IntLayer, integerize
 from qexport.ir.reference import Psums, TiledPsums, check_tiled, conv_psum, integer_conv, tiled_psums
 from qexport.ir.sfu import LayerSfu, sfu_output
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     from qexport.infer import InferReport
     from qexport.infer.chain import Chain
     from qexport.infer.resnet_files import ResNetSfu
-    from qexport.ir.fixed_point import FixedPointWidths
     from qexport.ir.sfu import Thresholds
 
 
@@ -307,7 +306,7 @@ def _render_set(
         loaded.source.get("sha256"),
         sfu=sfu,
         chain=chain,
-        widths=None if not resnet or widths is None or widths == _default_widths() else widths.as_dict(),
+        widths=None if not resnet or widths is None or widths == FixedPointWidths() else widths.as_dict(),
     )
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt, recipe)
     if sfu and (rules or resnet):
@@ -438,7 +437,7 @@ def _regenerate(recipe: Recipe, checkpoint: Path | None, set_dir: Path | None) -
             set_dir=set_dir,
             sfu=recipe.sfu,
             chain=recipe.chain,
-            widths=None if recipe.fixed_point is None else _widths(recipe.fixed_point),
+            widths=None if recipe.fixed_point is None else FixedPointWidths(**recipe.fixed_point),
         )
     return plan
 
@@ -469,18 +468,6 @@ def _is_resnet(loaded: Loaded) -> bool:
     return is_resnet(loaded.model)
 
 
-def _default_widths() -> FixedPointWidths:
-    from qexport.ir.fixed_point import FixedPointWidths
-
-    return FixedPointWidths()
-
-
-def _widths(recorded: dict[str, int]) -> FixedPointWidths:
-    from qexport.ir.fixed_point import FixedPointWidths
-
-    return FixedPointWidths(**recorded)
-
-
 def _resnet_sfus(
     loaded: Loaded, captured: dict[str, LayerTensors], chain: bool, widths: FixedPointWidths | None
 ) -> tuple[dict[str, ResNetSfu], dict[str, np.ndarray]]:
@@ -488,7 +475,7 @@ def _resnet_sfus(
     and, with ``chain``, each conv's ``x_int`` from the integer network's own outputs."""
     from qexport.infer.resnet_files import resnet_sfus
 
-    return resnet_sfus(loaded.model, captured, widths or _default_widths(), chain)
+    return resnet_sfus(loaded.model, captured, widths or FixedPointWidths(), chain)
 
 
 def _classifier(
