@@ -21,6 +21,7 @@ from qexport.frontend.source import Loaded as Loaded  # re-exported, as SourceOp
 from qexport.frontend.source import SourceOptions as SourceOptions
 from qexport.frontend.source import load as load
 from qexport.ir.checks import LayerChecks
+from qexport.ir.fixed_point import FixedPointWidths, LayerFixedPoint
 from qexport.ir.integerize import IntLayer, integerize
 from qexport.ir.reference import Psums, TiledPsums, check_tiled, conv_psum, integer_conv, tiled_psums
 from qexport.ir.sfu import LayerSfu, sfu_output
@@ -36,11 +37,13 @@ from qexport.writer.manifest import (
     CheckpointRecord,
     ClassifierEntry,
     FileEntry,
+    FixedPointEntry,
     InputsRecord,
     LayerEntry,
     Manifest,
     Recipe,
     RecipeKind,
+    RequantEntry,
     Source,
     dumps,
     file_entry,
@@ -52,7 +55,7 @@ from qexport.writer.write import ExportPlan, FileSink, staged, write_hashed
 if TYPE_CHECKING:
     from qexport.infer import InferReport
     from qexport.infer.chain import Chain
-    from qexport.ir.fixed_point import FixedPointWidths
+    from qexport.infer.resnet_files import ResNetSfu
     from qexport.ir.sfu import Thresholds
 
 
@@ -183,13 +186,15 @@ def export(
     skip_invalid: bool = False,
     sfu: bool = False,
     chain: bool = False,
+    widths: FixedPointWidths | None = None,
 ) -> ExportResult:
     """Vectors for the named layers (all conv layers if None), written atomically to ``out_dir``.
 
     ``profile`` names a built-in layout profile or a TOML file; ``fmt`` defaults to its format.
     Files are written as each layer is rendered; ``timings`` (if given) gets each stage's time.
     ``sfu`` adds each layer's SFU files (threshold, direction, requant; VGG chains); ``chain``
-    takes every layer's input from the integer network's own previous output (and implies ``sfu``).
+    takes every layer's input from the integer network's own previous output (and implies ``sfu``);
+    ``widths`` are a ResNet's fixed-point SFU widths (defaults: ``FixedPointWidths()``).
     """
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     with staged(out_dir, force=force) as folder:
@@ -207,6 +212,7 @@ def export(
             skip_invalid=skip_invalid,
             sfu=sfu,
             chain=chain,
+            widths=widths,
         )
     return ExportResult(out_dir, manifest, notices)
 
@@ -228,6 +234,7 @@ def _render_set(
     skip_invalid: bool = False,
     sfu: bool = False,
     chain: bool = False,
+    widths: FixedPointWidths | None = None,
 ) -> tuple[Manifest, list[str]]:
     """Render every file of an export into ``sink``, a layer at a time.
 
@@ -251,8 +258,14 @@ def _render_set(
         captured = {t.name: t for t in capture(loaded.model, loaded.inputs.images, bits=loaded.bits)}
     sfu = sfu or chain
     with times.measure("integerize_reference"):
-        rules = _sfu_rules(loaded, captured, chain, notices) if sfu else {}
-        chained = _chained_inputs(rules, captured, [ref.name for ref in selected]) if chain else {}
+        rules: dict[str, tuple[Chain, Thresholds]] = {}
+        resnet: dict[str, ResNetSfu] = {}
+        chained: dict[str, np.ndarray] = {}
+        if sfu and _is_resnet(loaded):
+            resnet, chained = _resnet_sfus(loaded, captured, chain, widths)
+        elif sfu:
+            rules = _sfu_rules(loaded, captured, chain, notices)
+            chained = _chained_inputs(rules, captured, [ref.name for ref in selected]) if chain else {}
     layer_entries = []
     for ref in selected:
         t = captured.pop(ref.name)  # dropped once rendered: memory stays about one layer deep
@@ -260,7 +273,7 @@ def _render_set(
             int_layer, psums = _checked(t, chained.get(ref.name))
             notice = _chain_notice(t, chained.get(ref.name))
             tiled = _tiled(int_layer, psums, prof)
-            layer_sfu = _layer_sfu(rules.get(ref.name), psums)
+            layer_sfu = resnet.get(ref.name) or _layer_sfu(rules.get(ref.name), psums)
         with times.measure("pack_write"):
             folder = f"{path_prefix}{t.folder}/"
             plan = arrange(int_layer, psums, tiled, prof, layout, folder, layer_sfu)
@@ -294,11 +307,12 @@ def _render_set(
         loaded.source.get("sha256"),
         sfu=sfu,
         chain=chain,
+        widths=None if not resnet or widths is None or widths == FixedPointWidths() else widths.as_dict(),
     )
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt, recipe)
-    if sfu and rules:
+    if sfu and (rules or resnet):
         with times.measure("pack_write"):
-            classifier = _classifier(loaded, [ref.name for ref in selected], sink, path_prefix)
+            classifier = _classifier(loaded, [ref.name for ref in selected], sink, path_prefix, bool(resnet))
         manifest = replace(manifest, classifier=classifier)
     with times.measure("pack_write"):
         sink.add(MANIFEST_NAME, dumps(manifest))
@@ -424,6 +438,7 @@ def _regenerate(recipe: Recipe, checkpoint: Path | None, set_dir: Path | None) -
             set_dir=set_dir,
             sfu=recipe.sfu,
             chain=recipe.chain,
+            widths=None if recipe.fixed_point is None else FixedPointWidths(**recipe.fixed_point),
         )
     return plan
 
@@ -431,28 +446,48 @@ def _regenerate(recipe: Recipe, checkpoint: Path | None, set_dir: Path | None) -
 def _sfu_rules(
     loaded: Loaded, captured: dict[str, LayerTensors], chain: bool, notices: list[str]
 ) -> dict[str, tuple[Chain, Thresholds]]:
-    """Each conv's chain and thresholds, for every conv a next one reads; a model that is not a VGG
-    gets none (``chain`` refuses it), a chain the SFU cannot express is refused by module path."""
+    """Each conv's chain and thresholds, for every conv a next one reads; a model that is neither a
+    VGG nor the course ResNet gets none (``chain`` refuses it), a chain the SFU cannot express is
+    refused by module path."""
     from qexport.infer.chain import is_vgg, sfu_rules, vgg_chains
 
     if not is_vgg(loaded.model):
         if chain:
             vgg_chains(loaded.model)  # raises, naming why
         notices.append(
-            f"--sfu: {loaded.arch.name} is not a VGG-style model (features, then classifier); its "
-            "SFU (a residual add: fixed point) is not exported yet, so no layer has SFU files"
+            f"--sfu: {loaded.arch.name} is neither a VGG-style model (features, then classifier) nor "
+            "the course ResNet-CIFAR, so qexport cannot say what its SFU computes; no layer has SFU files"
         )
         return {}
     chains, _ = vgg_chains(loaded.model)
     return sfu_rules(chains, captured)
 
 
-def _classifier(loaded: Loaded, selected: list[str], sink: FileSink, prefix: str) -> ClassifierEntry | None:
+def _is_resnet(loaded: Loaded) -> bool:
+    from qexport.infer.resnet import is_resnet
+
+    return is_resnet(loaded.model)
+
+
+def _resnet_sfus(
+    loaded: Loaded, captured: dict[str, LayerTensors], chain: bool, widths: FixedPointWidths | None
+) -> tuple[dict[str, ResNetSfu], dict[str, np.ndarray]]:
+    """A ResNet's SFU files' contents per conv (thresholds inside a block, fixed point at its end)
+    and, with ``chain``, each conv's ``x_int`` from the integer network's own outputs."""
+    from qexport.infer.resnet_files import resnet_sfus
+
+    return resnet_sfus(loaded.model, captured, widths or FixedPointWidths(), chain)
+
+
+def _classifier(
+    loaded: Loaded, selected: list[str], sink: FileSink, prefix: str, resnet: bool = False
+) -> ClassifierEntry | None:
     """The float end's ops and float32 arrays (``classifier/<key>.npy``) when the set holds the
     last conv, so the set alone runs the network to its logits (``qexport infer --from``)."""
     from qexport.infer.chain import float_end
+    from qexport.infer.resnet_files import resnet_float_end
 
-    last, ops, arrays = float_end(loaded.model)
+    last, ops, arrays = resnet_float_end(loaded.model) if resnet else float_end(loaded.model)
     if last not in selected:
         return None
     files = []
@@ -562,9 +597,12 @@ def _layer_entry(
     files: list[FileEntry],
     loaded: Loaded,
     ref: ConvRef,
-    sfu: LayerSfu | None = None,
+    sfu: LayerSfu | LayerFixedPoint | None = None,
 ) -> LayerEntry:
     bits = loaded.bits.get(ref.name)
+    fixed = _fixed_point_entry(sfu) if isinstance(sfu, LayerFixedPoint) else None
+    nxt = None if sfu is None else sfu.next
+    between = None if sfu is None or nxt is None else sfu.between
     return LayerEntry(
         name=int_layer.name,
         index=int_layer.layer,
@@ -588,8 +626,30 @@ def _layer_entry(
         output_shape=tuple(int(s) for s in psums.psum.shape),
         checks=psums.checks,
         files=tuple(files),
-        next=None if sfu is None else sfu.next,
-        between=None if sfu is None else sfu.between,
+        next=nxt,
+        between=between,
+        fixed_point=fixed,
+    )
+
+
+def _fixed_point_entry(fp: LayerFixedPoint) -> FixedPointEntry:
+    """What the manifest says of a fixed-point SFU: its widths, unit, add and requantisations."""
+    rescale = fp.skip_rescale
+    return FixedPointEntry(
+        role=fp.role,
+        mult_bits=fp.widths.mult_bits,
+        frac_bits=fp.widths.frac_bits,
+        skip_bits=fp.widths.skip_bits,
+        bias_bits=fp.widths.bias_bits,
+        unit=fp.unit,
+        add=fp.add,
+        add_into=fp.add_into,
+        skip_multiplier=None if rescale is None else int(rescale.multiplier[0]),
+        skip_shift=None if rescale is None else int(rescale.shift[0]),
+        requant=tuple(
+            RequantEntry(rq.consumer, rq.tensor, rq.rule.multiplier, rq.rule.shift, rq.rule.levels)
+            for rq in fp.requants
+        ),
     )
 
 

@@ -27,6 +27,7 @@ from qexport.ir.sfu import float32_band, max_pool, scale
 from qexport.verify.check import check_set
 from qexport.verify.decode import decode_file
 from tests.bitstring_decoder import decode_memory_text
+from tests.variant_checkpoints import ResNetVariant, resnet_state, write_checkpoint
 
 VECTORS = Path(__file__).parent.parent / "vectors"
 
@@ -139,28 +140,142 @@ def test_sfu_off_writes_no_sfu_files(tmp_path: Path) -> None:
     assert {f["tensor"] for f in layer["files"]} == {"weight", "input", "psum", "output"}
 
 
-def test_sfu_on_a_resnet_writes_none_and_says_so(tmp_path: Path) -> None:
+def _rshift_up(v: np.ndarray, s: np.ndarray | int) -> np.ndarray:
+    """README: ``(v + 2^(S-1)) >> S``, a tie toward +inf (``v`` itself at S = 0); floor division."""
+    s = np.asarray(s, dtype=np.int64)
+    return np.asarray((v + (np.int64(2) ** s) // 2) // np.int64(2) ** s)
+
+
+def _rshift_even(v: np.ndarray, s: int) -> np.ndarray:
+    """README: ``round(v / 2^S)``, a tie to the even integer."""
+    q, r = np.divmod(v, np.int64(2) ** s)
+    up = (2 * r > 2**s) | ((2 * r == 2**s) & (q % 2 == 1))
+    return np.asarray(q + up)
+
+
+def _resnet_checkpoint(tmp_path: Path, source: str) -> Path:
+    if source == "tiny_resnet":
+        return VECTORS / "tiny_resnet.pth.tar"
+    variant = ResNetVariant(blocks=1, stem="quant", without_bn2=("layer2.0",))
+    return write_checkpoint(tmp_path / "r.pth", resnet_state(variant))
+
+
+def _check_fixed_point_files(out: Path, chain: bool) -> int:
+    """Decode every SFU file of a ResNet set (qexport's decoder and the independent reader) and
+    apply the README's arithmetic to the golden psum files: it gives every requant file exactly."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    layers = {layer["name"]: layer for layer in manifest["layers"]}
+    values = {name: _tensors(out, layer) for name, layer in layers.items()}
+    ends = 0
+    for name, layer in layers.items():
+        v, fp = values[name], layer.get("fixed_point")
+        files = {f["tensor"]: f for f in layer["files"]}
+        if fp is None:  # a block's conv1: thresholds to conv2, as for a VGG
+            assert layer["between"] == ["batchnorm", "relu"] and layer["next"].endswith("conv2")
+            np.testing.assert_array_equal(_rule(v["psum"], v["threshold"], v["direction"]), v["requant"])
+            continue
+        assert (fp["mult_bits"], fp["frac_bits"], fp["skip_bits"], fp["bias_bits"]) == (28, 20, 32, 40)
+        assert fp["fold_rounding"] == "half_up" and fp["requant_rounding"] == "half_even"
+        assert files["multiplier"]["signed"] and files["multiplier"]["lane_bits"] == fp["mult_bits"]
+        assert files["bias"]["signed"] and files["bias"]["lane_bits"] == fp["bias_bits"]
+        assert not files["shift"]["signed"] and files["multiplier"]["axes"] == ["c"]
+        assert files["multiplier"]["shape"] == [layer["out_channels"]]
+        if fp["role"] == "shortcut":
+            assert layers[fp["add_into"]]["fixed_point"]["add"] == name
+            continue
+        acc = _rshift_up(v["psum"] * v["multiplier"], v["shift"]) + v["bias"]
+        if fp.get("add") == "identity":
+            assert not files["skip"]["signed"] and files["skip"]["lane_bits"] == fp["skip_bits"]
+            acc = acc + _rshift_up(v["skip"] * fp["skip_multiplier"], fp["skip_shift"])
+        elif "add" in fp:
+            ds = values[fp["add"]]
+            acc = acc + _rshift_up(ds["psum"] * ds["multiplier"], ds["shift"]) + ds["bias"]
+        out_ = np.maximum(acc, 0)
+        for rq in fp["requant"]:
+            x = np.minimum(_rshift_even(out_ * rq["multiplier"], rq["shift"]), rq["levels"])
+            np.testing.assert_array_equal(x, v[rq["tensor"]], err_msg=f"{name} -> {rq['consumer']}")
+            assert files[rq["tensor"]]["lane_bits"] == layers[rq["consumer"]]["act_bit"]
+            if chain:  # the consumer's input is this requant
+                np.testing.assert_array_equal(values[rq["consumer"]]["input"], x)
+        if not fp["requant"]:
+            assert manifest["classifier"]["after"] == name
+        ends += 1
+    return ends
+
+
+@pytest.mark.parametrize("fmt", ["hex", "bin", "coe", "mif", "h", "npy"])
+def test_resnet_fixed_point_files_reproduce_requant(tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / fmt
+    result = export(SourceOptions(checkpoint=VECTORS / "tiny_resnet.pth.tar"), None, out, fmt, sfu=True)
+    assert not any("SFU" in n for n in result.notices)
+    assert _check_fixed_point_files(out, chain=False) == 3  # a block end a stage
+    manifest = json.loads((out / "manifest.json").read_text())
+    ends = {layer["name"]: layer for layer in manifest["layers"]}
+    assert ends["layer2.0.conv2"]["between"] == ["batchnorm", "add layer2.0.downsample.0", "relu"]
+    assert ends["layer2.0.downsample.0"]["fixed_point"]["add_into"] == "layer2.0.conv2"
+    assert "next" not in ends["layer3.0.conv2"]  # the last conv: the float end reads it
+    assert "fixed_point" not in manifest["recipe"]  # the default widths
+    assert check_set(out).identical
+
+
+@pytest.mark.parametrize("source", ["tiny_resnet", "quant-stem-without-bn2"])
+def test_resnet_chain_inputs_are_the_integer_networks(tmp_path: Path, source: str) -> None:
+    out = tmp_path / "chain"
+    export(
+        SourceOptions(checkpoint=_resnet_checkpoint(tmp_path, source), images="0:2"), None, out, chain=True
+    )
+    assert _check_fixed_point_files(out, chain=True) >= 3
+    assert check_set(out).identical
+
+
+def test_dump_takes_the_fixed_point_widths(tmp_path: Path) -> None:
+    args = ["dump", "--all", "--sfu", "--checkpoint", str(VECTORS / "tiny_resnet.pth.tar")]
+    widths = ["--mult-bits", "20", "--frac-bits", "12", "--skip-bits", "24", "--bias-bits", "30"]
+    result = CliRunner().invoke(main, [*args, *widths, "-o", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    recorded = {"mult_bits": 20, "frac_bits": 12, "skip_bits": 24, "bias_bits": 30}
+    assert manifest["recipe"]["fixed_point"] == recorded
+    assert " ".join(widths) in manifest["recipe"]["command"]
+    layer = next(layer for layer in manifest["layers"] if layer["name"] == "layer1.0.conv2")
+    assert {k: layer["fixed_point"][k] for k in recorded} == recorded
+    files = {f["tensor"]: f for f in layer["files"]}
+    assert (files["multiplier"]["lane_bits"], files["bias"]["lane_bits"], files["skip"]["lane_bits"]) == (
+        20,
+        30,
+        24,
+    )
+    assert check_set(tmp_path / "w").identical  # `check` makes it again at the recorded widths
+    # too narrow a bias is refused naming the layer and the width it needs
+    narrow = CliRunner().invoke(main, [*args, "--bias-bits", "2", "-o", str(tmp_path / "n")])
+    assert narrow.exit_code == 2
+    assert "layer1.0.conv2 (bn2 fold)" in narrow.output and "try --bias-bits" in narrow.output
+
+
+def test_course_profile_resnet_fixed_point_tiles(tmp_path: Path) -> None:
+    # tiny_resnet layer1.0.conv2: 8 -> 8 channels, 32x32, an identity shortcut: 64 output tiles
     opts = SourceOptions(checkpoint=VECTORS / "tiny_resnet.pth.tar")
-    result = export(opts, ["layer1.0.conv1"], tmp_path / "r", sfu=True)
-    (layer,) = json.loads((tmp_path / "r" / "manifest.json").read_text())["layers"]
-    assert "next" not in layer and "between" not in layer
-    assert {f["tensor"] for f in layer["files"]} == {"weight", "input", "psum", "output"}
-    assert any("not a VGG-style model" in n and "no layer has SFU files" in n for n in result.notices)
-
-
-def test_chain_refuses_a_resnet(tmp_path: Path) -> None:
-    runner = CliRunner()
-    args = [
-        "dump",
-        "--layer",
-        "layer1.0.conv1",
-        "--chain",
-        "--checkpoint",
-        str(VECTORS / "tiny_resnet.pth.tar"),
-    ]
-    result = runner.invoke(main, [*args, "-o", str(tmp_path / "r")])
-    assert result.exit_code == 2, result.output
-    assert "VGG-style" in result.output
+    export(opts, ["layer1.0.conv2"], tmp_path / "flat", sfu=True)
+    export(opts, ["layer1.0.conv2"], tmp_path / "course", profile="course", sfu=True)
+    flat = json.loads((tmp_path / "flat" / "manifest.json").read_text())["layers"][0]
+    flat_values = _tensors(tmp_path / "flat", flat)
+    (layer,) = json.loads((tmp_path / "course" / "manifest.json").read_text())["layers"]
+    assert layer["fixed_point"] == flat["fixed_point"]
+    out = tmp_path / "course"
+    files = {Path(f["path"]).name: f for f in layer["files"]}
+    for tensor in ("multiplier", "shift", "bias"):
+        f = files[f"{tensor}_otile0.txt"]
+        assert f["axes"] == ["c"] and f["oc"] == [0, 8] and f["lanes"] == 8
+        np.testing.assert_array_equal(decode_file(out / f["path"], f), flat_values[tensor])
+    for tensor in ("skip", "requant"):
+        tiles = [f for f in layer["files"] if f["tensor"] == tensor]
+        assert len(tiles) == 64
+        for f in tiles:
+            assert Path(f["path"]).name == f"{tensor}_tile{f['tile']}_otile0.txt"
+            (y0, y1), (x0, x1) = f["y"], f["x"]
+            window = flat_values[tensor][f["n"] : f["n"] + 1, y0:y1, x0:x1]
+            np.testing.assert_array_equal(decode_file(out / f["path"], f), window)
+    assert check_set(out).identical
 
 
 def _integer_network(act_clip: str) -> dict[str, np.ndarray]:

@@ -155,3 +155,25 @@ def _default_folder(layers: list[int | str]) -> str:
     """``layer33_35`` for VGG layers (features.33 as 33, the alias), else the names joined."""
     texts = [str(layer).removeprefix("features.").replace(" ", "") for layer in layers]
     return "layer" + "_".join(texts) if all(t.isdigit() for t in texts) else "_".join(texts)
+
+
+def fixed_point_options(func: F) -> F:
+    """``--mult-bits``, ``--frac-bits``, ``--skip-bits``, ``--bias-bits``: the ResNet fixed-point
+    SFU's widths (``infer`` runs it, ``dump --sfu`` writes it); the defaults are ``FixedPointWidths()``'s."""
+    for name, default, text in reversed(
+        (
+            ("--mult-bits", 28, "ResNet fixed point: signed multiplier width."),
+            ("--frac-bits", 20, "ResNet fixed point: accumulator bits below the next x_int's step."),
+            ("--skip-bits", 32, "ResNet fixed point: unsigned shortcut width."),
+            ("--bias-bits", 40, "ResNet fixed point: signed folded-bias width."),
+        )
+    ):
+        func = click.option(name, type=int, default=default, show_default=True, help=text)(func)
+    return func
+
+
+def fixed_point_widths(mult_bits: int, frac_bits: int, skip_bits: int, bias_bits: int) -> Any:
+    """The ``FixedPointWidths`` the options give (imported here, so ``--help`` stays light)."""
+    from qexport.ir.fixed_point import FixedPointWidths
+
+    return FixedPointWidths(mult_bits, frac_bits, skip_bits, bias_bits)

@@ -18,6 +18,8 @@ from qexport.cli.common import (
     _parse_layers,
     _source,
     bits_config_option,
+    fixed_point_options,
+    fixed_point_widths,
     handles_errors,
     source_options,
 )
@@ -179,8 +181,9 @@ def _notes(info: LayerInfo, loaded: Loaded, blocked: dict[str, str]) -> str:
 @click.option(
     "--sfu",
     is_flag=True,
-    help="Also write each layer's SFU files (VGG chains): threshold, direction and requant, the next "
-    "conv's x_int as the SFU must make it.",
+    help="Also write each layer's SFU files: threshold, direction (VGG, a ResNet block's conv1) or "
+    "multiplier, shift, bias, skip (a ResNet block's end), and requant, the next conv's x_int as the "
+    "SFU must make it.",
 )
 @click.option(
     "--chain",
@@ -188,6 +191,7 @@ def _notes(info: LayerInfo, loaded: Loaded, blocked: dict[str, str]) -> str:
     help="Write every layer's input from the integer network's own previous output (through the "
     "thresholds) instead of the float model's; implies --sfu.",
 )
+@fixed_point_options
 @click.option("--timings", is_flag=True, help="Print the time each stage took, to stderr.")
 @handles_errors
 def dump(
@@ -209,6 +213,10 @@ def dump(
     skip_invalid: bool,
     sfu: bool,
     chain: bool,
+    mult_bits: int,
+    frac_bits: int,
+    skip_bits: int,
+    bias_bits: int,
     **kwargs: Any,
 ) -> None:
     """Write weight, input, psum and output vectors plus manifest.json for conv layers.
@@ -222,6 +230,7 @@ def dump(
       qexport dump --all --format bin -o out/
       qexport dump --layer 33 --profile course -o tb/vectors
       qexport dump --all --chain --profile course
+      qexport dump --all --sfu --model resnet20_quant --frac-bits 20
     """
     from qexport import api
     from qexport.layout.flat import LayoutOptions
@@ -254,6 +263,7 @@ def dump(
         skip_invalid=skip_invalid,
         sfu=sfu,
         chain=chain,
+        widths=fixed_point_widths(mult_bits, frac_bits, skip_bits, bias_bits),
     )
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)

@@ -13,6 +13,8 @@ from qexport.cli.common import (
     _fail,
     _source,
     bits_config_option,
+    fixed_point_options,
+    fixed_point_widths,
     handles_errors,
     source_options,
 )
@@ -27,34 +29,7 @@ __all__ = ["infer_command"]
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images a forward pass."
 )
-@click.option(
-    "--mult-bits",
-    type=int,
-    default=28,
-    show_default=True,
-    help="ResNet fixed point: signed multiplier width.",
-)
-@click.option(
-    "--frac-bits",
-    type=int,
-    default=20,
-    show_default=True,
-    help="ResNet fixed point: accumulator bits below the next x_int's step.",
-)
-@click.option(
-    "--skip-bits",
-    type=int,
-    default=32,
-    show_default=True,
-    help="ResNet fixed point: unsigned shortcut width.",
-)
-@click.option(
-    "--bias-bits",
-    type=int,
-    default=40,
-    show_default=True,
-    help="ResNet fixed point: signed folded-bias width.",
-)
+@fixed_point_options
 @click.option(
     "--from",
     "from_set",
@@ -105,9 +80,8 @@ def infer_command(
         _infer_from(from_set, batch_size, as_json)
         return
     from qexport import api
-    from qexport.ir.fixed_point import FixedPointWidths
 
-    widths = FixedPointWidths(mult_bits, frac_bits, skip_bits, bias_bits)
+    widths = fixed_point_widths(mult_bits, frac_bits, skip_bits, bias_bits)
     loaded, report = api.infer(
         _source(kwargs), batch_size=batch_size, widths=widths, end="int8" if end == "int8" else "float"
     )

@@ -255,3 +255,47 @@ def near_boundary(v: np.ndarray, own: np.ndarray, ours: np.ndarray, fan_in: int)
     boundary = np.maximum(own, ours).astype(np.float64) - 0.5
     adjacent = np.abs(own.astype(np.int64) - ours.astype(np.int64)) == 1
     return np.asarray(adjacent & (np.abs(v.astype(np.float64) - boundary) <= float32_error(v, fan_in)))
+@dataclass(frozen=True, slots=True)
+class RequantTo:
+    """One consumer of a block end: the conv ``consumer`` reads ``rule.apply(out)``, the golden
+    ``x_int`` (N, C, H, W) of this layer's psums; ``tensor`` names its file (``requant`` for the
+    first consumer, ``requant_shortcut`` for the next block's downsample)."""
+
+    consumer: str
+    tensor: str
+    rule: Requant
+    x_int: np.ndarray
+
+
+@dataclass(frozen=True)
+class LayerFixedPoint:
+    """One conv's fixed-point SFU as the exported files hold it (ResNets, see the module).
+
+    ``role`` ``"block_end"``: ``out = max(fold(psum) + shortcut, 0)`` then each ``requants``
+    (none after the last conv: the float end reads ``out * unit``); ``add`` says what the shortcut
+    is: ``"identity"`` (``rshift_up(skip * skip_rescale.M, skip_rescale.S)``, ``skip`` (N, C, H, W)
+    the block input on its own accumulator grid), the downsample conv's module path (its fold of its
+    own psums) or None (a quantized stem: no add). ``role`` ``"shortcut"`` (a downsample conv):
+    ``fold(psum)`` is added into ``add_into``'s accumulator.
+    """
+
+    role: str
+    fold: Affine
+    unit: float
+    widths: FixedPointWidths
+    between: tuple[str, ...]
+    add: str | None = None
+    add_into: str | None = None
+    skip: np.ndarray | None = None
+    skip_rescale: Affine | None = None
+    requants: tuple[RequantTo, ...] = ()
+
+    @property
+    def next(self) -> str | None:
+        return self.requants[0].consumer if self.requants else None
+
+
+def block_end(psum: np.ndarray, fold: Affine, shortcut: np.ndarray | None) -> np.ndarray:
+    """``max(fold(psum) + shortcut, 0)`` (N, C, H, W) int64, the accumulator after the add and ReLU."""
+    term = fold.apply(psum)
+    return np.asarray(np.maximum(term if shortcut is None else term + shortcut, 0))

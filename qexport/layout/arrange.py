@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qexport.ir.fixed_point import LayerFixedPoint
 from qexport.ir.integerize import IntLayer
 from qexport.ir.reference import Psums, TiledPsums
 from qexport.ir.sfu import LayerSfu
@@ -18,12 +19,13 @@ def arrange(
     prof: Profile,
     opts: LayoutOptions,
     folder: str,
-    sfu: LayerSfu | None = None,
+    sfu: LayerSfu | LayerFixedPoint | None = None,
 ) -> LayerPlan:
     """``layer``'s files in ``folder`` (``layer<index>/``, one rule for every profile and layer count).
 
     A tiled profile needs ``tiled`` (the reference stage's ``tiled_psums``); the flat one does not.
-    ``sfu`` (the layer's SFU, if its files are wanted) adds the threshold, direction and requant files.
+    ``sfu`` (the layer's SFU, if its files are wanted) adds the threshold, direction and requant files
+    (a ResNet block end's: multiplier, shift, bias, skip and requant).
     """
     if prof.kind == "flat":
         tensors = flat_layout(layer, psums, opts, folder, pad_channels=prof.pad_channels, sfu=sfu)

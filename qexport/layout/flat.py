@@ -13,11 +13,12 @@ the lanes (3 channels, 8 lanes: one word a pixel, lanes 3..7 zero), unless the p
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
 from qexport.errors import BitWidthError
+from qexport.ir.fixed_point import MAX_SHIFT, LayerFixedPoint
 from qexport.ir.integerize import IntLayer
 from qexport.ir.reference import Psums, psum_bound
 from qexport.ir.sfu import LayerSfu
@@ -26,7 +27,21 @@ from qexport.layout.options import LayoutOptions as LayoutOptions
 from qexport.layout.placement import Placement
 from qexport.writer.pack import LaneOrder, PackSpec, check_fits, smallest_signed_bits
 
-Tensor = Literal["weight", "input", "psum", "output", "address", "threshold", "direction", "requant"]
+Tensor = Literal[
+    "weight",
+    "input",
+    "psum",
+    "output",
+    "address",
+    "threshold",
+    "direction",
+    "requant",
+    "multiplier",
+    "shift",
+    "bias",
+    "skip",
+    "requant_shortcut",
+]
 
 
 @dataclass(frozen=True)
@@ -183,6 +198,49 @@ def sfu_specs(
     )
 
 
+SHIFT_BITS = MAX_SHIFT.bit_length()
+"""Unsigned lanes of a fixed-point ``shift`` file: every fold / rescale shift is in [0, MAX_SHIFT]."""
+
+
+def fixed_point_specs(
+    fp: LayerFixedPoint, psum_lanes: int, lane_order: LaneOrder
+) -> tuple[PackSpec, PackSpec, PackSpec, PackSpec]:
+    """The multiplier (signed ``mult_bits``), shift (unsigned ``SHIFT_BITS``), bias (signed
+    ``bias_bits``) and skip (unsigned ``skip_bits``) lanes of a fixed-point SFU."""
+    w = fp.widths
+    return (
+        PackSpec(w.mult_bits, psum_lanes, True, lane_order),
+        PackSpec(SHIFT_BITS, psum_lanes, False, lane_order),
+        PackSpec(w.bias_bits, psum_lanes, True, lane_order),
+        PackSpec(w.skip_bits, psum_lanes, False, lane_order),
+    )
+
+
+def fixed_point_plans(
+    fp: LayerFixedPoint, prefix: str, lanes: int, psum_lanes: int, lane_order: LaneOrder
+) -> list[TensorPlan]:
+    """A fixed-point SFU's flat files: ``multiplier``, ``shift``, ``bias`` (c), the identity
+    shortcut's ``skip`` (n, h, w, c) and each consumer's golden ``requant`` (n, h, w, c)."""
+    m_spec, s_spec, b_spec, k_spec = fixed_point_specs(fp, psum_lanes, lane_order)
+    nhwc = (0, 2, 3, 1)
+    plans = [
+        TensorPlan("multiplier", prefix + "multiplier", fp.fold.multiplier, ("c",), m_spec),
+        TensorPlan("shift", prefix + "shift", fp.fold.shift, ("c",), s_spec),
+        TensorPlan("bias", prefix + "bias", fp.fold.bias, ("c",), b_spec),
+    ]
+    if fp.skip is not None:
+        plans.append(
+            TensorPlan("skip", prefix + "skip", fp.skip.transpose(nhwc), ("n", "h", "w", "c"), k_spec)
+        )
+    for rq in fp.requants:
+        spec = PackSpec(int(rq.rule.levels).bit_length(), lanes, False, lane_order)
+        tensor = cast(Tensor, rq.tensor)
+        plans.append(
+            TensorPlan(tensor, prefix + rq.tensor, rq.x_int.transpose(nhwc), ("n", "h", "w", "c"), spec)
+        )
+    return plans
+
+
 def flat_layout(
     layer: IntLayer,
     psums: Psums,
@@ -190,7 +248,7 @@ def flat_layout(
     prefix: str,
     *,
     pad_channels: bool = True,
-    sfu: LayerSfu | None = None,
+    sfu: LayerSfu | LayerFixedPoint | None = None,
 ) -> list[TensorPlan]:
     """The four tensors of one layer in the flat layout, as ``<prefix><tensor>`` files, and with
     ``sfu`` its ``threshold`` (c, t), ``direction`` (c) and ``requant`` (n, h, w, c) files.
@@ -228,7 +286,11 @@ def flat_layout(
         TensorPlan("psum", prefix + "psum", psums.psum.transpose(nhwc), ("n", "h", "w", "c"), psum_spec),
         TensorPlan("output", prefix + "output", psums.output.transpose(nhwc), ("n", "h", "w", "c"), out_spec),
     ]
-    if sfu is not None:
+    if isinstance(sfu, LayerFixedPoint):
+        plans += fixed_point_plans(
+            sfu, prefix, opts.lanes or 8, opts.psum_lanes or 1, opts.lane_order or "lsb_first"
+        )
+    elif sfu is not None:
         t_spec, d_spec, r_spec = sfu_specs(
             sfu, psum_bits, opts.lanes or 8, opts.psum_lanes or 1, opts.lane_order or "lsb_first"
         )

@@ -21,6 +21,11 @@ _SFU_NAMES = {
     "threshold": "threshold_otile{o}",
     "direction": "direction_otile{o}",
     "requant": "requant_tile{s}_otile{o}",
+    "multiplier": "multiplier_otile{o}",
+    "shift": "shift_otile{o}",
+    "bias": "bias_otile{o}",
+    "skip": "skip_tile{s}_otile{o}",
+    "requant_shortcut": "requant_shortcut_tile{s}_otile{o}",
 }
 """The SFU files' [names] (written with ``dump --sfu``); a profile may leave them out for these."""
 # the placeholders each [names] pattern is formatted with (systolic.py); every pattern may also
@@ -35,6 +40,11 @@ _PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "threshold": ("o",),
     "direction": ("o",),
     "requant": ("s", "o"),
+    "multiplier": ("o",),
+    "shift": ("o",),
+    "bias": ("o",),
+    "skip": ("s", "o"),
+    "requant_shortcut": ("s", "o"),
 }
 LAYER_PLACEHOLDER = "layer"
 _MEANING = {

@@ -27,15 +27,25 @@ Tiles ``s`` are numbered image-major, then tile row, then tile column; activatio
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 
 from qexport.errors import BitWidthError, InputError
+from qexport.ir.fixed_point import LayerFixedPoint
 from qexport.ir.integerize import IntLayer
 from qexport.ir.reference import Psums, TiledPsums, check_requantizable
 from qexport.ir.sfu import LayerSfu
-from qexport.layout.flat import TensorPlan, check_psum_width, sfu_specs, signed_bits_of, threshold_values
+from qexport.layout.flat import (
+    Tensor,
+    TensorPlan,
+    check_psum_width,
+    fixed_point_specs,
+    sfu_specs,
+    signed_bits_of,
+    threshold_values,
+)
 from qexport.layout.placement import Placement, Span
 from qexport.layout.profile import Profile, name_pattern
 from qexport.writer.pack import PackSpec, check_fits, smallest_signed_bits
@@ -93,7 +103,12 @@ def _w_spec(p: Profile) -> PackSpec:
 
 
 def systolic_layout(
-    layer: IntLayer, psums: Psums, tiled: TiledPsums, p: Profile, prefix: str, sfu: LayerSfu | None = None
+    layer: IntLayer,
+    psums: Psums,
+    tiled: TiledPsums,
+    p: Profile,
+    prefix: str,
+    sfu: LayerSfu | LayerFixedPoint | None = None,
 ) -> list[TensorPlan]:
     """Tile ``layer`` for profile ``p``: slice and arrange the reference's ``tiled`` psums.
 
@@ -101,6 +116,9 @@ def systolic_layout(
     per output-channel tile a ``threshold`` file (t, c: threshold k of every column a word) and a
     ``direction`` word (c), and per output tile a ``requant`` file: the next ``x_int`` of the
     tile's output pixels (after the max-pool, tile / pool pixels a side), output channel a lane.
+    A fixed-point ``sfu`` (a ResNet block end) gets per output-channel tile its ``multiplier``,
+    ``shift`` and ``bias`` words (c), and per output tile its ``skip`` (identity shortcut) and
+    ``requant`` / ``requant_shortcut`` files, laid out as ``requant``.
     """
     act_spec, w_spec = _act_spec(p), _w_spec(p)
     n, c_in, h, w = layer.x_int.shape
@@ -158,9 +176,14 @@ def systolic_layout(
     out_spec = PackSpec(out_bits, p.cols, True, p.lane_order)
     if "requantize" in p.golden:
         out_spec = PackSpec(p.act_bits, p.cols, False, p.lane_order)
-    requant, pooled_tile = None, 0
-    if sfu is not None:
+    maps: list[_TileMap] = []
+    if isinstance(sfu, LayerFixedPoint):
+        maps = _fixed_point_maps(sfu, p, otiles, ty_count, tx_count)
+        plans += _fixed_point_rule_plans(layer, sfu, p, otiles, prefix, oc_range)
+    elif sfu is not None:
         requant, pooled_tile = _sfu_tiles(layer, sfu, p, otiles, ty_count, tx_count)
+        spec = PackSpec(sfu.next_act_bit, p.cols, False, p.lane_order)
+        maps = [_TileMap("requant", requant, pooled_tile, spec, sfu.requant.shape[2:])]
         plans += _sfu_rule_plans(layer, sfu, p, otiles, out_bits, prefix, oc_range)
 
     # the worst case of one tile's psums: its input channels (rows or fewer) x k*k taps at the extremes
@@ -246,22 +269,22 @@ def systolic_layout(
                             where=replace(pixels, otile=o, oc=oc_range(o)),
                         )
                     )
-                    if sfu is not None and requant is not None:
-                        r0, c0 = ty * pooled_tile, tx * pooled_tile
-                        part = requant[image : image + 1, :, r0 : r0 + pooled_tile, c0 : c0 + pooled_tile]
-                        high_y, high_x = sfu.requant.shape[2], sfu.requant.shape[3]
+                    for m in maps:
+                        r0, c0 = ty * m.side, tx * m.side
+                        part = m.full[image : image + 1, :, r0 : r0 + m.side, c0 : c0 + m.side]
+                        high_y, high_x = m.size
                         plans.append(
                             TensorPlan(
-                                "requant",
-                                prefix + name_pattern(p, "requant").format(s=s, o=o, layer=layer.folder),
+                                m.tensor,
+                                prefix + name_pattern(p, m.tensor).format(s=s, o=o, layer=layer.folder),
                                 _by_pixel(part, o, p),
                                 ("n", "h", "w", "c"),
-                                PackSpec(sfu.next_act_bit, p.cols, False, p.lane_order),
+                                m.spec,
                                 where=Placement(
                                     tile=s,
                                     n=image,
-                                    y=(min(r0, high_y), min(r0 + pooled_tile, high_y)),
-                                    x=(min(c0, high_x), min(c0 + pooled_tile, high_x)),
+                                    y=(min(r0, high_y), min(r0 + m.side, high_y)),
+                                    x=(min(c0, high_x), min(c0 + m.side, high_x)),
                                     otile=o,
                                     oc=oc_range(o),
                                 ),
@@ -270,6 +293,73 @@ def systolic_layout(
                 s += 1
     if p.dataflow == "weight_stationary":
         plans.append(_address_plan(p, layer, prefix + names["address"].format(layer=layer.folder)))
+    return plans
+
+
+@dataclass(frozen=True)
+class _TileMap:
+    """A per-pixel SFU tensor cut per output tile: ``full`` (N, C', H', W') zero-padded to whole
+    tiles and channel tiles, ``side`` pixels a tile side in it, ``size`` its real (H, W)."""
+
+    tensor: Tensor
+    full: np.ndarray
+    side: int
+    spec: PackSpec
+    size: tuple[int, ...]
+
+
+def _padded_map(values: np.ndarray, p: Profile, otiles: int, ty_count: int, tx_count: int) -> np.ndarray:
+    n, c, h, w = values.shape
+    full = np.zeros((n, otiles * p.cols, ty_count * p.tile, tx_count * p.tile), dtype=np.int64)
+    full[:, :c, :h, :w] = values
+    return full
+
+
+def _fixed_point_maps(
+    fp: LayerFixedPoint, p: Profile, otiles: int, ty_count: int, tx_count: int
+) -> list[_TileMap]:
+    """The skip (identity shortcut) and each requant of a block end, per output tile (no pool)."""
+    _, _, _, k_spec = fixed_point_specs(fp, p.cols, p.lane_order)
+    maps = []
+    if fp.skip is not None:
+        full = _padded_map(fp.skip, p, otiles, ty_count, tx_count)
+        maps.append(_TileMap("skip", full, p.tile, k_spec, fp.skip.shape[2:]))
+    for rq in fp.requants:
+        spec = PackSpec(int(rq.rule.levels).bit_length(), p.cols, False, p.lane_order)
+        full = _padded_map(rq.x_int, p, otiles, ty_count, tx_count)
+        maps.append(_TileMap(cast(Tensor, rq.tensor), full, p.tile, spec, rq.x_int.shape[2:]))
+    return maps
+
+
+def _fixed_point_rule_plans(
+    layer: IntLayer,
+    fp: LayerFixedPoint,
+    p: Profile,
+    otiles: int,
+    prefix: str,
+    oc_range: Callable[[int], Span],
+) -> list[TensorPlan]:
+    """Per output-channel tile its multipliers, shifts and biases (c); padding columns are zero."""
+    m_spec, s_spec, b_spec, _ = fixed_point_specs(fp, p.cols, p.lane_order)
+    plans: list[TensorPlan] = []
+    for tensor, values, spec in (
+        ("multiplier", fp.fold.multiplier, m_spec),
+        ("shift", fp.fold.shift, s_spec),
+        ("bias", fp.fold.bias, b_spec),
+    ):
+        padded = np.zeros(otiles * p.cols, dtype=np.int64)
+        padded[: layer.out_channels] = values
+        plans.extend(
+            TensorPlan(
+                cast(Tensor, tensor),
+                prefix + name_pattern(p, tensor).format(o=o, layer=layer.folder),
+                padded[o * p.cols : (o + 1) * p.cols],
+                ("c",),
+                spec,
+                where=Placement(otile=o, oc=oc_range(o)),
+            )
+            for o in range(otiles)
+        )
     return plans
 
 

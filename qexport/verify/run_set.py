@@ -24,11 +24,20 @@ from typing import Any
 import numpy as np
 
 from qexport.errors import InputError
+from qexport.ir.fixed_point import Affine, FixedPointWidths, Requant, block_end, check_skip, rshift_up
 from qexport.ir.numpy_conv import numpy_conv
 from qexport.ir.sfu import Thresholds, max_pool, scale
 from qexport.verify.decode import decode_file
 from qexport.verify.tiles import assemble, is_tiled
-from qexport.writer.manifest import MANIFEST_NAME, ClassifierEntry, FileEntry, LayerEntry, Manifest, loads
+from qexport.writer.manifest import (
+    MANIFEST_NAME,
+    ClassifierEntry,
+    FileEntry,
+    FixedPointEntry,
+    LayerEntry,
+    Manifest,
+    loads,
+)
 
 
 @dataclass
@@ -44,6 +53,8 @@ class SetLayer:
     """Of this conv's ``x_int`` from the run, how many differ from the set's ``input`` file."""
     differ_requant: int | None = None
     """Of the next conv's ``x_int`` from the run, how many differ from the set's ``requant`` file."""
+    differ_skip: int | None = None
+    """A ResNet identity block end: of the shortcut the run carried, how many differ from ``skip``."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,7 +65,7 @@ class SetLayer:
             "values": self.values,
             "differ_input": self.differ_input,
             "differ_requant": self.differ_requant,
-        }
+        } | ({} if self.differ_skip is None else {"differ_skip": self.differ_skip})
 
 
 @dataclass
@@ -95,6 +106,8 @@ class _Conv:
 def infer_set(folder: Path, batch_size: int = 100, keep: bool = False) -> SetInferReport:
     """Run the network a flat-profile vector set describes, from its files alone (see the module)."""
     manifest = _manifest(folder)
+    if any(layer.fixed_point is not None for layer in manifest.layers):
+        return _infer_resnet_set(folder, manifest, batch_size, keep)
     convs, x0 = _program(folder, manifest)
     end = manifest.classifier
     if end is None:
@@ -329,3 +342,188 @@ def _float_end(psum: np.ndarray, s: float, end: ClassifierEntry, arrays: dict[st
             if bias is not None:
                 y = y + bias
     return np.asarray(y)
+
+
+# --- ResNets: thresholds inside a block, fixed point at its end -----------------------------------
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """One conv of a ResNet set and what its SFU files hold (decoded once)."""
+
+    layer: LayerEntry
+    w_int: np.ndarray  # (OC, IC, KH, KW)
+    x_set: np.ndarray | None  # the set's input (N, C, H, W), if it has one
+    rule: Thresholds | None  # a block's conv1: thresholds to conv2
+    requant: np.ndarray | None  # its golden requant (thresholds)
+    fold: Affine | None  # a fixed-point SFU's multiplier, shift, bias
+    skip: np.ndarray | None  # an identity block end's skip (N, C, H, W)
+    golden: dict[str, np.ndarray]  # a block end's requant files by consumer
+
+    @property
+    def fixed(self) -> FixedPointEntry | None:
+        return self.layer.fixed_point
+
+
+def _stage(folder: Path, layer: LayerEntry) -> _Stage:
+    _need(folder, layer, "weight", "the conv's weights")
+    w = _tensor(folder, layer, "weight").transpose(0, 3, 1, 2)
+    x_set = None if _file(layer, "input") is None else _nchw(folder, layer, "input")
+    fp = layer.fixed_point
+    rule = requant = fold = skip = None
+    golden: dict[str, np.ndarray] = {}
+    if fp is None and layer.next is not None:
+        _need(folder, layer, "threshold", "the SFU's thresholds")
+        _need(folder, layer, "direction", "the SFU's direction")
+        t, d = _tensor(folder, layer, "threshold"), _tensor(folder, layer, "direction")
+        rule = Thresholds(t, d.astype(np.int8), np.where(d == 0, (t <= 0).sum(1), 0), layer.act_bit)
+        requant = None if _file(layer, "requant") is None else _nchw(folder, layer, "requant")
+    elif fp is not None:
+        why = "the fixed-point SFU's BatchNorm fold"
+        for k in ("multiplier", "shift", "bias"):
+            _need(folder, layer, k, why)
+        fold = Affine(*(_tensor(folder, layer, k) for k in ("multiplier", "shift", "bias")))
+        skip = None if _file(layer, "skip") is None else _nchw(folder, layer, "skip")
+        for rq in fp.requant:
+            if _file(layer, rq.tensor) is not None:
+                golden[rq.consumer] = _nchw(folder, layer, rq.tensor)
+    return _Stage(layer, np.ascontiguousarray(w), x_set, rule, requant, fold, skip, golden)
+
+
+def _resnet_order(folder: Path, stages: list[_Stage]) -> tuple[list[_Stage], dict[str, str]]:
+    """The run's order (forward order, a downsample conv just before the block end it adds into)
+    and each conv's producer (the conv whose SFU makes its ``x_int``)."""
+    producer: dict[str, str] = {}
+    for st in stages:
+        if st.layer.next is not None and st.fixed is None:
+            producer[st.layer.next] = st.layer.name
+        for rq in st.fixed.requant if st.fixed is not None else ():
+            producer[rq.consumer] = st.layer.name
+    shortcuts = {
+        st.fixed.add_into: st for st in stages if st.fixed is not None and st.fixed.role == "shortcut"
+    }
+    order: list[_Stage] = []
+    for st in stages:
+        if st.fixed is not None and st.fixed.role == "shortcut":
+            continue
+        if st.layer.name in shortcuts:
+            order.append(shortcuts.pop(st.layer.name))
+        order.append(st)
+    names = {st.layer.name for st in stages}
+    for st in stages:
+        if st.layer.name not in producer and st.x_set is None:
+            raise InputError(
+                f"{folder}: layer {st.layer.key} has no input file and no layer of the set makes its "
+                "x_int; make the set with every layer (`qexport dump --all --sfu`)"
+            )
+        fp = st.fixed
+        if fp is not None and fp.add not in (None, "identity") and fp.add not in names:
+            raise InputError(
+                f"{folder}: layer {st.layer.key} adds {fp.add}'s fold, which the set does not hold; make "
+                "the set with every layer (`qexport dump --all --sfu`)"
+            )
+    if shortcuts:  # a downsample whose block end is not in the set
+        missing = next(iter(shortcuts))
+        raise InputError(f"{folder}: the set has no layer {missing}, which a downsample adds into")
+    return order, producer
+
+
+def _infer_resnet_set(folder: Path, manifest: Manifest, batch_size: int, keep: bool) -> SetInferReport:
+    """A ResNet set's run: per batch, each conv's exact psums; a block's conv1 through its thresholds
+    to conv2; a block end ``max(fold(psum) + shortcut, 0)`` (the shortcut the previous block end's
+    own accumulator rescaled, or the ``skip`` file where the set starts, or the downsample's fold)
+    requantised to each consumer; the float end on the last block end's ``out * unit``."""
+    stages = [_stage(folder, layer) for layer in sorted(manifest.layers, key=lambda entry: entry.conv_number)]
+    if stages[0].layer.conv_number != 0:
+        raise InputError(
+            f"{folder}: the set starts at layer {stages[0].layer.key}, not at the network's first conv; "
+            "make the set with every layer (`qexport dump --all --sfu`)"
+        )
+    order, producer = _resnet_order(folder, stages)
+    end = manifest.classifier
+    if end is None:
+        raise InputError(
+            f"{folder}: the manifest has no 'classifier' (the float end); make the set with "
+            "`qexport dump --all --sfu` (the last conv with --sfu writes it)"
+        )
+    arrays = {a.key: _array(folder, a.path, a.sha256, a.shape) for a in end.files}
+    rows = {
+        st.layer.name: SetLayer(st.layer.name, str(st.layer.key), st.layer.next, _between(st))
+        for st in stages
+    }
+    report = SetInferReport(manifest.model, list(rows.values()))
+    kept: dict[str, list[np.ndarray]] = {st.layer.name: [] for st in stages}
+    count = next(st.x_set.shape[0] for st in stages if st.x_set is not None)
+    for start in range(0, count, batch_size):
+        here = slice(start, start + batch_size)
+        x: dict[str, np.ndarray] = {}
+        outs: dict[str, np.ndarray] = {}
+        terms: dict[str, np.ndarray] = {}
+        for st in order:
+            name, row, fp = st.layer.name, rows[st.layer.name], st.fixed
+            made = x.pop(name, None)
+            if made is None:  # _resnet_order checked the set has it
+                made = st.x_set[here]  # type: ignore[index]
+            if st.x_set is not None:
+                row.differ_input = (row.differ_input or 0) + int((made != st.x_set[here]).sum())
+            row.values += int(made.size)
+            if keep:
+                kept[name].append(made)
+            psum = numpy_conv(made, st.w_int, st.layer.stride, st.layer.padding)
+            if st.rule is not None and st.layer.next is not None:
+                x[st.layer.next] = st.rule.apply(psum)
+                row.differ_requant = _tally(row.differ_requant, x[st.layer.next], st.requant, here)
+                continue
+            if fp is None or st.fold is None:
+                continue
+            if fp.role == "shortcut":
+                terms[name] = st.fold.apply(psum)
+                continue
+            shortcut = None
+            if fp.add == "identity":
+                source = producer.get(producer.get(name, ""), "")
+                carried = outs.get(source)
+                if carried is None and st.skip is None:
+                    raise InputError(
+                        f"{folder}: layer {st.layer.key} has no skip file (the block input its identity "
+                        "shortcut adds) and no block end of the set makes it; re-export the set"
+                    )
+                if carried is not None and st.skip is not None:
+                    row.differ_skip = (row.differ_skip or 0) + int((carried != st.skip[here]).sum())
+                skip = carried if carried is not None else st.skip[here]  # type: ignore[index]
+                shortcut = rshift_up(skip * (fp.skip_multiplier or 0), fp.skip_shift or 0)
+            elif fp.add is not None:
+                shortcut = terms.pop(fp.add)
+            out = block_end(psum, st.fold, shortcut)
+            widths = _widths(fp)
+            outs[name] = check_skip(out, widths, f"layer {st.layer.key} output")
+            for rq in fp.requant:
+                x[rq.consumer] = Requant(rq.multiplier, rq.shift, rq.levels).apply(out)
+                row.differ_requant = _tally(
+                    row.differ_requant, x[rq.consumer], st.golden.get(rq.consumer), here
+                )
+            if not fp.requant:
+                logits = _float_end(out, fp.unit, end, arrays)
+                report.predictions.extend(int(p) for p in logits.argmax(1))
+    if keep:
+        report.x_int = {name: np.concatenate(parts) for name, parts in kept.items() if parts}
+    return report
+
+
+def _between(st: _Stage) -> tuple[str, ...]:
+    """The ops after a conv as the report shows them (a downsample's: its fold into the block end)."""
+    fp = st.fixed
+    if fp is not None and fp.role == "shortcut":
+        return ("batchnorm", f"into {fp.add_into}")
+    return st.layer.between or ()
+
+
+def _widths(fp: FixedPointEntry) -> FixedPointWidths:
+    return FixedPointWidths(fp.mult_bits, fp.frac_bits, fp.skip_bits, fp.bias_bits)
+
+
+def _tally(count: int | None, made: np.ndarray, golden: np.ndarray | None, here: slice) -> int | None:
+    """``count`` plus how many of ``made`` differ from the set's ``golden`` batch (None: no file)."""
+    if golden is None:
+        return count
+    return (count or 0) + int((made != golden[here]).sum())

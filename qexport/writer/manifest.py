@@ -345,6 +345,87 @@ def _checks(r: _Reader) -> LayerChecks:
 
 
 @dataclass(frozen=True, slots=True)
+class RequantEntry:
+    """One consumer of a fixed-point block end: ``x_int = min(rshift_even(out * multiplier, shift),
+    levels)`` is ``consumer``'s input, golden in the layer's ``tensor`` file."""
+
+    consumer: str
+    tensor: str
+    multiplier: int
+    shift: int
+    levels: int
+
+    def to_json(self) -> Json:
+        return _plain(self)
+
+    @classmethod
+    def read(cls, r: _Reader) -> RequantEntry:
+        entry = cls(
+            r.text("consumer"),
+            r.text("tensor"),
+            r.integer("multiplier"),
+            r.integer("shift"),
+            r.integer("levels"),
+        )
+        r.done()
+        return entry
+
+
+FIXED_POINT_ROLES = ("block_end", "shortcut")
+
+
+@dataclass(frozen=True, slots=True)
+class FixedPointEntry:
+    """A conv's fixed-point SFU (ResNets; README "Running more than one layer" has the arithmetic).
+
+    ``role`` ``block_end``: ``out = max(rshift_up(psum * multiplier[c], shift[c]) + bias[c] +
+    shortcut, 0)``, the shortcut ``rshift_up(skip * skip_multiplier, skip_shift)`` (``add``
+    ``identity``, the ``skip`` file), the fold of the downsample conv ``add`` names, or nothing
+    (``add`` absent: a quantized stem); then each ``requant``. ``role`` ``shortcut``: the fold of
+    this conv's psums is added into ``add_into``'s accumulator. ``unit`` is the float value of one
+    accumulator step (the float end reads ``out * unit``); ``fold_rounding`` / ``requant_rounding``
+    name the two shifts' rules.
+    """
+
+    role: str
+    mult_bits: int
+    frac_bits: int
+    skip_bits: int
+    bias_bits: int
+    unit: float
+    fold_rounding: str = "half_up"
+    requant_rounding: str = "half_even"
+    add: str | None = None
+    add_into: str | None = None
+    skip_multiplier: int | None = None
+    skip_shift: int | None = None
+    requant: tuple[RequantEntry, ...] = ()
+
+    def to_json(self) -> Json:
+        return _drop_none(_plain(self), "add", "add_into", "skip_multiplier", "skip_shift")
+
+    @classmethod
+    def read(cls, r: _Reader) -> FixedPointEntry:
+        entry = cls(
+            role=r.choice("role", FIXED_POINT_ROLES),
+            mult_bits=r.integer("mult_bits"),
+            frac_bits=r.integer("frac_bits"),
+            skip_bits=r.integer("skip_bits"),
+            bias_bits=r.integer("bias_bits"),
+            unit=r.number("unit"),
+            fold_rounding=r.choice("fold_rounding", ("half_up",)),
+            requant_rounding=r.choice("requant_rounding", ("half_even",)),
+            add=r.opt_text("add", absent=True),
+            add_into=r.opt_text("add_into", absent=True),
+            skip_multiplier=r.opt_integer("skip_multiplier", absent=True),
+            skip_shift=r.opt_integer("skip_shift", absent=True),
+            requant=r.objects("requant", RequantEntry.read),
+        )
+        r.done()
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
 class LayerEntry:
     """One conv layer: its geometry and quantization, the seeds' checks and its files.
 
@@ -379,6 +460,8 @@ class LayerEntry:
     """With SFU files: the module path of the conv that reads this layer's ``requant`` (else absent)."""
     between: tuple[str, ...] | None = None
     """With SFU files: the ops between this conv and ``next`` (``["batchnorm", "relu", "maxpool2"]``)."""
+    fixed_point: FixedPointEntry | None = None
+    """With a ResNet's SFU files: the fixed-point SFU's parameters (absent for thresholds)."""
 
     @property
     def key(self) -> int | str:
@@ -386,7 +469,7 @@ class LayerEntry:
         return self.name if self.index is None else self.index
 
     def to_json(self) -> Json:
-        return _drop_none(_plain(self), "index", "next", "between")
+        return _drop_none(_plain(self), "index", "next", "between", "fixed_point")
 
     @classmethod
     def read(cls, r: _Reader) -> LayerEntry:
@@ -419,6 +502,9 @@ class LayerEntry:
             weight_q_ties=r.opt_integer("weight_q_ties", absent=True) or 0,
             next=r.opt_text("next", absent=True),
             between=r.strs("between") if "between" in r.data else None,
+            fixed_point=None
+            if "fixed_point" not in r.data
+            else r.object("fixed_point", FixedPointEntry.read),
         )
         r.done()
         if (entry.next is None) != (entry.between is None):
@@ -557,6 +643,14 @@ def _layout(r: _Reader) -> LayoutOptions:
 
 RecipeKind = Literal["dump", "testbench"]
 
+_WIDTH_KEYS = ("mult_bits", "frac_bits", "skip_bits", "bias_bits")
+
+
+def _widths(r: _Reader) -> dict[str, int]:
+    widths = {key: r.integer(key) for key in _WIDTH_KEYS}
+    r.done()
+    return widths
+
 
 @dataclass(frozen=True, slots=True)
 class Recipe:
@@ -581,11 +675,13 @@ class Recipe:
     """SFU files (threshold, direction, requant) for every layer with a next conv; absent when False."""
     chain: bool = False
     """Inputs from the integer network's own previous outputs (``dump --chain``); absent when False."""
+    fixed_point: dict[str, int] | None = None
+    """A ResNet set's fixed-point widths (``mult_bits`` ...) when not the defaults; else absent."""
 
     def to_json(self) -> Json:
         data = _plain(self) | {"layers": "all" if self.layers is None else list(self.layers)}
         # absent when off, so a set made without them keeps its bytes
-        return {k: v for k, v in data.items() if k not in ("sfu", "chain") or v}
+        return {k: v for k, v in data.items() if k not in ("sfu", "chain", "fixed_point") or v}
 
     @classmethod
     def read(cls, r: _Reader) -> Recipe:
@@ -607,6 +703,7 @@ class Recipe:
             command=r.text("command"),
             sfu=bool(r.opt_flag("sfu", absent=True)),
             chain=bool(r.opt_flag("chain", absent=True)),
+            fixed_point=None if "fixed_point" not in r.data else r.object("fixed_point", _widths),
         )
         r.done()
         if recipe.profile is None and recipe.profile_toml is None:

@@ -17,6 +17,7 @@ from qexport.cli.main import main
 from qexport.errors import InputError
 from qexport.verify.run_set import infer_set
 from tests.helpers import course_checkpoint
+from tests.variant_checkpoints import ResNetVariant, resnet_state, write_checkpoint
 
 _SOURCES = {"demo-gradual": False, "course-VGG16_quant": True}  # name: from a test-built checkpoint
 
@@ -34,6 +35,30 @@ def chained(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[SourceOptions, Path]:
     return _chained_set(request.param, tmp_path_factory.mktemp(request.param))
+
+
+_RESNETS = {
+    "tiny_resnet": None,
+    "quant-stem-without-bn2": ResNetVariant(blocks=1, stem="quant", without_bn2=("layer2.0",)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(_RESNETS))
+def resnet_sets(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[SourceOptions, Path, Path]:
+    """A ResNet's ``dump --all --chain`` and ``dump --all --sfu`` sets and their options."""
+    root = tmp_path_factory.mktemp(request.param)
+    variant = _RESNETS[request.param]
+    checkpoint = (
+        Path(__file__).parents[2] / "vectors" / "tiny_resnet.pth.tar"
+        if variant is None
+        else write_checkpoint(root / "r.pth", resnet_state(variant))
+    )
+    opts = SourceOptions(checkpoint=checkpoint, images="0:6")
+    export(opts, None, root / "chain", chain=True)
+    export(opts, None, root / "plain", sfu=True)
+    return opts, root / "chain", root / "plain"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +88,10 @@ def test_infer_from_a_set_equals_infer_on_the_model(chained: tuple[SourceOptions
 
 
 def test_infer_from_never_imports_torch(chained: tuple[SourceOptions, Path]) -> None:
-    _, folder = chained
+    _check_without_torch(chained[1])
+
+
+def _check_without_torch(folder: Path) -> None:
     code = (
         "import sys; from qexport.cli.main import main\n"
         f"try: main(['infer', '--from', {str(folder)!r}, '--json'])\n"
@@ -215,6 +243,44 @@ def _drop_file(path: str) -> object:
     return edit
 
 
+def test_infer_from_a_resnet_set_equals_infer_on_the_model(
+    resnet_sets: tuple[SourceOptions, Path, Path],
+) -> None:
+    opts, chain, plain = resnet_sets
+    _, report = infer(opts, batch_size=4)
+    ran = infer_set(chain, batch_size=4, keep=True)
+    assert ran.predictions == report.predictions and len(ran.predictions) == 6
+    # the chained set's inputs, requants and skips are the run's own: nothing differs
+    assert all(layer.differ_input == 0 for layer in ran.layers)
+    assert all(layer.differ_requant in (0, None) for layer in ran.layers)
+    assert all(layer.differ_skip in (0, None) for layer in ran.layers)
+    # a quantized stem's output is layer1.0's shortcut, which the run carries itself (tiny_resnet's
+    # stem is float: its only identity shortcut comes from the skip file)
+    carried = [layer.name for layer in ran.layers if layer.differ_skip is not None]
+    assert carried == ([] if opts.checkpoint.name == "tiny_resnet.pth.tar" else ["layer1.0.conv2"])
+    # the set made from the float model's inputs runs the same integer network ...
+    from_plain = infer_set(plain, batch_size=3, keep=True)
+    assert from_plain.predictions == ran.predictions
+    assert list(from_plain.x_int) == list(ran.x_int)
+    for name, x in ran.x_int.items():
+        np.testing.assert_array_equal(from_plain.x_int[name], x, err_msg=name)
+    # ... and its inputs are the float model's x_int: each conv differs from them where infer
+    # counts the chained integer network differing, conv by conv
+    for layer in from_plain.layers:
+        counted = sum(row.differ_chained for row in report.layers if row.next == layer.name)
+        assert layer.differ_input == counted, layer.name
+    assert sum(row.differ_chained for row in report.layers) > 0 or report.x_int_equal == 1.0
+
+
+def test_infer_from_a_resnet_set_never_imports_torch(resnet_sets: tuple[SourceOptions, Path, Path]) -> None:
+    _check_without_torch(resnet_sets[1])
+
+
+def _layer_index(folder: Path, name: str) -> int:
+    layers = json.loads((folder / "manifest.json").read_text())["layers"]
+    return next(k for k, layer in enumerate(layers) if layer["name"] == name)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -244,3 +310,43 @@ def test_a_tiled_set_missing_a_tile_file_names_it(
     damage(copy)  # type: ignore[operator]
     with pytest.raises(InputError, match=message):
         infer_set(copy)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "layer1.0.conv2" / "skip.hex").unlink(), r"layer1\.0\.conv2/skip\.hex is missing"),
+        (
+            lambda f: _edit_manifest(f, _drop_tensor("multiplier", _layer_index(f, "layer2.0.conv2"))),
+            "layer layer2.0.conv2 has no multiplier file",
+        ),
+        (
+            lambda f: _edit_manifest(f, _drop_tensor("skip", _layer_index(f, "layer1.0.conv2"))),
+            "layer layer1.0.conv2 has no skip file",
+        ),
+        (
+            lambda f: _edit_manifest(
+                f,
+                lambda d: d.__setitem__("layers", [x for x in d["layers"] if "downsample" not in x["name"]]),
+            ),
+            "adds layer2.0.downsample.0's fold, which the set does not hold",
+        ),
+    ],
+    ids=["skip-file", "multiplier-entry", "skip-entry", "downsample-layer"],
+)
+def test_a_resnet_set_missing_a_file_is_refused_naming_it(
+    tmp_path: Path, damage: object, message: str
+) -> None:
+    folder = tmp_path / "set"
+    export(
+        SourceOptions(checkpoint=Path(__file__).parents[2] / "vectors" / "tiny_resnet.pth.tar"),
+        None,
+        folder,
+        sfu=True,
+    )
+    damage(folder)  # type: ignore[operator]
+    with pytest.raises(InputError, match=message):
+        infer_set(folder)
+    result = CliRunner().invoke(main, ["infer", "--from", str(folder)])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
