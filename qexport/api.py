@@ -42,11 +42,13 @@ from qexport.writer.manifest import (
     Recipe,
     RecipeKind,
     Source,
+    SvPackageEntry,
     dumps,
     file_entry,
 )
 from qexport.writer.recipe import build_recipe, find_checkpoint
 from qexport.writer.render import Depth, MemoryContext, render, render_memory
+from qexport.writer.sv_package import SV_PACKAGE_NAME, render_sv_package
 from qexport.writer.write import ExportPlan, FileSink, staged, write_hashed
 
 if TYPE_CHECKING:
@@ -300,6 +302,16 @@ def _render_set(
             classifier = _classifier(loaded, [ref.name for ref in selected], sink, path_prefix)
         manifest = replace(manifest, classifier=classifier)
     with times.measure("pack_write"):
+        # written after every memory file, from their manifest entries; the manifest records its hash
+        package = render_sv_package(
+            [f for _, f in manifest.files()], manifest.model, loaded.demo_label, prof.name, fmt, template_dir
+        )
+        manifest = replace(
+            manifest,
+            sv_package=SvPackageEntry(
+                SV_PACKAGE_NAME, write_hashed(sink, SV_PACKAGE_NAME, [package.encode()])
+            ),
+        )
         sink.add(MANIFEST_NAME, dumps(manifest))
     return manifest, notices
 

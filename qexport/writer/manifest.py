@@ -670,6 +670,23 @@ class ClassifierEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SvPackageEntry:
+    """The set's SystemVerilog package (``qexport_vectors_pkg.sv``): where it is, its bytes' sha256."""
+
+    path: str
+    sha256: str
+
+    def to_json(self) -> Json:
+        return _plain(self)
+
+    @classmethod
+    def read(cls, r: _Reader) -> SvPackageEntry:
+        entry = cls(r.text("path"), r.text("sha256"))
+        r.done()
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """A vector set's ``manifest.json``: the model, the inputs, each layer with its files, the recipe."""
 
@@ -687,13 +704,15 @@ class Manifest:
     schema: int = MANIFEST_SCHEMA
     classifier: ClassifierEntry | None = None
     """The float end's ops and arrays (``dump --sfu`` with the last conv), else absent."""
+    sv_package: SvPackageEntry | None = None
+    """The set's SystemVerilog package of file shapes; absent in a set an older qexport wrote."""
 
     def files(self) -> list[tuple[int | str, FileEntry]]:
         """Every file with its layer's key (VGG: the features index 33, else the module path)."""
         return [(layer.key, f) for layer in self.layers for f in layer.files]
 
     def to_json(self) -> Json:
-        return _drop_none(_plain(self), "label", "recipe", "classifier")
+        return _drop_none(_plain(self), "label", "recipe", "classifier", "sv_package")
 
     @classmethod
     def read(cls, r: _Reader) -> Manifest:
@@ -710,6 +729,7 @@ class Manifest:
             label=r.opt_text("label", absent=True),
             recipe=None if "recipe" not in r.data else r.object("recipe", Recipe.read),
             classifier=None if "classifier" not in r.data else r.object("classifier", ClassifierEntry.read),
+            sv_package=None if "sv_package" not in r.data else r.object("sv_package", SvPackageEntry.read),
         )
         r.done()
         return manifest
