@@ -230,6 +230,7 @@ def _render_set(
     skip_invalid: bool = False,
     sfu: bool = False,
     chain: bool = False,
+    vcd: bool = False,
 ) -> tuple[Manifest, list[str]]:
     """Render every file of an export into ``sink``, a layer at a time.
 
@@ -295,6 +296,7 @@ def _render_set(
         loaded.source.get("sha256"),
         sfu=sfu,
         chain=chain,
+        vcd=vcd,
     )
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt, recipe)
     if sfu and rules:
@@ -325,9 +327,10 @@ def testbench(
     *,
     force: bool = False,
     template_dir: Path | None = None,
+    vcd: bool = False,
 ) -> ExportResult:
     """A self-checking testbench folder: vectors/, tb.sv, the reference core, its Icarus and Verilator
-    scripts, and a cocotb test with its runner script."""
+    scripts, and a cocotb test with its runner script; ``vcd`` makes tb.sv dump waveforms."""
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     if prof.kind != "systolic":
         raise InputError(f"profile {prof.name} is {prof.kind}; the testbench drives a systolic core profile")
@@ -336,7 +339,7 @@ def testbench(
             f"the testbench reads memories with $readmemh/$readmemb; use --format hex or bin, not {fmt}"
         )
     with staged(out_dir, force=force) as folder:
-        manifest, notices = _testbench_set(folder, opts, layer, prof, fmt, template_dir, out_dir)
+        manifest, notices = _testbench_set(folder, opts, layer, prof, fmt, template_dir, out_dir, vcd)
     return ExportResult(out_dir, manifest, notices)
 
 
@@ -348,6 +351,7 @@ def _testbench_set(
     fmt: str,
     template_dir: Path | None,
     set_dir: Path | None,
+    vcd: bool = False,
 ) -> tuple[Manifest, list[str]]:
     plans: list[tuple[LayerPlan, MemoryContext]] = []
     manifest, notices = _render_set(
@@ -363,9 +367,10 @@ def _testbench_set(
         kind="testbench",
         set_dir=set_dir,
         plans=plans,
+        vcd=vcd,
     )
     ((plan, memory),) = plans
-    context = testbench_context(plan, memory, prof)
+    context = testbench_context(plan, memory, prof, vcd=vcd)
     sink.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
     sink.add(
         "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
@@ -420,7 +425,7 @@ def _regenerate(recipe: Recipe, checkpoint: Path | None, set_dir: Path | None) -
     plan = ExportPlan()
     if recipe.kind == "testbench":
         (layer,) = layers or [0]
-        _testbench_set(plan, opts, layer, prof, recipe.format, template_dir, set_dir)
+        _testbench_set(plan, opts, layer, prof, recipe.format, template_dir, set_dir, recipe.vcd)
     else:
         depth = cast(Depth, recipe.depth)
         _render_set(

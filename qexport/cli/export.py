@@ -284,9 +284,14 @@ def dump(
 @click.option("--format", "fmt", type=click.Choice(["hex", "bin"]), default="hex", show_default=True)
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--force", is_flag=True, help="Replace an existing qexport output folder.")
+@click.option(
+    "--vcd",
+    is_flag=True,
+    help="tb.sv dumps waveforms: the run scripts write tb.vcd (or $VCD) where they are run from.",
+)
 @handles_errors
 def testbench_command(
-    layer_text: str, profile: str, fmt: str, out_dir: Path, force: bool, **kwargs: Any
+    layer_text: str, profile: str, fmt: str, out_dir: Path, force: bool, vcd: bool, **kwargs: Any
 ) -> None:
     """Render a self-checking SystemVerilog testbench with its vectors and a reference core.
 
@@ -302,7 +307,7 @@ def testbench_command(
     from qexport import api
 
     (layer,) = _parse_layers(layer_text)
-    result = api.testbench(_source(kwargs), layer, out_dir, profile, fmt, force=force)
+    result = api.testbench(_source(kwargs), layer, out_dir, profile, fmt, force=force, vcd=vcd)
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
     vectors = out_dir / PurePosixPath(result.manifest.layers[0].files[0].path).parent

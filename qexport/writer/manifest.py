@@ -565,11 +565,13 @@ class Recipe:
     """SFU files (threshold, direction, requant) for every layer with a next conv; absent when False."""
     chain: bool = False
     """Inputs from the integer network's own previous outputs (``dump --chain``); absent when False."""
+    vcd: bool = False
+    """The testbench dumps waveforms (``testbench --vcd``); absent when False."""
 
     def to_json(self) -> Json:
         data = _plain(self) | {"layers": "all" if self.layers is None else list(self.layers)}
         # absent when off, so a set made without them keeps its bytes
-        return {k: v for k, v in data.items() if k not in ("sfu", "chain") or v}
+        return {k: v for k, v in data.items() if k not in ("sfu", "chain", "vcd") or v}
 
     @classmethod
     def read(cls, r: _Reader) -> Recipe:
@@ -591,6 +593,7 @@ class Recipe:
             command=r.text("command"),
             sfu=bool(r.opt_flag("sfu", absent=True)),
             chain=bool(r.opt_flag("chain", absent=True)),
+            vcd=bool(r.opt_flag("vcd", absent=True)),
         )
         r.done()
         if recipe.profile is None and recipe.profile_toml is None:

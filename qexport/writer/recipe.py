@@ -85,6 +85,7 @@ def build_recipe(
     *,
     sfu: bool = False,
     chain: bool = False,
+    vcd: bool = False,
 ) -> Recipe:
     """Everything `qexport check` needs to regenerate this set, and the command that made it.
 
@@ -127,9 +128,11 @@ def build_recipe(
             depth,
         )
         + (" --sfu" if sfu and not chain else "")
-        + (" --chain" if chain else ""),
+        + (" --chain" if chain else "")
+        + (" --vcd" if vcd else ""),
         sfu=sfu,
         chain=chain,
+        vcd=vcd,
     )
 
 
