@@ -298,7 +298,8 @@ def testbench_command(
     The folder holds manifest.json, vectors/layer<L>/ (the profile's files, read with
     $readmemh/$readmemb), tb.sv, qexport_ref_core.v (a behavioural core; swap in your DUT, same
     ports and handshake), run_iverilog.sh and run_verilator.sh, which compile and run it and exit
-    0 only on PASS, and cocotb_tb.py with run_cocotb.sh (the same check from cocotb, on Icarus).
+    0 only on PASS, and cocotb_tb.py with run_cocotb.sh (the same check from cocotb; SIM=icarus or
+    SIM=verilator). --vcd makes tb.sv dump waveforms to tb.vcd where a script runs.
 
     \b
     Example:
