@@ -45,11 +45,13 @@ from qexport.writer.manifest import (
     RecipeKind,
     RequantEntry,
     Source,
+    SvPackageEntry,
     dumps,
     file_entry,
 )
 from qexport.writer.recipe import build_recipe, find_checkpoint
 from qexport.writer.render import Depth, MemoryContext, RenderedMemory, render, render_memories
+from qexport.writer.sv_package import SV_PACKAGE_NAME, render_sv_package
 from qexport.writer.write import ExportPlan, FileSink, staged, write_hashed
 
 if TYPE_CHECKING:
@@ -235,6 +237,7 @@ def _render_set(
     sfu: bool = False,
     chain: bool = False,
     widths: FixedPointWidths | None = None,
+    vcd: bool = False,
 ) -> tuple[Manifest, list[str]]:
     """Render every file of an export into ``sink``, a layer at a time.
 
@@ -308,6 +311,7 @@ def _render_set(
         sfu=sfu,
         chain=chain,
         widths=None if not resnet or widths is None or widths == FixedPointWidths() else widths.as_dict(),
+        vcd=vcd,
     )
     manifest = _manifest(loaded, opts, layer_entries, prof, fmt, recipe)
     if sfu and (rules or resnet):
@@ -315,6 +319,16 @@ def _render_set(
             classifier = _classifier(loaded, [ref.name for ref in selected], sink, path_prefix, bool(resnet))
         manifest = replace(manifest, classifier=classifier)
     with times.measure("pack_write"):
+        # written after every memory file, from their manifest entries; the manifest records its hash
+        package = render_sv_package(
+            [f for _, f in manifest.files()], manifest.model, loaded.demo_label, prof.name, fmt, template_dir
+        )
+        manifest = replace(
+            manifest,
+            sv_package=SvPackageEntry(
+                SV_PACKAGE_NAME, write_hashed(sink, SV_PACKAGE_NAME, [package.encode()])
+            ),
+        )
         sink.add(MANIFEST_NAME, dumps(manifest))
     return manifest, notices
 
@@ -328,9 +342,10 @@ def testbench(
     *,
     force: bool = False,
     template_dir: Path | None = None,
+    vcd: bool = False,
 ) -> ExportResult:
     """A self-checking testbench folder: vectors/, tb.sv, the reference core, its Icarus and Verilator
-    scripts, and a cocotb test with its runner script."""
+    scripts, and a cocotb test with its runner script; ``vcd`` makes tb.sv dump waveforms."""
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     if prof.kind != "systolic":
         raise InputError(f"profile {prof.name} is {prof.kind}; the testbench drives a systolic core profile")
@@ -339,7 +354,7 @@ def testbench(
             f"the testbench reads memories with $readmemh/$readmemb; use --format hex or bin, not {fmt}"
         )
     with staged(out_dir, force=force) as folder:
-        manifest, notices = _testbench_set(folder, opts, layer, prof, fmt, template_dir, out_dir)
+        manifest, notices = _testbench_set(folder, opts, layer, prof, fmt, template_dir, out_dir, vcd)
     return ExportResult(out_dir, manifest, notices)
 
 
@@ -351,6 +366,7 @@ def _testbench_set(
     fmt: str,
     template_dir: Path | None,
     set_dir: Path | None,
+    vcd: bool = False,
 ) -> tuple[Manifest, list[str]]:
     plans: list[tuple[LayerPlan, MemoryContext]] = []
     manifest, notices = _render_set(
@@ -366,9 +382,10 @@ def _testbench_set(
         kind="testbench",
         set_dir=set_dir,
         plans=plans,
+        vcd=vcd,
     )
     ((plan, memory),) = plans
-    context = testbench_context(plan, memory, prof)
+    context = testbench_context(plan, memory, prof, vcd=vcd)
     sink.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
     sink.add(
         "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
@@ -423,7 +440,7 @@ def _regenerate(recipe: Recipe, checkpoint: Path | None, set_dir: Path | None) -
     plan = ExportPlan()
     if recipe.kind == "testbench":
         (layer,) = layers or [0]
-        _testbench_set(plan, opts, layer, prof, recipe.format, template_dir, set_dir)
+        _testbench_set(plan, opts, layer, prof, recipe.format, template_dir, set_dir, recipe.vcd)
     else:
         depth = cast(Depth, recipe.depth)
         _render_set(

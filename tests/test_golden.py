@@ -114,7 +114,7 @@ def test_same_bytes_across_processes_threads_and_hash_seeds(tmp_path: Path) -> N
         )
         outputs.append(_files(out))
     assert outputs[0] == outputs[1]
-    assert len(outputs[0]) == 1 + 17 * 4
+    assert len(outputs[0]) == 2 + 17 * 4  # the manifest, the SV package, 17 layers of 4 files
 
 
 def test_nothing_written_names_a_machine_path(tmp_path: Path) -> None:

@@ -294,16 +294,22 @@ def dump(
 @click.option("--format", "fmt", type=click.Choice(["hex", "bin"]), default="hex", show_default=True)
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--force", is_flag=True, help="Replace an existing qexport output folder.")
+@click.option(
+    "--vcd",
+    is_flag=True,
+    help="tb.sv dumps waveforms: the run scripts write tb.vcd (or $VCD) where they are run from.",
+)
 @handles_errors
 def testbench_command(
-    layer_text: str, profile: str, fmt: str, out_dir: Path, force: bool, **kwargs: Any
+    layer_text: str, profile: str, fmt: str, out_dir: Path, force: bool, vcd: bool, **kwargs: Any
 ) -> None:
     """Render a self-checking SystemVerilog testbench with its vectors and a reference core.
 
     The folder holds manifest.json, vectors/layer<L>/ (the profile's files, read with
     $readmemh/$readmemb), tb.sv, qexport_ref_core.v (a behavioural core; swap in your DUT, same
     ports and handshake), run_iverilog.sh and run_verilator.sh, which compile and run it and exit
-    0 only on PASS, and cocotb_tb.py with run_cocotb.sh (the same check from cocotb, on Icarus).
+    0 only on PASS, and cocotb_tb.py with run_cocotb.sh (the same check from cocotb; SIM=icarus or
+    SIM=verilator). --vcd makes tb.sv dump waveforms to tb.vcd where a script runs.
 
     \b
     Example:
@@ -312,7 +318,7 @@ def testbench_command(
     from qexport import api
 
     (layer,) = _parse_layers(layer_text)
-    result = api.testbench(_source(kwargs), layer, out_dir, profile, fmt, force=force)
+    result = api.testbench(_source(kwargs), layer, out_dir, profile, fmt, force=force, vcd=vcd)
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
     vectors = out_dir / PurePosixPath(result.manifest.layers[0].files[0].path).parent

@@ -1,9 +1,9 @@
-"""Check a DUT from cocotb against a qexport testbench set (on Icarus).
+"""Check a DUT from cocotb against a qexport testbench set (on Icarus or Verilator).
 
 ``load_vectors`` reads a set by its manifest (torch-free), ``drive`` takes the DUT through the
 handshake ``qexport_ref_core.v`` documents, and the ``Scoreboard`` names each mismatch by tile,
 pixel and channel. ``qexport testbench`` renders ``cocotb_tb.py`` (a test calling ``check_layer``)
-and ``run_cocotb.sh`` (``SIM=icarus``).
+and ``run_cocotb.sh`` (``SIM=icarus`` or ``SIM=verilator``).
 
 The names that need cocotb (``drive``, ``check_layer``) and its runner (``run_cocotb``) load on
 first use, so the vectors and the scoreboard import without it.

@@ -124,10 +124,14 @@ def check_set(folder: Path, base: Path | None = None) -> CheckResult:
 
 
 def _listed_hashes(manifest: bytes | None) -> dict[str, str]:
-    """Each data file's sha256 as a regenerated manifest lists it."""
+    """Each data file's (and the SV package's) sha256 as a regenerated manifest lists it."""
     if manifest is None:
         return {}
-    return {f.path: f.sha256 for _, f in loads(manifest.decode("utf-8"), MANIFEST_NAME).files()}
+    fresh = loads(manifest.decode("utf-8"), MANIFEST_NAME)
+    hashes = {f.path: f.sha256 for _, f in fresh.files()}
+    if fresh.sv_package is not None:
+        hashes[fresh.sv_package.path] = fresh.sv_package.sha256
+    return hashes
 
 
 def _file_sha256(path: Path) -> str:

@@ -40,8 +40,11 @@ def _parameters(prof: Profile, kernel: int, stride: int, grid: int, out_bits: in
     }
 
 
-def testbench_context(plan: LayerPlan, memory: MemoryContext, prof: Profile) -> dict[str, Any]:
-    """``plan``'s tiles as the testbench template walks them; ``memory`` names the model and format."""
+def testbench_context(
+    plan: LayerPlan, memory: MemoryContext, prof: Profile, *, vcd: bool = False
+) -> dict[str, Any]:
+    """``plan``'s tiles as the testbench template walks them; ``memory`` names the model and format;
+    ``vcd`` makes tb.sv dump waveforms (``$dumpvars`` of tb and the DUT) and the scripts trace."""
     by_kind: dict[str, list[TensorPlan]] = {}
     for tp in plan.tensors:
         by_kind.setdefault(tp.tensor, []).append(tp)
@@ -128,7 +131,7 @@ def testbench_context(plan: LayerPlan, memory: MemoryContext, prof: Profile) -> 
         "address_file": "" if address is None else path(address),
         "tiles": sorted(tiles, key=lambda t: (t["tile"], t["otile"])),
         "parameters": json.dumps(_parameters(prof, kernel, stride, grid, out_spec.lane_bits), sort_keys=True),
-        "vcd": False,
+        "vcd": vcd,
         "dut": "qexport_ref_core",
         "dut_file": "qexport_ref_core.v",
     }

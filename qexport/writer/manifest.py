@@ -677,11 +677,13 @@ class Recipe:
     """Inputs from the integer network's own previous outputs (``dump --chain``); absent when False."""
     fixed_point: dict[str, int] | None = None
     """A ResNet set's fixed-point widths (``mult_bits`` ...) when not the defaults; else absent."""
+    vcd: bool = False
+    """The testbench dumps waveforms (``testbench --vcd``); absent when False."""
 
     def to_json(self) -> Json:
         data = _plain(self) | {"layers": "all" if self.layers is None else list(self.layers)}
         # absent when off, so a set made without them keeps its bytes
-        return {k: v for k, v in data.items() if k not in ("sfu", "chain", "fixed_point") or v}
+        return {k: v for k, v in data.items() if k not in ("sfu", "chain", "fixed_point", "vcd") or v}
 
     @classmethod
     def read(cls, r: _Reader) -> Recipe:
@@ -704,6 +706,7 @@ class Recipe:
             sfu=bool(r.opt_flag("sfu", absent=True)),
             chain=bool(r.opt_flag("chain", absent=True)),
             fixed_point=None if "fixed_point" not in r.data else r.object("fixed_point", _widths),
+            vcd=bool(r.opt_flag("vcd", absent=True)),
         )
         r.done()
         if recipe.profile is None and recipe.profile_toml is None:
@@ -783,6 +786,23 @@ class ClassifierEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SvPackageEntry:
+    """The set's SystemVerilog package (``qexport_vectors_pkg.sv``): where it is, its bytes' sha256."""
+
+    path: str
+    sha256: str
+
+    def to_json(self) -> Json:
+        return _plain(self)
+
+    @classmethod
+    def read(cls, r: _Reader) -> SvPackageEntry:
+        entry = cls(r.text("path"), r.text("sha256"))
+        r.done()
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """A vector set's ``manifest.json``: the model, the inputs, each layer with its files, the recipe."""
 
@@ -800,13 +820,15 @@ class Manifest:
     schema: int = MANIFEST_SCHEMA
     classifier: ClassifierEntry | None = None
     """The float end's ops and arrays (``dump --sfu`` with the last conv), else absent."""
+    sv_package: SvPackageEntry | None = None
+    """The set's SystemVerilog package of file shapes; absent in a set an older qexport wrote."""
 
     def files(self) -> list[tuple[int | str, FileEntry]]:
         """Every file with its layer's key (VGG: the features index 33, else the module path)."""
         return [(layer.key, f) for layer in self.layers for f in layer.files]
 
     def to_json(self) -> Json:
-        return _drop_none(_plain(self), "label", "recipe", "classifier")
+        return _drop_none(_plain(self), "label", "recipe", "classifier", "sv_package")
 
     @classmethod
     def read(cls, r: _Reader) -> Manifest:
@@ -823,6 +845,7 @@ class Manifest:
             label=r.opt_text("label", absent=True),
             recipe=None if "recipe" not in r.data else r.object("recipe", Recipe.read),
             classifier=None if "classifier" not in r.data else r.object("classifier", ClassifierEntry.read),
+            sv_package=None if "sv_package" not in r.data else r.object("sv_package", SvPackageEntry.read),
         )
         r.done()
         return manifest

