@@ -26,15 +26,16 @@ Tiles ``s`` are numbered image-major, then tile row, then tile column; activatio
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from qexport.errors import BitWidthError, InputError
 from qexport.ir.integerize import IntLayer
-from qexport.ir.reference import Psums, TiledPsums, check_requantizable
+from qexport.ir.reference import Psums, TiledPsums, check_requantizable, step_psums
 from qexport.ir.sfu import LayerSfu
+from qexport.layout.declare import TENSOR_OF, VOCABULARY, Named, file_name, lay_out
 from qexport.layout.flat import TensorPlan, check_psum_width, sfu_specs, signed_bits_of, threshold_values
 from qexport.layout.placement import Placement, Span
 from qexport.layout.profile import Profile, name_pattern
@@ -91,179 +92,339 @@ def systolic_layout(
 ) -> list[TensorPlan]:
     """Tile ``layer`` for profile ``p``: slice and arrange the reference's ``tiled`` psums.
 
-    ``check_systolic`` has accepted the layer; only the psums' width is checked here. With ``sfu``,
-    per output-channel tile a ``threshold`` file (t, c: threshold k of every column a word) and a
-    ``direction`` word (c), and per output tile a ``requant`` file: the next ``x_int`` of the
-    tile's output pixels (after the max-pool, tile / pool pixels a side), output channel a lane.
+    Per file kind one named array covers the whole layer (``declare.VOCABULARY``); the profile's
+    ``[files.<kind>]`` spec cuts it into files (``declare.lay_out``). ``check_systolic`` has
+    accepted the layer; only the psums' width is checked here. With ``sfu``, per output-channel
+    tile a ``threshold`` file (t, c: threshold k of every column a word) and a ``direction`` word
+    (c), and per output tile a ``requant`` file: the next ``x_int`` of the tile's output pixels
+    (after the max-pool, tile / pool pixels a side), output channel a lane.
     """
-    act_spec, w_spec = _act_spec(p), _w_spec(p)
+    g = _geometry(layer, tiled, p)
+    named = (
+        _ws_arrays(layer, tiled, p, g)
+        if p.dataflow == "weight_stationary"
+        else _os_arrays(layer, tiled, p, g)
+    )
+    out_bits = max(p.psum_bits, signed_bits_of(psums.psum))
+    specs = {
+        "activation": _act_spec(p),
+        "weight": _w_spec(p),
+        "psum": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
+        "psum_kij": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
+        "psum_acc": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
+        "output": PackSpec(p.act_bits, p.cols, False, p.lane_order)
+        if "requantize" in p.golden
+        else PackSpec(out_bits, p.cols, True, p.lane_order),
+        "address": PackSpec(p.address_bits, 1, False),
+    }
+    _check_psum_fit(layer, tiled, p, g)
+    keyed: list[tuple[tuple[int, ...], TensorPlan]] = []
+    for kind, spec in p.files.items():
+        if kind not in named:
+            continue
+        parts = list(lay_out(named[kind], spec, f"layer {layer.label}: profile {p.name}"))
+        base = specs[kind]
+        for part in parts:
+            stem = prefix + file_name(spec, part, g.single, layer.folder)
+            lanes = int(part.array.shape[-1]) if spec.lanes else 1
+            pack = replace(base, lanes=lanes, lane_order=spec.lane_order or base.lane_order)
+            plan = TensorPlan(
+                TENSOR_OF[kind],  # type: ignore[arg-type]  # the kinds' tensors are Tensor names
+                stem,
+                part.array,
+                spec.manifest_axes(),
+                pack,
+                padded=True if kind == "activation" else None,
+                where=_placement(kind, part.index, p, g),
+            )
+            keyed.append((_order(kind, part.index, part.number), plan))
+    if kind_addresses := [tp for _, tp in keyed if tp.tensor == "address"]:
+        _check_addresses(layer, p, kind_addresses[0].array)
+    if sfu is not None:
+        requant, pooled_tile = _sfu_tiles(layer, sfu, p, g.otiles, g.ty, g.tx)
+        rules = _sfu_rule_plans(layer, sfu, p, g.otiles, out_bits, prefix, g.oc_range)
+        keyed += [((1, i), tp) for i, tp in enumerate(rules)]
+        keyed += _requant_plans(layer, sfu, p, g, requant, pooled_tile, prefix)
+    keyed.sort(key=lambda kp: kp[0])  # stable: the files of a kind stay in their spec's order
+    plans = [tp for _, tp in keyed]
+    stems = [tp.stem for tp in plans]
+    if len(set(stems)) < len(stems):
+        twice = next(st for st in stems if stems.count(st) > 1)
+        raise InputError(
+            f"layer {layer.label}: profile {p.name} names two files {twice}; give each [files.<kind>] "
+            "name pattern the placeholders of all its file axes"
+        )
+    return plans
+
+
+@dataclass(frozen=True, slots=True)
+class _Geometry:
+    """A layer's tiling on one profile's array."""
+
+    n: int
+    itiles: int
+    otiles: int
+    ty: int
+    tx: int
+    grid: int
+    passes: int
+    single: bool
+    """The layer is one tile of the array: the kinds' ``single`` names apply."""
+    c_in: int
+    c_out: int
+    rows: int
+    cols: int
+    h: int
+    w: int
+
+    def ic_range(self, i: int) -> Span:
+        return (i * self.rows, min((i + 1) * self.rows, self.c_in))
+
+    def oc_range(self, o: int) -> Span:
+        return (o * self.cols, min((o + 1) * self.cols, self.c_out))
+
+
+def _geometry(layer: IntLayer, tiled: TiledPsums, p: Profile) -> _Geometry:
     n, c_in, h, w = layer.x_int.shape
-    c_out, k, stride, pad = layer.out_channels, layer.kernel, layer.stride, layer.padding
-    itiles, otiles = _ceil_div(c_in, p.rows), _ceil_div(c_out, p.cols)
+    c_out = layer.out_channels
+    itiles = _ceil_div(c_in, p.rows) if p.dataflow == "weight_stationary" else 1
+    otiles = _ceil_div(c_out, p.cols)
     _, _, h_out, w_out = tiled.total.shape  # the output map rounded up to whole tiles
-    ty_count, tx_count = h_out // p.tile, w_out // p.tile
-    grid = grid_size(layer, p.tile)
-    # the padded map (padded row r is input row r - pad), then zeros to the last tile's grid and
-    # up to whole channel tiles: the input the reference's tiled psums were summed over
+    ty, tx = h_out // p.tile, w_out // p.tile
+    passes = 1
+    if p.dataflow == "output_stationary":
+        if (p.tile * p.tile) % p.rows:
+            raise InputError(
+                f"layer {layer.label}: profile {p.name}'s {p.tile}x{p.tile} tile has "
+                f"{p.tile * p.tile} output pixels, which passes of {p.rows} rows (one pixel a row) "
+                "do not divide; choose a tile whose pixel count is a multiple of rows"
+            )
+        passes = p.tile * p.tile // p.rows
+    single = itiles == otiles == passes == 1 and n * ty * tx == 1
+    rows = p.rows if p.dataflow == "weight_stationary" else c_in
+    return _Geometry(
+        n, itiles, otiles, ty, tx, grid_size(layer, p.tile), passes, single, c_in, c_out, rows, p.cols, h, w
+    )
+
+
+def _grids(layer: IntLayer, p: Profile, g: _Geometry, channels: int) -> np.ndarray:
+    """Every tile's G×G input grid, (n, channels, ty, tx, G, G): read from the padded map (padded
+    row r is input row r - pad), zeros beyond it and beyond the real channels — the input the
+    reference's tiled psums were summed over."""
+    n, c_in, h, w = layer.x_int.shape
+    stride, pad = layer.stride, layer.padding
     x = np.zeros(
         (
             n,
-            itiles * p.rows,
-            max((ty_count - 1) * p.tile * stride + grid, h + pad),
-            max((tx_count - 1) * p.tile * stride + grid, w + pad),
+            channels,
+            max((g.ty - 1) * p.tile * stride + g.grid, h + pad),
+            max((g.tx - 1) * p.tile * stride + g.grid, w + pad),
         ),
         dtype=np.int64,
     )
     x[:, :c_in, pad : h + pad, pad : w + pad] = layer.x_int
-    weights = np.zeros((otiles * p.cols, itiles * p.rows, k, k), dtype=np.int64)
-    weights[:c_out, :c_in] = layer.w_int
-    # output channels up to whole output-channel tiles, as the zero weights above give them
-    extra = ((0, 0), (0, otiles * p.cols - c_out), (0, 0), (0, 0))
-    partial = np.pad(tiled.partial, ((0, 0), *extra))
-    total = np.pad(tiled.total, extra)
-    golden = np.pad(tiled.golden, extra)
-    names = p.names
-    plans: list[TensorPlan] = []
-    single = itiles == otiles == 1 and n * ty_count * tx_count == 1
+    rows = (np.arange(g.ty) * p.tile * stride)[:, None] + np.arange(g.grid)  # (ty, G)
+    cols = (np.arange(g.tx) * p.tile * stride)[:, None] + np.arange(g.grid)  # (tx, G)
+    return x[:, :, rows[:, None, :, None], cols[None, :, None, :]]
 
-    def ic_range(i: int) -> Span:
-        return (i * p.rows, min((i + 1) * p.rows, c_in))
 
-    def oc_range(o: int) -> Span:
-        return (o * p.cols, min((o + 1) * p.cols, c_out))
+def _weights(layer: IntLayer, g: _Geometry, channels: int) -> np.ndarray:
+    """w_int (oc, ic, k, k), zero output channels to whole tiles, zero input channels to ``channels``."""
+    weights = np.zeros((g.otiles * g.cols, channels, layer.kernel, layer.kernel), dtype=np.int64)
+    weights[: g.c_out, : g.c_in] = layer.w_int
+    return weights
 
-    for i in range(itiles):
-        for o in range(otiles):
-            block = weights[o * p.cols : (o + 1) * p.cols, i * p.rows : (i + 1) * p.rows]
-            for kk in range(k * k):
-                taps = block[:, :, kk // k, kk % k].reshape(p.cols, 1, 1, p.rows)
-                plans.append(
-                    TensorPlan(
-                        "weight",
-                        prefix + names["weight"].format(i=i, o=o, k=kk, layer=layer.folder),
-                        taps,
-                        ("oc", "kh", "kw", "ic"),
-                        w_spec,
-                        where=Placement(itile=i, otile=o, kij=kk, ic=ic_range(i), oc=oc_range(o)),
-                    )
+
+def _by_tile(values: np.ndarray, p: Profile, g: _Geometry) -> np.ndarray:
+    """(n, oc, H, W) over whole tiles -> (n, ty, tx, otile, oy, ox, oc), zero channels to whole tiles."""
+    n = values.shape[0]
+    full = np.pad(values, ((0, 0), (0, g.otiles * g.cols - values.shape[1]), (0, 0), (0, 0)))
+    shaped = full.reshape(n, g.otiles, g.cols, g.ty, p.tile, g.tx, p.tile)
+    return shaped.transpose(0, 3, 5, 1, 4, 6, 2)
+
+
+def _ws_arrays(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> dict[str, Named]:
+    """The weight-stationary kinds' arrays (axes as ``declare.VOCABULARY``)."""
+    k, stride, grid = layer.kernel, layer.stride, g.grid
+    grids = _grids(layer, p, g, g.itiles * p.rows)
+    act = grids.reshape(g.n, g.itiles, p.rows, g.ty, g.tx, grid, grid).transpose(0, 3, 4, 1, 5, 6, 2)
+    weights = _weights(layer, g, g.itiles * p.rows)
+    w = weights.reshape(g.otiles, p.cols, g.itiles, p.rows, k, k).transpose(2, 0, 4, 5, 1, 3)
+    # (itile, n, ty, tx, otile, oy, ox, oc) -> (n, ty, tx, itile, otile, oy, ox, oc)
+    partial = np.stack([_by_tile(part, p, g) for part in tiled.partial], axis=3)
+    oy = np.arange(p.tile)[:, None, None, None]
+    ox = np.arange(p.tile)[None, :, None, None]
+    ki = np.arange(k)[None, None, :, None]
+    kj = np.arange(k)[None, None, None, :]
+    # kernel pass kk = ki*k + kj wrote grid position n at G*G*kk + n
+    addresses = grid * grid * (ki * k + kj) + (oy * stride + ki) * grid + (ox * stride + kj)
+    vocab = VOCABULARY["weight_stationary"]
+    named = {
+        "activation": Named(act, vocab["activation"]),
+        "weight": Named(w, vocab["weight"]),
+        "psum": Named(partial, vocab["psum"]),
+        "output": Named(_by_tile(tiled.golden, p, g), vocab["output"]),
+        "address": Named(addresses, vocab["address"]),
+    }
+    if g.itiles == 1:
+        del named["psum"]  # one input tile: its psums are the output before the golden ops
+    if "psum_kij" in p.files or "psum_acc" in p.files:
+        steps = step_psums(act, w)  # (n, ty, tx, itile, otile, ki, kj, y, x, oc)
+        named["psum_kij"] = Named(steps, vocab["psum_kij"])
+        named["psum_acc"] = Named(_running_sums(steps, k, stride, p.tile), vocab["psum_acc"])
+        for kind in ("psum_kij", "psum_acc"):
+            if kind in p.files:
+                check_psum_width(
+                    named[kind].array,
+                    p.psum_bits,
+                    f"layer {layer.label} {kind}",
+                    f"the {p.name} core's {p.psum_bits}-bit psum memory is too narrow",
+                    "a profile with psum_bits =",
+                    signed_bits_of(named[kind].array),
                 )
-    out_bits = max(p.psum_bits, signed_bits_of(psums.psum))
-    psum_spec = PackSpec(p.psum_bits, p.cols, True, p.lane_order)
-    out_spec = PackSpec(out_bits, p.cols, True, p.lane_order)
-    if "requantize" in p.golden:
-        out_spec = PackSpec(p.act_bits, p.cols, False, p.lane_order)
-    requant, pooled_tile = None, 0
-    if sfu is not None:
-        requant, pooled_tile = _sfu_tiles(layer, sfu, p, otiles, ty_count, tx_count)
-        plans += _sfu_rule_plans(layer, sfu, p, otiles, out_bits, prefix, oc_range)
+    return named
 
-    # the worst case of one tile's psums: its input channels (rows or fewer) x k*k taps at the extremes
-    worst = min(c_in, p.rows) * k * k * (2 ** (layer.w_bit - 1) - 1) * act_spec.value_range[1]
-    worst_bits = smallest_signed_bits(-worst, worst)
-    # the psums a file holds: each tile's partial sums, or the totals when there is one tile
-    written = partial if itiles > 1 else total[None]
-    fits = signed_bits_of(written) <= p.psum_bits
 
-    def fit_psum(values: np.ndarray, where: str) -> None:
-        if fits:  # the whole layer fits: no tile needs its own look
-            return
-        check_psum_width(
-            values,
-            p.psum_bits,
-            f"layer {layer.label} {where}",
-            f"the {p.name} core's {p.psum_bits}-bit psums are too narrow",
-            "a profile with psum_bits =",
-            worst_bits,
+def _running_sums(steps: np.ndarray, k: int, stride: int, tile: int) -> np.ndarray:
+    """Per output pixel the sum over kernel positions 0..kk of what pass kk wrote at the grid
+    position that pixel reads, ``psum[kk][(oy*s+ki)*G + (ox*s+kj)]``: the running sums an
+    accumulating core holds after each kernel position (within its input tile), kk = ki*k + kj."""
+    ki = np.arange(k)[:, None, None, None]
+    kj = np.arange(k)[None, :, None, None]
+    ys = np.arange(tile)[None, None, :, None] * stride + ki  # (ki, 1, oy, 1)
+    xs = np.arange(tile)[None, None, None, :] * stride + kj  # (1, kj, 1, ox)
+    # adjacent advanced indices keep their place: (n, ty, tx, itile, otile, ki, kj, oy, ox, oc)
+    read = steps[:, :, :, :, :, ki, kj, ys, xs]
+    shape = read.shape
+    flat = read.reshape(*shape[:5], k * k, *shape[7:])
+    return np.cumsum(flat, axis=5).reshape(shape)
+
+
+def _os_arrays(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> dict[str, Named]:
+    """The output-stationary kinds' arrays: row r of pass q holds output pixel q*rows + r of the
+    tile (row-major); its activation lane at (ic, ki, kj) is the grid value that pixel reads."""
+    k, stride = layer.kernel, layer.stride
+    grids = _grids(layer, p, g, g.c_in)  # (n, ic, ty, tx, G, G)
+    pixel = np.arange(p.tile * p.tile)
+    py, px = pixel // p.tile, pixel % p.tile
+    ys = (py * stride)[:, None, None] + np.arange(k)[None, :, None]  # (pixel, ki, 1)
+    xs = (px * stride)[:, None, None] + np.arange(k)[None, None, :]  # (pixel, 1, kj)
+    read = grids[:, :, :, :, ys, xs]  # (n, ic, ty, tx, pixel, ki, kj)
+    read = read.reshape(g.n, g.c_in, g.ty, g.tx, g.passes, p.rows, k, k)
+    act = read.transpose(0, 2, 3, 4, 1, 6, 7, 5)  # (n, ty, tx, pass, ic, ki, kj, r)
+    weights = _weights(layer, g, g.c_in).reshape(g.otiles, p.cols, g.c_in, k, k).transpose(0, 3, 4, 2, 1)
+    golden = _by_tile(tiled.golden, p, g).reshape(g.n, g.ty, g.tx, g.otiles, g.passes, p.rows, p.cols)
+    vocab = VOCABULARY["output_stationary"]
+    return {
+        "activation": Named(act, vocab["activation"]),
+        "weight": Named(weights, vocab["weight"]),
+        "output": Named(golden.transpose(0, 1, 2, 4, 3, 5, 6), vocab["output"]),
+    }
+
+
+def _placement(kind: str, at: Mapping[str, int], p: Profile, g: _Geometry) -> Placement:
+    """Where a file's values sit in the layer, from its file-axis indices."""
+    where = Placement()
+    if "s" in at:
+        ty, tx = at["ty"], at["tx"]
+        where = replace(
+            where,
+            tile=at["s"],
+            n=at["n"],
+            y=(ty * p.tile, min((ty + 1) * p.tile, g.h)),
+            x=(tx * p.tile, min((tx + 1) * p.tile, g.w)),
         )
+    axes = VOCABULARY[p.dataflow][kind]
+    if "itile" in at:
+        where = replace(where, itile=at["itile"], ic=g.ic_range(at["itile"]))
+    elif "ic" in axes:  # the file holds every input channel
+        where = replace(where, ic=(0, g.c_in))
+    if "otile" in at:
+        where = replace(where, otile=at["otile"], oc=g.oc_range(at["otile"]))
+    elif "oc" in axes:
+        where = replace(where, oc=(0, g.c_out))
+    if "kij" in at:
+        where = replace(where, kij=at["kij"])
+    if "pass" in at:
+        where = replace(where, pixels=(at["pass"] * p.rows, (at["pass"] + 1) * p.rows))
+    return where
 
-    s = 0
-    for image in range(n):
-        for ty in range(ty_count):
-            for tx in range(tx_count):
-                pixels = Placement(
+
+_PHASE = {"activation": (0, 0), "psum": (0, 1), "psum_kij": (0, 2), "psum_acc": (0, 3), "output": (1, 0)}
+
+
+def _order(kind: str, at: Mapping[str, int], number: int) -> tuple[int, ...]:
+    """The files' order in the manifest: weights, the SFU rules, then tile by tile (and pass by
+    pass) its activation and psums by input tile, then its outputs (and requant) by output tile,
+    then the address table."""
+    if kind == "weight":
+        return (0, number)
+    if kind == "address":
+        return (3, number)
+    phase, sub = _PHASE[kind]
+    major = at.get("itile", 0) if phase == 0 else at.get("otile", 0)
+    return (2, at.get("s", 0), at.get("pass", 0), phase, major, sub, number)
+
+
+def _check_psum_fit(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> None:
+    """Each tile's psums (its partial sums, or its totals with one input tile; an output-stationary
+    PE's whole sum) must fit ``psum_bits``; the first tile that does not is named."""
+    k = layer.kernel
+    several = g.itiles > 1
+    written = tiled.partial if several else tiled.total[None]
+    if signed_bits_of(written) <= p.psum_bits:
+        return
+    # the worst case of one tile's psums: its input channels (rows or fewer) x k*k taps at the extremes
+    worst = min(g.c_in, g.rows) * k * k * (2 ** (layer.w_bit - 1) - 1) * _act_spec(p).value_range[1]
+    blocks = np.stack([_by_tile(part, p, g) for part in written], axis=3)  # (n, ty, tx, i, o, oy, ox, oc)
+    blocks = blocks.reshape(g.n * g.ty * g.tx, len(written), g.otiles, -1)
+    low, high = blocks.min(axis=3), blocks.max(axis=3)
+    bound = 1 << (p.psum_bits - 1)
+    s, i, o = (int(v[0]) for v in np.nonzero((low < -bound) | (high >= bound)))
+    check_psum_width(
+        blocks[s, i, o],
+        p.psum_bits,
+        f"layer {layer.label} tile {s} itile {i} otile {o}"
+        if several
+        else f"layer {layer.label} tile {s} otile {o}",
+        f"the {p.name} core's {p.psum_bits}-bit psums are too narrow",
+        "a profile with psum_bits =",
+        smallest_signed_bits(-worst, worst),
+    )
+
+
+def _requant_plans(
+    layer: IntLayer,
+    sfu: LayerSfu,
+    p: Profile,
+    g: _Geometry,
+    requant: np.ndarray,
+    pooled_tile: int,
+    prefix: str,
+) -> list[tuple[tuple[int, ...], TensorPlan]]:
+    """Per output tile (s, o) the next ``x_int`` of its pixels after the pool, output channel a lane."""
+    high_y, high_x = sfu.requant.shape[2], sfu.requant.shape[3]
+    plans: list[tuple[tuple[int, ...], TensorPlan]] = []
+    for s, (image, ty, tx) in enumerate(np.ndindex(g.n, g.ty, g.tx)):
+        r0, c0 = ty * pooled_tile, tx * pooled_tile
+        part = requant[image : image + 1, :, r0 : r0 + pooled_tile, c0 : c0 + pooled_tile]
+        for o in range(g.otiles):
+            plan = TensorPlan(
+                "requant",
+                prefix + name_pattern(p, "requant").format(s=s, o=o, layer=layer.folder),
+                part[:, o * p.cols : (o + 1) * p.cols].transpose(0, 2, 3, 1),
+                ("n", "h", "w", "c"),
+                PackSpec(sfu.next_act_bit, p.cols, False, p.lane_order),
+                where=Placement(
                     tile=s,
-                    n=image,
-                    y=(ty * p.tile, min((ty + 1) * p.tile, h)),
-                    x=(tx * p.tile, min((tx + 1) * p.tile, w)),
-                )
-                rows = slice(ty * p.tile * stride, ty * p.tile * stride + grid)
-                cols = slice(tx * p.tile * stride, tx * p.tile * stride + grid)
-                # this tile's outputs in the reference's (n, oc, H, W) arrays
-                window = (
-                    slice(image, image + 1),
-                    slice(None),
-                    slice(ty * p.tile, (ty + 1) * p.tile),
-                    slice(tx * p.tile, (tx + 1) * p.tile),
-                )
-                for i in range(itiles):
-                    chans = slice(i * p.rows, (i + 1) * p.rows)
-                    plans.append(
-                        TensorPlan(
-                            "input",
-                            prefix + names["activation"].format(a=s * itiles + i, layer=layer.folder),
-                            x[image : image + 1, chans, rows, cols].transpose(0, 2, 3, 1),
-                            ("n", "h", "w", "c"),
-                            act_spec,
-                            padded=True,
-                            where=replace(pixels, itile=i, ic=ic_range(i)),
-                        )
-                    )
-                    if itiles > 1:
-                        for o in range(otiles):
-                            values = _by_pixel(partial[i][window], o, p)
-                            fit_psum(values, f"tile {s} itile {i} otile {o}")
-                            plans.append(
-                                TensorPlan(
-                                    "psum",
-                                    prefix + names["psum"].format(s=s, i=i, o=o, layer=layer.folder),
-                                    values,
-                                    ("n", "h", "w", "c"),
-                                    psum_spec,
-                                    where=replace(pixels, itile=i, otile=o, ic=ic_range(i), oc=oc_range(o)),
-                                )
-                            )
-                for o in range(otiles):
-                    if itiles == 1:
-                        fit_psum(_by_pixel(total[window], o, p), f"tile {s} otile {o}")
-                    name = (
-                        names["output"].format(layer=layer.folder)
-                        if single
-                        else names["output_tiled"].format(s=s, o=o, layer=layer.folder)
-                    )
-                    plans.append(
-                        TensorPlan(
-                            "output",
-                            prefix + name,
-                            _by_pixel(golden[window], o, p),
-                            ("n", "h", "w", "c"),
-                            out_spec,
-                            where=replace(pixels, otile=o, oc=oc_range(o)),
-                        )
-                    )
-                    if sfu is not None and requant is not None:
-                        r0, c0 = ty * pooled_tile, tx * pooled_tile
-                        part = requant[image : image + 1, :, r0 : r0 + pooled_tile, c0 : c0 + pooled_tile]
-                        high_y, high_x = sfu.requant.shape[2], sfu.requant.shape[3]
-                        plans.append(
-                            TensorPlan(
-                                "requant",
-                                prefix + name_pattern(p, "requant").format(s=s, o=o, layer=layer.folder),
-                                _by_pixel(part, o, p),
-                                ("n", "h", "w", "c"),
-                                PackSpec(sfu.next_act_bit, p.cols, False, p.lane_order),
-                                where=Placement(
-                                    tile=s,
-                                    n=image,
-                                    y=(min(r0, high_y), min(r0 + pooled_tile, high_y)),
-                                    x=(min(c0, high_x), min(c0 + pooled_tile, high_x)),
-                                    otile=o,
-                                    oc=oc_range(o),
-                                ),
-                            )
-                        )
-                s += 1
-    if p.dataflow == "weight_stationary":
-        plans.append(_address_plan(p, layer, prefix + names["address"].format(layer=layer.folder)))
+                    n=int(image),
+                    y=(min(r0, high_y), min(r0 + pooled_tile, high_y)),
+                    x=(min(c0, high_x), min(c0 + pooled_tile, high_x)),
+                    otile=o,
+                    oc=g.oc_range(o),
+                ),
+            )
+            plans.append(((2, s, 0, 1, o, 1, 0), plan))
     return plans
 
 
@@ -326,22 +487,9 @@ def _sfu_rule_plans(
     return plans
 
 
-def _by_pixel(total: np.ndarray, otile: int, p: Profile) -> np.ndarray:
-    """(1, C, tile, tile) -> (1, tile, tile, cols): output pixel a word, output channel a lane."""
-    return total[:, otile * p.cols : (otile + 1) * p.cols].transpose(0, 2, 3, 1)
-
-
-def _address_plan(p: Profile, layer: IntLayer, stem: str) -> TensorPlan:
-    """Per output pixel (orow, ocol), its k*k addresses G*G*kk + (orow*s+ki)*G + (ocol*s+kj)."""
-    grid, k, stride = grid_size(layer, p.tile), layer.kernel, layer.stride
-    o = np.arange(p.tile * p.tile)
-    kk = np.arange(k * k)
-    orow, ocol = (o // p.tile)[:, None], (o % p.tile)[:, None]
-    ki, kj = (kk // k)[None, :], (kk % k)[None, :]
-    addresses = grid * grid * kk[None, :] + (orow * stride + ki) * grid + (ocol * stride + kj)
+def _check_addresses(layer: IntLayer, p: Profile, addresses: np.ndarray) -> None:
     if int(addresses.max()) >= 1 << p.address_bits:
         raise BitWidthError(
             f"layer {layer.label}: psum addresses reach {addresses.max()}; profile {p.name}'s "
             f"{p.address_bits} address bits are too few"
         )
-    return TensorPlan("address", stem, addresses, ("pixel", "kij"), PackSpec(p.address_bits, 1, False))
