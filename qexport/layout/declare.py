@@ -14,8 +14,9 @@ Axis vocabulary (a dataflow's kinds use a subset, see :data:`VOCABULARY`):
     oy, ox    output pixel row / column inside the tile
     ic, oc    input / output channel inside its tile (a PE row / column of a weight-stationary array)
     ki, kj    kernel row / column            kij   kernel position = (ki kj) = ki*k + kj
-    pass      output-stationary pass: the tile's pixels, row-major, ``rows`` a pass
-    r         the array row (output-stationary: pixel pass*rows + r of the tile)
+    pass      output- / input-stationary pass: the tile's pixels, row-major, ``rows`` (``cols``) a pass
+    row       output-stationary: the array row holding pixel pass*rows + row of the tile
+    col       input-stationary: the array column holding pixel pass*cols + col of the tile
 
 Merged names (``s``, ``kij``) may be used whole or by their parts. A spec may split an axis
 einops-style, ``split = {ic = "(ic_hi ic_lo)"}`` with ``sizes = {ic_lo = 8}`` (one part's size
@@ -57,9 +58,15 @@ VOCABULARY: dict[str, dict[str, tuple[str, ...]]] = {
         "psum_acc": ("n", "ty", "tx", "itile", "otile", "ki", "kj", "oy", "ox", "oc"),
     },
     "output_stationary": {
-        "activation": ("n", "ty", "tx", "pass", "ic", "ki", "kj", "r"),
+        "activation": ("n", "ty", "tx", "pass", "ic", "ki", "kj", "row"),
         "weight": ("otile", "ki", "kj", "ic", "oc"),
-        "output": ("n", "ty", "tx", "pass", "otile", "r", "oc"),
+        "output": ("n", "ty", "tx", "pass", "otile", "row", "oc"),
+    },
+    "input_stationary": {
+        "activation": ("n", "ty", "tx", "itile", "pass", "ki", "kj", "ic", "col"),
+        "weight": ("itile", "otile", "ki", "kj", "oc", "ic"),
+        "psum": ("n", "ty", "tx", "itile", "pass", "otile", "oc", "col"),
+        "output": ("n", "ty", "tx", "pass", "otile", "oc", "col"),
     },
 }
 """Each dataflow's file kinds and the axes of the one array it builds for each (C order)."""
@@ -78,6 +85,7 @@ TENSOR_OF = {
 REQUIRED = {
     "weight_stationary": ("activation", "weight", "psum", "output", "address"),
     "output_stationary": ("activation", "weight", "output"),
+    "input_stationary": ("activation", "weight", "psum", "output"),
 }
 """The kinds a dataflow's profile must lay out (psum is written for several input tiles only);
 ``psum_kij`` / ``psum_acc`` are written when a profile has their table."""

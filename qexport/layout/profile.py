@@ -63,7 +63,7 @@ class Profile:
     lanes: int = 8
     psum_lanes: int = 1
     pad_channels: bool = True
-    dataflow: Literal["weight_stationary", "output_stationary"] = "weight_stationary"
+    dataflow: Literal["weight_stationary", "output_stationary", "input_stationary"] = "weight_stationary"
     geometry: Literal["padded_grid"] = "padded_grid"
     """What the core computes: a valid conv over each tile's padded G×G input grid."""
     rows: int = 8
@@ -91,7 +91,7 @@ class Profile:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "kind": ("flat", "systolic"),
     "lane_order": ("lsb_first", "msb_first"),
-    "dataflow": ("weight_stationary", "output_stationary"),
+    "dataflow": ("weight_stationary", "output_stationary", "input_stationary"),
     "geometry": ("padded_grid",),
     "word_order": ("row_major",),
     "header": ("tokens", "comment"),

@@ -100,11 +100,7 @@ def systolic_layout(
     (after the max-pool, tile / pool pixels a side), output channel a lane.
     """
     g = _geometry(layer, tiled, p)
-    named = (
-        _ws_arrays(layer, tiled, p, g)
-        if p.dataflow == "weight_stationary"
-        else _os_arrays(layer, tiled, p, g)
-    )
+    named = _ARRAYS[p.dataflow](layer, tiled, p, g)
     out_bits = max(p.psum_bits, signed_bits_of(psums.psum))
     specs = {
         "activation": _act_spec(p),
@@ -168,6 +164,8 @@ class _Geometry:
     tx: int
     grid: int
     passes: int
+    per_pass: int
+    """Output pixels a pass (output-stationary: rows; input-stationary: cols)."""
     single: bool
     """The layer is one tile of the array: the kinds' ``single`` names apply."""
     c_in: int
@@ -187,23 +185,26 @@ class _Geometry:
 def _geometry(layer: IntLayer, tiled: TiledPsums, p: Profile) -> _Geometry:
     n, c_in, h, w = layer.x_int.shape
     c_out = layer.out_channels
-    itiles = _ceil_div(c_in, p.rows) if p.dataflow == "weight_stationary" else 1
+    os = p.dataflow == "output_stationary"
+    itiles = 1 if os else _ceil_div(c_in, p.rows)
     otiles = _ceil_div(c_out, p.cols)
     _, _, h_out, w_out = tiled.total.shape  # the output map rounded up to whole tiles
     ty, tx = h_out // p.tile, w_out // p.tile
-    passes = 1
-    if p.dataflow == "output_stationary":
-        if (p.tile * p.tile) % p.rows:
+    passes, per_pass = 1, p.tile * p.tile
+    if p.dataflow != "weight_stationary":
+        per_pass, unit = (p.rows, "row") if os else (p.cols, "column")
+        if (p.tile * p.tile) % per_pass:
             raise InputError(
                 f"layer {layer.label}: profile {p.name}'s {p.tile}x{p.tile} tile has "
-                f"{p.tile * p.tile} output pixels, which passes of {p.rows} rows (one pixel a row) "
-                "do not divide; choose a tile whose pixel count is a multiple of rows"
+                f"{p.tile * p.tile} output pixels, which passes of {per_pass} {unit}s (one pixel a {unit}) "
+                f"do not divide; choose a tile whose pixel count is a multiple of {unit}s"
             )
-        passes = p.tile * p.tile // p.rows
+        passes = p.tile * p.tile // per_pass
     single = itiles == otiles == passes == 1 and n * ty * tx == 1
-    rows = p.rows if p.dataflow == "weight_stationary" else c_in
+    rows = c_in if os else p.rows
+    grid = grid_size(layer, p.tile)
     return _Geometry(
-        n, itiles, otiles, ty, tx, grid_size(layer, p.tile), passes, single, c_in, c_out, rows, p.cols, h, w
+        n, itiles, otiles, ty, tx, grid, passes, per_pass, single, c_in, c_out, rows, p.cols, h, w
     )
 
 
@@ -300,18 +301,51 @@ def _running_sums(steps: np.ndarray, k: int, stride: int, tile: int) -> np.ndarr
     return np.cumsum(flat, axis=5).reshape(shape)
 
 
-def _os_arrays(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> dict[str, Named]:
-    """The output-stationary kinds' arrays: row r of pass q holds output pixel q*rows + r of the
-    tile (row-major); its activation lane at (ic, ki, kj) is the grid value that pixel reads."""
+def _reads(layer: IntLayer, p: Profile, g: _Geometry, channels: int) -> np.ndarray:
+    """Per tile, output pixel (row-major) and kernel position the grid value it reads:
+    (n, channels, ty, tx, pixel, ki, kj), ``grid[(oy*s + ki), (ox*s + kj)]``."""
     k, stride = layer.kernel, layer.stride
-    grids = _grids(layer, p, g, g.c_in)  # (n, ic, ty, tx, G, G)
+    grids = _grids(layer, p, g, channels)  # (n, channels, ty, tx, G, G)
     pixel = np.arange(p.tile * p.tile)
     py, px = pixel // p.tile, pixel % p.tile
     ys = (py * stride)[:, None, None] + np.arange(k)[None, :, None]  # (pixel, ki, 1)
     xs = (px * stride)[:, None, None] + np.arange(k)[None, None, :]  # (pixel, 1, kj)
-    read = grids[:, :, :, :, ys, xs]  # (n, ic, ty, tx, pixel, ki, kj)
-    read = read.reshape(g.n, g.c_in, g.ty, g.tx, g.passes, p.rows, k, k)
-    act = read.transpose(0, 2, 3, 4, 1, 6, 7, 5)  # (n, ty, tx, pass, ic, ki, kj, r)
+    return grids[:, :, :, :, ys, xs]
+
+
+def _is_arrays(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> dict[str, Named]:
+    """The input-stationary kinds' arrays: PE (row, col) holds input channel ``row`` (of its input
+    tile) of the grid value that output pixel pass*cols + col reads at kernel position (ki, kj);
+    each output channel's weights (lane = ic) stream past, and column col sums its pixel."""
+    k = layer.kernel
+    read = _reads(layer, p, g, g.itiles * p.rows)
+    read = read.reshape(g.n, g.itiles, p.rows, g.ty, g.tx, g.passes, p.cols, k, k)
+    act = read.transpose(0, 3, 4, 1, 5, 7, 8, 2, 6)  # (n, ty, tx, itile, pass, ki, kj, ic, col)
+    weights = _weights(layer, g, g.itiles * p.rows)
+    w = weights.reshape(g.otiles, p.cols, g.itiles, p.rows, k, k).transpose(2, 0, 4, 5, 1, 3)
+
+    def by_pass(values: np.ndarray) -> np.ndarray:  # (n, oc, H, W) -> (n, ty, tx, pass, otile, oc, col)
+        tiles = _by_tile(values, p, g).reshape(g.n, g.ty, g.tx, g.otiles, g.passes, p.cols, p.cols)
+        return tiles.transpose(0, 1, 2, 4, 3, 6, 5)
+
+    vocab = VOCABULARY["input_stationary"]
+    named = {
+        "activation": Named(act, vocab["activation"]),
+        "weight": Named(w, vocab["weight"]),
+        "psum": Named(np.stack([by_pass(part) for part in tiled.partial], axis=3), vocab["psum"]),
+        "output": Named(by_pass(tiled.golden), vocab["output"]),
+    }
+    if g.itiles == 1:
+        del named["psum"]
+    return named
+
+
+def _os_arrays(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> dict[str, Named]:
+    """The output-stationary kinds' arrays: row r of pass q holds output pixel q*rows + r of the
+    tile (row-major); its activation lane at (ic, ki, kj) is the grid value that pixel reads."""
+    k = layer.kernel
+    read = _reads(layer, p, g, g.c_in).reshape(g.n, g.c_in, g.ty, g.tx, g.passes, p.rows, k, k)
+    act = read.transpose(0, 2, 3, 4, 1, 6, 7, 5)  # (n, ty, tx, pass, ic, ki, kj, row)
     weights = _weights(layer, g, g.c_in).reshape(g.otiles, p.cols, g.c_in, k, k).transpose(0, 3, 4, 2, 1)
     golden = _by_tile(tiled.golden, p, g).reshape(g.n, g.ty, g.tx, g.otiles, g.passes, p.rows, p.cols)
     vocab = VOCABULARY["output_stationary"]
@@ -320,6 +354,13 @@ def _os_arrays(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> 
         "weight": Named(weights, vocab["weight"]),
         "output": Named(golden.transpose(0, 1, 2, 4, 3, 5, 6), vocab["output"]),
     }
+
+
+_ARRAYS = {
+    "weight_stationary": _ws_arrays,
+    "output_stationary": _os_arrays,
+    "input_stationary": _is_arrays,
+}
 
 
 def _placement(kind: str, at: Mapping[str, int], p: Profile, g: _Geometry) -> Placement:
@@ -346,7 +387,7 @@ def _placement(kind: str, at: Mapping[str, int], p: Profile, g: _Geometry) -> Pl
     if "kij" in at:
         where = replace(where, kij=at["kij"])
     if "pass" in at:
-        where = replace(where, pixels=(at["pass"] * p.rows, (at["pass"] + 1) * p.rows))
+        where = replace(where, pixels=(at["pass"] * g.per_pass, (at["pass"] + 1) * g.per_pass))
     return where
 
 

@@ -90,7 +90,7 @@ def test_course_os_files_are_the_readme_reading(c_in: int, c_out: int, side: int
                     for ic in range(c_in):
                         for kij in range(9):
                             for r in range(8):
-                                q = p * 8 + r
+                                q = p * 8 + r  # PE row r
                                 gy, gx = q // 4 + kij // 3, q % 4 + kij % 3  # the 6x6 grid's row, column
                                 want = x[img, ic, ty * 4 + gy, tx * 4 + gx]
                                 assert act[ic * 9 + kij, r] == want, (s, p, ic, kij, r)
@@ -98,7 +98,7 @@ def test_course_os_files_are_the_readme_reading(c_in: int, c_out: int, side: int
                         out = _words(files[f"out_tile{s}_pass{p}_otile{o}"])
                         assert out.shape == (8, 8)
                         for r in range(8):
-                            q = p * 8 + r
+                            q = p * 8 + r  # PE row r
                             conv = np.maximum(_conv(layer, x, img, ty * 4 + q // 4, tx * 4 + q % 4), 0)
                             for lane in range(8):
                                 oc = o * 8 + lane
@@ -375,3 +375,54 @@ def test_the_step_psums_are_written_only_when_asked() -> None:
         "output": 1,
         "address": 1,
     }
+
+
+# --- systolic-is: the input-stationary layout, read from README "Layout profiles" -------------
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "side"),
+    [(8, 8, 4), (12, 10, 8)],
+    ids=["one-tile-2-passes", "2-itiles-2-otiles-4-tiles"],
+)
+def test_systolic_is_files_are_the_readme_reading(c_in: int, c_out: int, side: int) -> None:
+    layer = integerize(conv_tensors(c_in, c_out, side, 3, 1, 1))
+    files = _by_stem(_plans(layer, load_profile("systolic-is")))
+    x = _padded(layer)
+    tiles, itiles, otiles = side // 4, -(-c_in // 8), -(-c_out // 8)
+    for i in range(itiles):
+        for o in range(otiles):
+            for kij in range(9):  # streamed as the weight-stationary file: a line per oc, lane = ic
+                words = _words(files[f"weight_itile{i}_otile{o}_kij{kij}"])
+                for line in range(8):
+                    for lane in range(8):
+                        oc, ic = o * 8 + line, i * 8 + lane
+                        want = layer.w_int[oc, ic, kij // 3, kij % 3] if oc < c_out and ic < c_in else 0
+                        assert words[line, lane] == want
+    for s in range(tiles * tiles):
+        ty, tx = divmod(s, tiles)
+        for p in range(2):
+            for i in range(itiles):
+                act = _words(files[f"activation_tile{s}_itile{i}_pass{p}"])
+                assert act.shape == (9 * 8, 8)  # a line per (kernel position, PE row), lane = column
+                for kij in range(9):
+                    for row in range(8):
+                        for col in range(8):
+                            q, ic = p * 8 + col, i * 8 + row
+                            gy, gx = q // 4 + kij // 3, q % 4 + kij % 3
+                            want = x[0, ic, ty * 4 + gy, tx * 4 + gx] if ic < c_in else 0
+                            assert act[kij * 8 + row, col] == want
+            for o in range(otiles):
+                out = _words(files[f"out_tile{s}_pass{p}_otile{o}"])
+                assert out.shape == (8, 8)  # a line per output channel, lane = the pass's pixel
+                for col in range(8):
+                    q = p * 8 + col
+                    conv = np.maximum(_conv(layer, x, 0, ty * 4 + q // 4, tx * 4 + q % 4), 0)
+                    for line in range(8):
+                        oc = o * 8 + line
+                        assert out[line, col] == (conv[oc] if oc < c_out else 0)
+                if itiles > 1:  # each input tile's own sums, no ReLU; they add up to the output
+                    total = sum(
+                        _words(files[f"psum_tile{s}_itile{i}_pass{p}_otile{o}"]) for i in range(itiles)
+                    )
+                    np.testing.assert_array_equal(np.maximum(total, 0), out)
