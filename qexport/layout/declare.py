@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
@@ -138,12 +138,17 @@ class Named:
 
 
 @dataclass(frozen=True, slots=True)
-class FilePart:
-    """One file of a kind: its file-axis indices (merged names too) and its block in ``axes``."""
+class Laid:
+    """A kind cut into files: ``blocks[f]`` is file f's array; ``rows[f]`` its indices, one a name
+    of ``keys`` (the file axes, merged names and their parts, the short aliases: ``s``, ``n``,
+    ``ty``, ``tx``, ``itile``, ``i``)."""
 
-    index: Mapping[str, int]
-    number: int
-    array: np.ndarray
+    keys: tuple[str, ...]
+    rows: list[list[int]]
+    blocks: np.ndarray
+
+    def column(self, key: str) -> int | None:
+        return self.keys.index(key) if key in self.keys else None
 
 
 def _fail(where: str, kind: str, problem: str) -> InputError:
@@ -342,11 +347,11 @@ def _expand(named: Named, spec: FileSpec, where: str) -> tuple[np.ndarray, list[
     return arr, axes
 
 
-def lay_out(named: Named, spec: FileSpec, where: str) -> Iterator[FilePart]:
+def lay_out(named: Named, spec: FileSpec, where: str) -> Laid:
     """The files of ``spec`` over ``named``: one transpose and one reshape, then a view a file.
 
     Activation of the course core, (n, ty, tx, itile, y, x, ic) = (1, 1, 1, 1, 6, 6, 8) with
-    files ["s", "itile"], lines ["y", "x"], lanes "ic": one file, array (6, 6, 8) (36 words, 8 lanes).
+    files ["s", "itile"], lines ["y", "x"], lanes "ic": one file, block (6, 6, 8) (36 words, 8 lanes).
     """
     arr, axes = _expand(named, spec, where)
     order = [*spec.files, *(a for g in spec.lines for a in g), *spec.lanes]
@@ -359,33 +364,48 @@ def lay_out(named: Named, spec: FileSpec, where: str) -> Iterator[FilePart]:
     if spec.axes:  # the manifest's shape: unit axes where it names them
         units = iter(data_shape)
         data_shape = [1 if "=" in a else next(units) for a in spec.axes]
-    arr = arr.reshape(*file_shape, *data_shape)
-    for number, index in enumerate(np.ndindex(*file_shape)):
-        at = dict(zip(spec.files, (int(i) for i in index), strict=True))
-        for merged, parts in MERGES.items():
-            if merged in at:
-                for part, i in zip(
-                    parts, np.unravel_index(at[merged], [_size(named, p) for p in parts]), strict=True
-                ):
-                    at[part] = int(i)
-            elif all(p in at for p in parts):
-                at[merged] = int(
-                    np.ravel_multi_index([at[p] for p in parts], [_size(named, p) for p in parts])
-                )
-        yield FilePart(at, number, arr[index])
+    arr = arr.reshape(-1, *data_shape)
+    # per file its indices by every name a pattern or placement reads, for all files at once
+    count = prod(file_shape)
+    columns: dict[str, np.ndarray] = dict(
+        zip(spec.files, (c.ravel() for c in np.indices(file_shape, dtype=np.int64)), strict=True)
+    )
+    for merged, parts in MERGES.items():
+        if merged in columns:
+            sizes = [_size(named, q) for q in parts]
+            columns.update(zip(parts, np.unravel_index(columns[merged], sizes), strict=True))
+        elif all(q in columns for q in parts):
+            sizes = [_size(named, q) for q in parts]
+            columns[merged] = np.ravel_multi_index([columns[q] for q in parts], sizes)
+    for alias, axis in ALIASES.items():
+        if axis in columns:
+            columns[alias] = columns[axis]
+    keys = tuple(columns)
+    rows = np.stack([columns[k] for k in keys], axis=1).tolist() if keys else [[] for _ in range(count)]
+    return Laid(keys, rows, arr)
 
 
 def _size(named: Named, axis: str) -> int:
     return int(named.array.shape[named.axes.index(axis)])
 
 
-def file_name(spec: FileSpec, part: FilePart, single: bool, layer: str) -> str:
-    """The file's name: ``single`` when the layer is one tile of the array, else ``name`` with the
-    file's indices (``{itile}`` and ``{i}`` alike), ``{a}`` and ``{layer}``."""
-    values: dict[str, Any] = dict(part.index)
-    values |= {alias: values[axis] for alias, axis in ALIASES.items() if axis in values}
+def file_names(spec: FileSpec, laid: Laid, single: bool, layer: str) -> list[str]:
+    """The files' names: ``single`` when the layer is one tile of the array, else ``name`` with
+    the file's indices (``{itile}`` and ``{i}`` alike), ``{a}`` (its number) and ``{layer}``.
+
+    The pattern is compiled once to positional fields (``"w_{i}_{k}"`` -> ``"w_{2}_{5}"``), so a
+    file costs one ``str.format`` call.
+    """
     pattern = spec.single if spec.single is not None and single else spec.name
-    return pattern.format(a=part.number, layer=layer, **values)
+    where = {key: str(i) for i, key in enumerate(laid.keys)}
+    where |= {"a": str(len(laid.keys)), "layer": str(len(laid.keys) + 1)}
+    compiled = []
+    for literal, name, fmt, _ in string.Formatter().parse(pattern):
+        compiled.append(literal.replace("{", "{{").replace("}", "}}"))
+        if name is not None:
+            compiled.append("{" + where[name] + (":" + fmt if fmt else "") + "}")
+    positional = "".join(compiled)
+    return [positional.format(*row, number, layer) for number, row in enumerate(laid.rows)]
 
 
 def default_files(dataflow: str, names: Mapping[str, str]) -> dict[str, dict[str, Any]]:

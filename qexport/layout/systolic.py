@@ -26,7 +26,7 @@ Tiles ``s`` are numbered image-major, then tile row, then tile column; activatio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,7 +35,7 @@ from qexport.errors import BitWidthError, InputError
 from qexport.ir.integerize import IntLayer
 from qexport.ir.reference import Psums, TiledPsums, check_requantizable, step_psums
 from qexport.ir.sfu import LayerSfu
-from qexport.layout.declare import TENSOR_OF, VOCABULARY, Named, file_name, lay_out
+from qexport.layout.declare import TENSOR_OF, VOCABULARY, Laid, Named, file_names, lay_out
 from qexport.layout.flat import TensorPlan, check_psum_width, sfu_specs, signed_bits_of, threshold_values
 from qexport.layout.placement import Placement, Span
 from qexport.layout.profile import Profile, name_pattern
@@ -114,35 +114,48 @@ def systolic_layout(
         "address": PackSpec(p.address_bits, 1, False),
     }
     _check_psum_fit(layer, tiled, p, g)
-    keyed: list[tuple[tuple[int, ...], TensorPlan]] = []
+    plans: list[TensorPlan] = []
+    keys: list[np.ndarray] = []  # per plan its place in the manifest's order (see _order_keys)
     for kind, spec in p.files.items():
         if kind not in named:
             continue
-        parts = list(lay_out(named[kind], spec, f"layer {layer.label}: profile {p.name}"))
-        base = specs[kind]
-        for part in parts:
-            stem = prefix + file_name(spec, part, g.single, layer.folder)
-            lanes = int(part.array.shape[-1]) if spec.lanes else 1
-            pack = replace(base, lanes=lanes, lane_order=spec.lane_order or base.lane_order)
-            plan = TensorPlan(
-                TENSOR_OF[kind],  # type: ignore[arg-type]  # the kinds' tensors are Tensor names
-                stem,
-                part.array,
-                spec.manifest_axes(),
-                pack,
-                padded=True if kind == "activation" else None,
-                where=_placement(kind, part.index, p, g),
+        laid = lay_out(named[kind], spec, f"layer {layer.label}: profile {p.name}")
+        if not laid.rows:
+            continue
+        base, blocks = specs[kind], laid.blocks
+        lanes = int(blocks.shape[-1]) if spec.lanes else 1  # every file of a kind has the same lanes
+        pack = replace(base, lanes=lanes, lane_order=spec.lane_order or base.lane_order)
+        axes, padded, tensor = spec.manifest_axes(), True if kind == "activation" else None, TENSOR_OF[kind]
+        place = _placer(kind, p, g, laid)
+        names = file_names(spec, laid, g.single, layer.folder)
+        for number, (row, name) in enumerate(zip(laid.rows, names, strict=True)):
+            plans.append(
+                TensorPlan(
+                    tensor,  # type: ignore[arg-type]  # the kinds' tensors are Tensor names
+                    prefix + name,
+                    blocks[number],
+                    axes,
+                    pack,
+                    padded=padded,
+                    where=place(row),
+                )
             )
-            keyed.append((_order(kind, part.index, part.number), plan))
-    if kind_addresses := [tp for _, tp in keyed if tp.tensor == "address"]:
+        keys.append(_order_keys(kind, laid))
+    if kind_addresses := [tp for tp in plans if tp.tensor == "address"]:
         _check_addresses(layer, p, kind_addresses[0].array)
     if sfu is not None:
         requant, pooled_tile = _sfu_tiles(layer, sfu, p, g.otiles, g.ty, g.tx)
         rules = _sfu_rule_plans(layer, sfu, p, g.otiles, out_bits, prefix, g.oc_range)
-        keyed += [((1, i), tp) for i, tp in enumerate(rules)]
-        keyed += _requant_plans(layer, sfu, p, g, requant, pooled_tile, prefix)
-    keyed.sort(key=lambda kp: kp[0])  # stable: the files of a kind stay in their spec's order
-    plans = [tp for _, tp in keyed]
+        plans += rules
+        keys.append(
+            np.array([[1, i, 0, 0, 0, 0, 0] for i in range(len(rules))], dtype=np.int64).reshape(-1, 7)
+        )
+        requant_keys, requant_plans = _requant_plans(layer, sfu, p, g, requant, pooled_tile, prefix)
+        plans += requant_plans
+        keys.append(requant_keys)
+    # a stable sort: the files of a kind stay in their spec's order within one key
+    ranked = np.lexsort(np.concatenate(keys)[:, ::-1].T)
+    plans = [plans[int(r)] for r in ranked]
     stems = [tp.stem for tp in plans]
     if len(set(stems)) < len(stems):
         twice = next(st for st in stems if stems.count(st) > 1)
@@ -363,48 +376,60 @@ _ARRAYS = {
 }
 
 
-def _placement(kind: str, at: Mapping[str, int], p: Profile, g: _Geometry) -> Placement:
-    """Where a file's values sit in the layer, from its file-axis indices."""
-    where = Placement()
-    if "s" in at:
-        ty, tx = at["ty"], at["tx"]
-        where = replace(
-            where,
-            tile=at["s"],
-            n=at["n"],
-            y=(ty * p.tile, min((ty + 1) * p.tile, g.h)),
-            x=(tx * p.tile, min((tx + 1) * p.tile, g.w)),
-        )
+def _placer(kind: str, p: Profile, g: _Geometry, laid: Laid) -> Callable[[list[int]], Placement]:
+    """Where a kind's file sits in the layer, from its index row (columns and ranges looked up once
+    a kind; the returned function runs once a file)."""
     axes = VOCABULARY[p.dataflow][kind]
-    if "itile" in at:
-        where = replace(where, itile=at["itile"], ic=g.ic_range(at["itile"]))
-    elif "ic" in axes:  # the file holds every input channel
-        where = replace(where, ic=(0, g.c_in))
-    if "otile" in at:
-        where = replace(where, otile=at["otile"], oc=g.oc_range(at["otile"]))
-    elif "oc" in axes:
-        where = replace(where, oc=(0, g.c_out))
-    if "kij" in at:
-        where = replace(where, kij=at["kij"])
-    if "pass" in at:
-        where = replace(where, pixels=(at["pass"] * g.per_pass, (at["pass"] + 1) * g.per_pass))
-    return where
+    col = laid.column
+    s, n, ty, tx = col("s"), col("n"), col("ty"), col("tx")
+    i, o, k, q = col("itile"), col("otile"), col("kij"), col("pass")
+    ic = [g.ic_range(t) for t in range(g.itiles)]
+    oc = [g.oc_range(t) for t in range(g.otiles)]
+    ys = [(t * p.tile, min((t + 1) * p.tile, g.h)) for t in range(g.ty)]
+    xs = [(t * p.tile, min((t + 1) * p.tile, g.w)) for t in range(g.tx)]
+    pixels = [(t * g.per_pass, (t + 1) * g.per_pass) for t in range(g.passes)]
+    all_ic = (0, g.c_in) if "ic" in axes else None  # a file without itile holds every input channel
+    all_oc = (0, g.c_out) if "oc" in axes else None
+
+    def place(row: list[int]) -> Placement:
+        spatial = s is not None and n is not None and ty is not None and tx is not None
+        return Placement(
+            tile=row[s] if spatial and s is not None else None,
+            n=row[n] if spatial and n is not None else None,
+            y=ys[row[ty]] if spatial and ty is not None else None,
+            x=xs[row[tx]] if spatial and tx is not None else None,
+            itile=None if i is None else row[i],
+            otile=None if o is None else row[o],
+            kij=None if k is None else row[k],
+            ic=all_ic if i is None else ic[row[i]],
+            oc=all_oc if o is None else oc[row[o]],
+            pixels=None if q is None else pixels[row[q]],
+        )
+
+    return place
 
 
 _PHASE = {"activation": (0, 0), "psum": (0, 1), "psum_kij": (0, 2), "psum_acc": (0, 3), "output": (1, 0)}
 
 
-def _order(kind: str, at: Mapping[str, int], number: int) -> tuple[int, ...]:
-    """The files' order in the manifest: weights, the SFU rules, then tile by tile (and pass by
-    pass) its activation and psums by input tile, then its outputs (and requant) by output tile,
-    then the address table."""
-    if kind == "weight":
-        return (0, number)
-    if kind == "address":
-        return (3, number)
+def _order_keys(kind: str, laid: Laid) -> np.ndarray:
+    """Each file's key in the manifest's order, (files, 7): weights, the SFU rules, then tile by
+    tile (and pass by pass) its activation and psums by input tile, then its outputs (and requant)
+    by output tile, then the address table."""
+    rows = np.asarray(laid.rows, dtype=np.int64).reshape(len(laid.rows), len(laid.keys))
+    count = rows.shape[0]
+    out = np.zeros((count, 7), dtype=np.int64)
+    out[:, -1] = np.arange(count)
+    if kind in ("weight", "address"):
+        out[:, 0] = 0 if kind == "weight" else 3
+        return out
     phase, sub = _PHASE[kind]
-    major = at.get("itile", 0) if phase == 0 else at.get("otile", 0)
-    return (2, at.get("s", 0), at.get("pass", 0), phase, major, sub, number)
+    major = laid.column("itile") if phase == 0 else laid.column("otile")
+    out[:, 0], out[:, 3], out[:, 5] = 2, phase, sub
+    for at, column in ((1, laid.column("s")), (2, laid.column("pass")), (4, major)):
+        if column is not None:
+            out[:, at] = rows[:, column]
+    return out
 
 
 def _check_psum_fit(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> None:
@@ -442,10 +467,11 @@ def _requant_plans(
     requant: np.ndarray,
     pooled_tile: int,
     prefix: str,
-) -> list[tuple[tuple[int, ...], TensorPlan]]:
+) -> tuple[np.ndarray, list[TensorPlan]]:
     """Per output tile (s, o) the next ``x_int`` of its pixels after the pool, output channel a lane."""
     high_y, high_x = sfu.requant.shape[2], sfu.requant.shape[3]
-    plans: list[tuple[tuple[int, ...], TensorPlan]] = []
+    plans: list[TensorPlan] = []
+    keys: list[list[int]] = []
     for s, (image, ty, tx) in enumerate(np.ndindex(g.n, g.ty, g.tx)):
         r0, c0 = ty * pooled_tile, tx * pooled_tile
         part = requant[image : image + 1, :, r0 : r0 + pooled_tile, c0 : c0 + pooled_tile]
@@ -465,8 +491,9 @@ def _requant_plans(
                     oc=g.oc_range(o),
                 ),
             )
-            plans.append(((2, s, 0, 1, o, 1, 0), plan))
-    return plans
+            plans.append(plan)
+            keys.append([2, s, 0, 1, o, 1, 0])
+    return np.array(keys, dtype=np.int64).reshape(-1, 7), plans
 
 
 def _sfu_tiles(
