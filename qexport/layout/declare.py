@@ -56,6 +56,7 @@ VOCABULARY: dict[str, dict[str, tuple[str, ...]]] = {
         "address": ("oy", "ox", "ki", "kj"),
         "psum_kij": ("n", "ty", "tx", "itile", "otile", "ki", "kj", "y", "x", "oc"),
         "psum_acc": ("n", "ty", "tx", "itile", "otile", "ki", "kj", "oy", "ox", "oc"),
+        "psum_run": ("n", "ty", "tx", "itile", "otile", "oy", "ox", "oc"),
     },
     "output_stationary": {
         "activation": ("n", "ty", "tx", "pass", "ic", "ki", "kj", "row"),
@@ -79,6 +80,7 @@ TENSOR_OF = {
     "address": "address",
     "psum_kij": "psum",
     "psum_acc": "psum",
+    "psum_run": "psum",
 }
 """The manifest's ``tensor`` of each file kind."""
 
@@ -88,7 +90,7 @@ REQUIRED = {
     "input_stationary": ("activation", "weight", "psum", "output"),
 }
 """The kinds a dataflow's profile must lay out (psum is written for several input tiles only);
-``psum_kij`` / ``psum_acc`` are written when a profile has their table."""
+``psum_kij`` / ``psum_acc`` / ``psum_run`` are written when a profile has their table."""
 
 ALIASES = {"i": "itile", "o": "otile", "k": "kij", "p": "pass"}
 """Short placeholders of the old ``[names]`` patterns: ``{i}`` is ``{itile}``."""

@@ -108,6 +108,7 @@ def systolic_layout(
         "psum": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
         "psum_kij": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
         "psum_acc": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
+        "psum_run": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
         "output": PackSpec(p.act_bits, p.cols, False, p.lane_order)
         if "requantize" in p.golden
         else PackSpec(out_bits, p.cols, True, p.lane_order),
@@ -280,22 +281,24 @@ def _ws_arrays(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> 
         "output": Named(_by_tile(tiled.golden, p, g), vocab["output"]),
         "address": Named(addresses, vocab["address"]),
     }
+    if "psum_run" in p.files:  # the running sums after each input-channel tile
+        named["psum_run"] = Named(np.cumsum(partial, axis=3), vocab["psum_run"])
     if g.itiles == 1:
         del named["psum"]  # one input tile: its psums are the output before the golden ops
     if "psum_kij" in p.files or "psum_acc" in p.files:
         steps = step_psums(act, w)  # (n, ty, tx, itile, otile, ki, kj, y, x, oc)
         named["psum_kij"] = Named(steps, vocab["psum_kij"])
         named["psum_acc"] = Named(_running_sums(steps, k, stride, p.tile), vocab["psum_acc"])
-        for kind in ("psum_kij", "psum_acc"):
-            if kind in p.files:
-                check_psum_width(
-                    named[kind].array,
-                    p.psum_bits,
-                    f"layer {layer.label} {kind}",
-                    f"the {p.name} core's {p.psum_bits}-bit psum memory is too narrow",
-                    "a profile with psum_bits =",
-                    signed_bits_of(named[kind].array),
-                )
+    for kind in ("psum_kij", "psum_acc", "psum_run"):
+        if kind in p.files:  # what the core's psum memory holds must fit it
+            check_psum_width(
+                named[kind].array,
+                p.psum_bits,
+                f"layer {layer.label} {kind}",
+                f"the {p.name} core's {p.psum_bits}-bit psum memory is too narrow",
+                "a profile with psum_bits =",
+                signed_bits_of(named[kind].array),
+            )
     return named
 
 
@@ -409,7 +412,14 @@ def _placer(kind: str, p: Profile, g: _Geometry, laid: Laid) -> Callable[[list[i
     return place
 
 
-_PHASE = {"activation": (0, 0), "psum": (0, 1), "psum_kij": (0, 2), "psum_acc": (0, 3), "output": (1, 0)}
+_PHASE = {
+    "activation": (0, 0),
+    "psum": (0, 1),
+    "psum_kij": (0, 2),
+    "psum_acc": (0, 3),
+    "psum_run": (0, 4),
+    "output": (1, 0),
+}
 
 
 def _order_keys(kind: str, laid: Laid) -> np.ndarray:

@@ -426,3 +426,20 @@ def test_systolic_is_files_are_the_readme_reading(c_in: int, c_out: int, side: i
                         _words(files[f"psum_tile{s}_itile{i}_pass{p}_otile{o}"]) for i in range(itiles)
                     )
                     np.testing.assert_array_equal(np.maximum(total, 0), out)
+
+
+def test_the_running_sums_after_each_input_tile_end_at_the_total() -> None:
+    table = '[files.psum_run]\nfiles = ["s", "itile", "otile"]\nlines = ["oy", "ox"]\nlanes = "oc"\n'
+    prof = parse_profile(load_profile("course").source + table + 'name = "run_t{s}_i{i}_o{o}"\n', "runs")
+    layer = integerize(conv_tensors(20, 8, 4, 3, 1, 1))  # 3 input tiles of 8 channels (the last 4 real)
+    files = _by_stem(_plans(layer, prof))
+    x = _padded(layer)
+    running = np.zeros((16, 8), dtype=np.int64)
+    for i in range(3):
+        for o in range(16):
+            window = x[0, i * 8 : (i + 1) * 8, o // 4 : o // 4 + 3, o % 4 : o % 4 + 3]
+            running[o] += np.einsum(
+                "cij,ocij->o", window, layer.w_int[:, i * 8 : (i + 1) * 8].astype(np.int64)
+            )
+        np.testing.assert_array_equal(_words(files[f"run_t0_i{i}_o0"]), running)
+    np.testing.assert_array_equal(_words(files["out_tile0_otile0"]), np.maximum(running, 0))
