@@ -1,4 +1,8 @@
-"""Layout for output-tiled systolic cores such as the course's 8×8 weight-stationary core.
+"""Layout for output-tiled systolic cores such as the course's 8×8 weight-stationary core, and
+for output- and input-stationary arrays (``dataflow``). Per file kind this module builds one
+named array over the whole layer (``declare.VOCABULARY``); the profile's ``[files.<kind>]``
+tables cut it into files (``declare.lay_out``). The weight-stationary files below are the
+built-in ``course`` / ``systolic`` tables; README "File layouts as data" draws all three sets.
 
 One tile = ``rows`` input channels × ``cols`` output channels × a ``tile``×``tile`` output window.
 For a k×k conv with stride s and padding p its input is a G×G grid, G = (tile-1)*s + k (tile+2 for
