@@ -29,7 +29,7 @@ from qexport.layout.arrange import arrange
 from qexport.layout.flat import LayerPlan, LayoutOptions, TensorPlan, with_defaults
 from qexport.layout.profile import Profile, load_profile, parse_profile
 from qexport.layout.systolic import check_systolic
-from qexport.verify.testbench import testbench_context
+from qexport.verify.testbench import check_drivable, testbench_context
 from qexport.writer.formats import FORMATS
 from qexport.writer.manifest import (
     MANIFEST_NAME,
@@ -349,6 +349,7 @@ def testbench(
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     if prof.kind != "systolic":
         raise InputError(f"profile {prof.name} is {prof.kind}; the testbench drives a systolic core profile")
+    check_drivable(prof)
     if fmt not in ("hex", "bin"):
         raise InputError(
             f"the testbench reads memories with $readmemh/$readmemb; use --format hex or bin, not {fmt}"

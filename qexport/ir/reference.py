@@ -365,3 +365,15 @@ def check_tiled(layer: IntLayer, psums: Psums, tiled: TiledPsums, golden: Sequen
         )
     if "requantize" in golden:
         requantize(layer, psums.psum)  # proves the formula against the next layer's integers
+
+
+def step_psums(grids: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """What a weight-stationary core writes to its psum memory in kernel pass (ki, kj): for that
+    kernel position alone, ``Σ_ic x[ic][y, x] · W[oc][ic][ki, kj]`` at every input-grid position.
+
+    ``grids`` (n, ty, tx, itile, y, x, ic) the tiles' input grids, ``taps`` (itile, otile, ki, kj,
+    oc, ic) the weights as the array holds them -> (n, ty, tx, itile, otile, ki, kj, y, x, oc), int64
+    (an exact integer product: no float path).
+    """
+    steps: np.ndarray = np.einsum("abciyxr,iokjqr->abciokjyxq", grids.astype(np.int64), taps.astype(np.int64))
+    return steps

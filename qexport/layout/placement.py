@@ -29,6 +29,8 @@ class Placement:
     """The kernel tap ``ki * 3 + kj`` of a one-tap weight file."""
     ic: Span | None = None
     oc: Span | None = None
+    pixels: Span | None = None
+    """An output-stationary pass's output pixels of the tile, row-major numbers ``oy * tile + ox``."""
 
     def items(self) -> list[tuple[str, int | list[int]]]:
         """The fields that are set, by name, as the manifest spells them (ranges as lists)."""

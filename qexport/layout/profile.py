@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qexport.errors import InputError
+from qexport.layout.declare import REQUIRED, FileSpec, default_files, parse_file_spec
 
 _NAME_KEYS = ("activation", "weight", "address", "output", "output_tiled", "psum")
 _SFU_NAMES = {
@@ -72,7 +73,9 @@ class Profile:
     lanes: int = 8
     psum_lanes: int = 1
     pad_channels: bool = True
-    dataflow: Literal["weight_stationary", "output_stationary"] = "weight_stationary"
+    dataflow: Literal["weight_stationary", "output_stationary", "input_stationary"] = "weight_stationary"
+    geometry: Literal["padded_grid"] = "padded_grid"
+    """What the core computes: a valid conv over each tile's padded G×G input grid."""
     rows: int = 8
     cols: int = 8
     act_bits: int = 4
@@ -88,6 +91,9 @@ class Profile:
     strides: tuple[int, ...] = ()
     """Strides the core takes (empty: any); the course core fixes 1."""
     names: dict[str, str] = field(default_factory=dict)
+    files: dict[str, FileSpec] = field(default_factory=dict)
+    """The systolic file kinds as data (``[files.<kind>]``, see ``layout/declare.py``); a kind a
+    profile leaves out takes the weight-stationary default from its ``[names]`` pattern."""
     source: str = ""
     """The TOML text the profile was read from, recorded in manifests."""
 
@@ -95,7 +101,8 @@ class Profile:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "kind": ("flat", "systolic"),
     "lane_order": ("lsb_first", "msb_first"),
-    "dataflow": ("weight_stationary", "output_stationary"),
+    "dataflow": ("weight_stationary", "output_stationary", "input_stationary"),
+    "geometry": ("padded_grid",),
     "word_order": ("row_major",),
     "header": ("tokens", "comment"),
     "format": ("hex", "bin", "txt", "coe", "mif", "h", "npy"),
@@ -144,6 +151,8 @@ def parse_profile(text: str, where: str) -> Profile:
     known = {f.name for f in fields(Profile)} - {"source"}
     values: dict[str, Any] = {}
     for key, value in raw.items():
+        if key == "files":
+            continue  # read below, once the dataflow is known
         if key not in known:
             raise InputError(f"{where}: unknown key {key!r}; known keys are {', '.join(sorted(known))}")
         values[key] = _checked(where, key, value)
@@ -151,12 +160,32 @@ def parse_profile(text: str, where: str) -> Profile:
         if key not in values:
             raise InputError(f"{where}: missing key {key!r}")
     if values["kind"] == "systolic":
-        missing = [k for k in _NAME_KEYS if k not in values.get("names", {})]
-        if missing:
-            raise InputError(f"{where}: [names] lacks {', '.join(missing)}")
+        values["files"] = _files(where, raw.get("files", {}), values)
         if values["format"] == "txt" and values.get("header") == "comment":
             raise InputError(f"{where}: key 'header' must be 'tokens' for format 'txt'")
+    elif "files" in raw:
+        raise InputError(f'{where}: [files] tables are for kind = "systolic" profiles')
     return Profile(**values, source=text)
+
+
+def _files(where: str, raw: object, values: dict[str, Any]) -> dict[str, FileSpec]:
+    """The ``[files.*]`` tables, each kind left out taken from ``[names]`` (weight-stationary)."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: 'files' must hold [files.<kind>] tables")
+    dataflow = values.get("dataflow", "weight_stationary")
+    names = values.get("names", {})
+    tables = {**default_files(dataflow, names), **raw}
+    if not raw:  # a profile of [names] only: every weight-stationary name is needed
+        missing = [k for k in _NAME_KEYS if k not in names]
+        if missing:
+            raise InputError(f"{where}: [names] lacks {', '.join(missing)} (or give [files.<kind>] tables)")
+    missing = [k for k in REQUIRED[dataflow] if k not in tables]
+    if missing:
+        raise InputError(
+            f"{where}: the {dataflow} dataflow writes {', '.join(missing)}; add [files.{missing[0]}] "
+            f"(or its [names] key)"
+        )
+    return {kind: parse_file_spec(where, kind, table, dataflow) for kind, table in tables.items()}
 
 
 def _checked(where: str, key: str, value: Any) -> Any:

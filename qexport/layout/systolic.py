@@ -1,4 +1,8 @@
-"""Layout for output-tiled systolic cores such as the course's 8×8 weight-stationary core.
+"""Layout for output-tiled systolic cores such as the course's 8×8 weight-stationary core, and
+for output- and input-stationary arrays (``dataflow``). Per file kind this module builds one
+named array over the whole layer (``declare.VOCABULARY``); the profile's ``[files.<kind>]``
+tables cut it into files (``declare.lay_out``). The weight-stationary files below are the
+built-in ``course`` / ``systolic`` tables; README "File layouts as data" draws all three sets.
 
 One tile = ``rows`` input channels × ``cols`` output channels × a ``tile``×``tile`` output window.
 For a k×k conv with stride s and padding p its input is a G×G grid, G = (tile-1)*s + k (tile+2 for
@@ -35,8 +39,9 @@ import numpy as np
 from qexport.errors import BitWidthError, InputError
 from qexport.ir.fixed_point import LayerFixedPoint
 from qexport.ir.integerize import IntLayer
-from qexport.ir.reference import Psums, TiledPsums, check_requantizable
+from qexport.ir.reference import Psums, TiledPsums, check_requantizable, step_psums
 from qexport.ir.sfu import LayerSfu
+from qexport.layout.declare import TENSOR_OF, VOCABULARY, Laid, Named, file_names, lay_out
 from qexport.layout.flat import (
     Tensor,
     TensorPlan,
@@ -112,188 +117,424 @@ def systolic_layout(
 ) -> list[TensorPlan]:
     """Tile ``layer`` for profile ``p``: slice and arrange the reference's ``tiled`` psums.
 
-    ``check_systolic`` has accepted the layer; only the psums' width is checked here. With ``sfu``,
-    per output-channel tile a ``threshold`` file (t, c: threshold k of every column a word) and a
-    ``direction`` word (c), and per output tile a ``requant`` file: the next ``x_int`` of the
-    tile's output pixels (after the max-pool, tile / pool pixels a side), output channel a lane.
-    A fixed-point ``sfu`` (a ResNet block end) gets per output-channel tile its ``multiplier``,
-    ``shift`` and ``bias`` words (c), and per output tile its ``skip`` (identity shortcut) and
-    ``requant`` / ``requant_shortcut`` files, laid out as ``requant``.
+    Per file kind one named array covers the whole layer (``declare.VOCABULARY``); the profile's
+    ``[files.<kind>]`` spec cuts it into files (``declare.lay_out``). ``check_systolic`` has
+    accepted the layer; only the psums' width is checked here. With ``sfu``, per output-channel
+    tile a ``threshold`` file (t, c: threshold k of every column a word) and a ``direction`` word
+    (c), and per output tile a ``requant`` file: the next ``x_int`` of the tile's output pixels
+    (after the max-pool, tile / pool pixels a side), output channel a lane. A fixed-point ``sfu``
+    (a ResNet block end) gets per output-channel tile its ``multiplier``, ``shift`` and ``bias``
+    words (c), and per output tile its ``skip`` (identity shortcut) and ``requant`` /
+    ``requant_shortcut`` files, laid out as ``requant``.
     """
-    act_spec, w_spec = _act_spec(p), _w_spec(p)
+    g = _geometry(layer, tiled, p)
+    named = _ARRAYS[p.dataflow](layer, tiled, p, g)
+    out_bits = max(p.psum_bits, signed_bits_of(psums.psum))
+    specs = {
+        "activation": _act_spec(p),
+        "weight": _w_spec(p),
+        "psum": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
+        "psum_kij": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
+        "psum_acc": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
+        "psum_run": PackSpec(p.psum_bits, p.cols, True, p.lane_order),
+        "output": PackSpec(p.act_bits, p.cols, False, p.lane_order)
+        if "requantize" in p.golden
+        else PackSpec(out_bits, p.cols, True, p.lane_order),
+        "address": PackSpec(p.address_bits, 1, False),
+    }
+    _check_psum_fit(layer, tiled, p, g)
+    plans: list[TensorPlan] = []
+    keys: list[np.ndarray] = []  # per plan its place in the manifest's order (see _order_keys)
+    for kind, spec in p.files.items():
+        if kind not in named:
+            continue
+        laid = lay_out(named[kind], spec, f"layer {layer.label}: profile {p.name}")
+        if not laid.rows:
+            continue
+        base, blocks = specs[kind], laid.blocks
+        lanes = int(blocks.shape[-1]) if spec.lanes else 1  # every file of a kind has the same lanes
+        pack = replace(base, lanes=lanes, lane_order=spec.lane_order or base.lane_order)
+        axes, padded, tensor = spec.manifest_axes(), True if kind == "activation" else None, TENSOR_OF[kind]
+        place = _placer(kind, p, g, laid)
+        names = file_names(spec, laid, g.single, layer.folder)
+        for number, (row, name) in enumerate(zip(laid.rows, names, strict=True)):
+            plans.append(
+                TensorPlan(
+                    tensor,  # type: ignore[arg-type]  # the kinds' tensors are Tensor names
+                    prefix + name,
+                    blocks[number],
+                    axes,
+                    pack,
+                    padded=padded,
+                    where=place(row),
+                )
+            )
+        keys.append(_order_keys(kind, laid))
+    if kind_addresses := [tp for tp in plans if tp.tensor == "address"]:
+        _check_addresses(layer, p, kind_addresses[0].array)
+    if sfu is not None:
+        if isinstance(sfu, LayerFixedPoint):
+            maps = _fixed_point_maps(sfu, p, g.otiles, g.ty, g.tx)
+            rules = _fixed_point_rule_plans(layer, sfu, p, g.otiles, prefix, g.oc_range)
+        else:
+            requant, pooled_tile = _sfu_tiles(layer, sfu, p, g.otiles, g.ty, g.tx)
+            requant_spec = PackSpec(sfu.next_act_bit, p.cols, False, p.lane_order)
+            maps = [_TileMap("requant", requant, pooled_tile, requant_spec, sfu.requant.shape[2:])]
+            rules = _sfu_rule_plans(layer, sfu, p, g.otiles, out_bits, prefix, g.oc_range)
+        plans += rules
+        keys.append(
+            np.array([[1, i, 0, 0, 0, 0, 0] for i in range(len(rules))], dtype=np.int64).reshape(-1, 7)
+        )
+        map_keys, map_plans = _map_plans(layer, maps, p, g, prefix)
+        plans += map_plans
+        keys.append(map_keys)
+    # a stable sort: the files of a kind stay in their spec's order within one key
+    ranked = np.lexsort(np.concatenate(keys)[:, ::-1].T)
+    plans = [plans[int(r)] for r in ranked]
+    stems = [tp.stem for tp in plans]
+    if len(set(stems)) < len(stems):
+        twice = next(st for st in stems if stems.count(st) > 1)
+        raise InputError(
+            f"layer {layer.label}: profile {p.name} names two files {twice}; give each [files.<kind>] "
+            "name pattern the placeholders of all its file axes"
+        )
+    return plans
+
+
+@dataclass(frozen=True, slots=True)
+class _Geometry:
+    """A layer's tiling on one profile's array."""
+
+    n: int
+    itiles: int
+    otiles: int
+    ty: int
+    tx: int
+    grid: int
+    passes: int
+    per_pass: int
+    """Output pixels a pass (output-stationary: rows; input-stationary: cols)."""
+    single: bool
+    """The layer is one tile of the array: the kinds' ``single`` names apply."""
+    c_in: int
+    c_out: int
+    rows: int
+    cols: int
+    h: int
+    w: int
+
+    def ic_range(self, i: int) -> Span:
+        return (i * self.rows, min((i + 1) * self.rows, self.c_in))
+
+    def oc_range(self, o: int) -> Span:
+        return (o * self.cols, min((o + 1) * self.cols, self.c_out))
+
+
+def _geometry(layer: IntLayer, tiled: TiledPsums, p: Profile) -> _Geometry:
     n, c_in, h, w = layer.x_int.shape
-    c_out, k, stride, pad = layer.out_channels, layer.kernel, layer.stride, layer.padding
-    itiles, otiles = _ceil_div(c_in, p.rows), _ceil_div(c_out, p.cols)
+    c_out = layer.out_channels
+    os = p.dataflow == "output_stationary"
+    itiles = 1 if os else _ceil_div(c_in, p.rows)
+    otiles = _ceil_div(c_out, p.cols)
     _, _, h_out, w_out = tiled.total.shape  # the output map rounded up to whole tiles
-    ty_count, tx_count = h_out // p.tile, w_out // p.tile
+    ty, tx = h_out // p.tile, w_out // p.tile
+    passes, per_pass = 1, p.tile * p.tile
+    if p.dataflow != "weight_stationary":
+        per_pass, unit = (p.rows, "row") if os else (p.cols, "column")
+        if (p.tile * p.tile) % per_pass:
+            raise InputError(
+                f"layer {layer.label}: profile {p.name}'s {p.tile}x{p.tile} tile has "
+                f"{p.tile * p.tile} output pixels, which passes of {per_pass} {unit}s (one pixel a {unit}) "
+                f"do not divide; choose a tile whose pixel count is a multiple of {unit}s"
+            )
+        passes = p.tile * p.tile // per_pass
+    single = itiles == otiles == passes == 1 and n * ty * tx == 1
+    rows = c_in if os else p.rows
     grid = grid_size(layer, p.tile)
-    # the padded map (padded row r is input row r - pad), then zeros to the last tile's grid and
-    # up to whole channel tiles: the input the reference's tiled psums were summed over
+    return _Geometry(
+        n, itiles, otiles, ty, tx, grid, passes, per_pass, single, c_in, c_out, rows, p.cols, h, w
+    )
+
+
+def _grids(layer: IntLayer, p: Profile, g: _Geometry, channels: int) -> np.ndarray:
+    """Every tile's G×G input grid, (n, channels, ty, tx, G, G): read from the padded map (padded
+    row r is input row r - pad), zeros beyond it and beyond the real channels — the input the
+    reference's tiled psums were summed over."""
+    n, c_in, h, w = layer.x_int.shape
+    stride, pad = layer.stride, layer.padding
     x = np.zeros(
         (
             n,
-            itiles * p.rows,
-            max((ty_count - 1) * p.tile * stride + grid, h + pad),
-            max((tx_count - 1) * p.tile * stride + grid, w + pad),
+            channels,
+            max((g.ty - 1) * p.tile * stride + g.grid, h + pad),
+            max((g.tx - 1) * p.tile * stride + g.grid, w + pad),
         ),
         dtype=np.int64,
     )
     x[:, :c_in, pad : h + pad, pad : w + pad] = layer.x_int
-    weights = np.zeros((otiles * p.cols, itiles * p.rows, k, k), dtype=np.int64)
-    weights[:c_out, :c_in] = layer.w_int
-    # output channels up to whole output-channel tiles, as the zero weights above give them
-    extra = ((0, 0), (0, otiles * p.cols - c_out), (0, 0), (0, 0))
-    partial = np.pad(tiled.partial, ((0, 0), *extra))
-    total = np.pad(tiled.total, extra)
-    golden = np.pad(tiled.golden, extra)
-    names = p.names
-    plans: list[TensorPlan] = []
-    single = itiles == otiles == 1 and n * ty_count * tx_count == 1
+    rows = (np.arange(g.ty) * p.tile * stride)[:, None] + np.arange(g.grid)  # (ty, G)
+    cols = (np.arange(g.tx) * p.tile * stride)[:, None] + np.arange(g.grid)  # (tx, G)
+    return x[:, :, rows[:, None, :, None], cols[None, :, None, :]]
 
-    def ic_range(i: int) -> Span:
-        return (i * p.rows, min((i + 1) * p.rows, c_in))
 
-    def oc_range(o: int) -> Span:
-        return (o * p.cols, min((o + 1) * p.cols, c_out))
+def _weights(layer: IntLayer, g: _Geometry, channels: int) -> np.ndarray:
+    """w_int (oc, ic, k, k), zero output channels to whole tiles, zero input channels to ``channels``."""
+    weights = np.zeros((g.otiles * g.cols, channels, layer.kernel, layer.kernel), dtype=np.int64)
+    weights[: g.c_out, : g.c_in] = layer.w_int
+    return weights
 
-    for i in range(itiles):
-        for o in range(otiles):
-            block = weights[o * p.cols : (o + 1) * p.cols, i * p.rows : (i + 1) * p.rows]
-            for kk in range(k * k):
-                taps = block[:, :, kk // k, kk % k].reshape(p.cols, 1, 1, p.rows)
-                plans.append(
-                    TensorPlan(
-                        "weight",
-                        prefix + names["weight"].format(i=i, o=o, k=kk, layer=layer.folder),
-                        taps,
-                        ("oc", "kh", "kw", "ic"),
-                        w_spec,
-                        where=Placement(itile=i, otile=o, kij=kk, ic=ic_range(i), oc=oc_range(o)),
-                    )
-                )
-    out_bits = max(p.psum_bits, signed_bits_of(psums.psum))
-    psum_spec = PackSpec(p.psum_bits, p.cols, True, p.lane_order)
-    out_spec = PackSpec(out_bits, p.cols, True, p.lane_order)
-    if "requantize" in p.golden:
-        out_spec = PackSpec(p.act_bits, p.cols, False, p.lane_order)
-    maps: list[_TileMap] = []
-    if isinstance(sfu, LayerFixedPoint):
-        maps = _fixed_point_maps(sfu, p, otiles, ty_count, tx_count)
-        plans += _fixed_point_rule_plans(layer, sfu, p, otiles, prefix, oc_range)
-    elif sfu is not None:
-        requant, pooled_tile = _sfu_tiles(layer, sfu, p, otiles, ty_count, tx_count)
-        spec = PackSpec(sfu.next_act_bit, p.cols, False, p.lane_order)
-        maps = [_TileMap("requant", requant, pooled_tile, spec, sfu.requant.shape[2:])]
-        plans += _sfu_rule_plans(layer, sfu, p, otiles, out_bits, prefix, oc_range)
 
-    # the worst case of one tile's psums: its input channels (rows or fewer) x k*k taps at the extremes
-    worst = min(c_in, p.rows) * k * k * (2 ** (layer.w_bit - 1) - 1) * act_spec.value_range[1]
-    worst_bits = smallest_signed_bits(-worst, worst)
-    # the psums a file holds: each tile's partial sums, or the totals when there is one tile
-    written = partial if itiles > 1 else total[None]
-    fits = signed_bits_of(written) <= p.psum_bits
+def _by_tile(values: np.ndarray, p: Profile, g: _Geometry) -> np.ndarray:
+    """(n, oc, H, W) over whole tiles -> (n, ty, tx, otile, oy, ox, oc), zero channels to whole tiles."""
+    n = values.shape[0]
+    full = np.pad(values, ((0, 0), (0, g.otiles * g.cols - values.shape[1]), (0, 0), (0, 0)))
+    shaped = full.reshape(n, g.otiles, g.cols, g.ty, p.tile, g.tx, p.tile)
+    return shaped.transpose(0, 3, 5, 1, 4, 6, 2)
 
-    def fit_psum(values: np.ndarray, where: str) -> None:
-        if fits:  # the whole layer fits: no tile needs its own look
-            return
-        check_psum_width(
-            values,
-            p.psum_bits,
-            f"layer {layer.label} {where}",
-            f"the {p.name} core's {p.psum_bits}-bit psums are too narrow",
-            "a profile with psum_bits =",
-            worst_bits,
+
+def _ws_arrays(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> dict[str, Named]:
+    """The weight-stationary kinds' arrays (axes as ``declare.VOCABULARY``)."""
+    k, stride, grid = layer.kernel, layer.stride, g.grid
+    grids = _grids(layer, p, g, g.itiles * p.rows)
+    act = grids.reshape(g.n, g.itiles, p.rows, g.ty, g.tx, grid, grid).transpose(0, 3, 4, 1, 5, 6, 2)
+    weights = _weights(layer, g, g.itiles * p.rows)
+    w = weights.reshape(g.otiles, p.cols, g.itiles, p.rows, k, k).transpose(2, 0, 4, 5, 1, 3)
+    # (itile, n, ty, tx, otile, oy, ox, oc) -> (n, ty, tx, itile, otile, oy, ox, oc)
+    partial = np.stack([_by_tile(part, p, g) for part in tiled.partial], axis=3)
+    oy = np.arange(p.tile)[:, None, None, None]
+    ox = np.arange(p.tile)[None, :, None, None]
+    ki = np.arange(k)[None, None, :, None]
+    kj = np.arange(k)[None, None, None, :]
+    # kernel pass kk = ki*k + kj wrote grid position n at G*G*kk + n
+    addresses = grid * grid * (ki * k + kj) + (oy * stride + ki) * grid + (ox * stride + kj)
+    vocab = VOCABULARY["weight_stationary"]
+    named = {
+        "activation": Named(act, vocab["activation"]),
+        "weight": Named(w, vocab["weight"]),
+        "psum": Named(partial, vocab["psum"]),
+        "output": Named(_by_tile(tiled.golden, p, g), vocab["output"]),
+        "address": Named(addresses, vocab["address"]),
+    }
+    if "psum_run" in p.files:  # the running sums after each input-channel tile
+        named["psum_run"] = Named(np.cumsum(partial, axis=3), vocab["psum_run"])
+    if g.itiles == 1:
+        del named["psum"]  # one input tile: its psums are the output before the golden ops
+    if "psum_kij" in p.files or "psum_acc" in p.files:
+        steps = step_psums(act, w)  # (n, ty, tx, itile, otile, ki, kj, y, x, oc)
+        named["psum_kij"] = Named(steps, vocab["psum_kij"])
+        named["psum_acc"] = Named(_running_sums(steps, k, stride, p.tile), vocab["psum_acc"])
+    for kind in ("psum_kij", "psum_acc", "psum_run"):
+        if kind in p.files:  # what the core's psum memory holds must fit it
+            check_psum_width(
+                named[kind].array,
+                p.psum_bits,
+                f"layer {layer.label} {kind}",
+                f"the {p.name} core's {p.psum_bits}-bit psum memory is too narrow",
+                "a profile with psum_bits =",
+                signed_bits_of(named[kind].array),
+            )
+    return named
+
+
+def _running_sums(steps: np.ndarray, k: int, stride: int, tile: int) -> np.ndarray:
+    """Per output pixel the sum over kernel positions 0..kk of what pass kk wrote at the grid
+    position that pixel reads, ``psum[kk][(oy*s+ki)*G + (ox*s+kj)]``: the running sums an
+    accumulating core holds after each kernel position (within its input tile), kk = ki*k + kj."""
+    ki = np.arange(k)[:, None, None, None]
+    kj = np.arange(k)[None, :, None, None]
+    ys = np.arange(tile)[None, None, :, None] * stride + ki  # (ki, 1, oy, 1)
+    xs = np.arange(tile)[None, None, None, :] * stride + kj  # (1, kj, 1, ox)
+    # adjacent advanced indices keep their place: (n, ty, tx, itile, otile, ki, kj, oy, ox, oc)
+    read = steps[:, :, :, :, :, ki, kj, ys, xs]
+    shape = read.shape
+    flat = read.reshape(*shape[:5], k * k, *shape[7:])
+    return np.cumsum(flat, axis=5).reshape(shape)
+
+
+def _reads(layer: IntLayer, p: Profile, g: _Geometry, channels: int) -> np.ndarray:
+    """Per tile, output pixel (row-major) and kernel position the grid value it reads:
+    (n, channels, ty, tx, pixel, ki, kj), ``grid[(oy*s + ki), (ox*s + kj)]``."""
+    k, stride = layer.kernel, layer.stride
+    grids = _grids(layer, p, g, channels)  # (n, channels, ty, tx, G, G)
+    pixel = np.arange(p.tile * p.tile)
+    py, px = pixel // p.tile, pixel % p.tile
+    ys = (py * stride)[:, None, None] + np.arange(k)[None, :, None]  # (pixel, ki, 1)
+    xs = (px * stride)[:, None, None] + np.arange(k)[None, None, :]  # (pixel, 1, kj)
+    return grids[:, :, :, :, ys, xs]
+
+
+def _is_arrays(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> dict[str, Named]:
+    """The input-stationary kinds' arrays: PE (row, col) holds input channel ``row`` (of its input
+    tile) of the grid value that output pixel pass*cols + col reads at kernel position (ki, kj);
+    each output channel's weights (lane = ic) stream past, and column col sums its pixel."""
+    k = layer.kernel
+    read = _reads(layer, p, g, g.itiles * p.rows)
+    read = read.reshape(g.n, g.itiles, p.rows, g.ty, g.tx, g.passes, p.cols, k, k)
+    act = read.transpose(0, 3, 4, 1, 5, 7, 8, 2, 6)  # (n, ty, tx, itile, pass, ki, kj, ic, col)
+    weights = _weights(layer, g, g.itiles * p.rows)
+    w = weights.reshape(g.otiles, p.cols, g.itiles, p.rows, k, k).transpose(2, 0, 4, 5, 1, 3)
+
+    def by_pass(values: np.ndarray) -> np.ndarray:  # (n, oc, H, W) -> (n, ty, tx, pass, otile, oc, col)
+        tiles = _by_tile(values, p, g).reshape(g.n, g.ty, g.tx, g.otiles, g.passes, p.cols, p.cols)
+        return tiles.transpose(0, 1, 2, 4, 3, 6, 5)
+
+    vocab = VOCABULARY["input_stationary"]
+    named = {
+        "activation": Named(act, vocab["activation"]),
+        "weight": Named(w, vocab["weight"]),
+        "psum": Named(np.stack([by_pass(part) for part in tiled.partial], axis=3), vocab["psum"]),
+        "output": Named(by_pass(tiled.golden), vocab["output"]),
+    }
+    if g.itiles == 1:
+        del named["psum"]
+    return named
+
+
+def _os_arrays(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> dict[str, Named]:
+    """The output-stationary kinds' arrays: row r of pass q holds output pixel q*rows + r of the
+    tile (row-major); its activation lane at (ic, ki, kj) is the grid value that pixel reads."""
+    k = layer.kernel
+    read = _reads(layer, p, g, g.c_in).reshape(g.n, g.c_in, g.ty, g.tx, g.passes, p.rows, k, k)
+    act = read.transpose(0, 2, 3, 4, 1, 6, 7, 5)  # (n, ty, tx, pass, ic, ki, kj, row)
+    weights = _weights(layer, g, g.c_in).reshape(g.otiles, p.cols, g.c_in, k, k).transpose(0, 3, 4, 2, 1)
+    golden = _by_tile(tiled.golden, p, g).reshape(g.n, g.ty, g.tx, g.otiles, g.passes, p.rows, p.cols)
+    vocab = VOCABULARY["output_stationary"]
+    return {
+        "activation": Named(act, vocab["activation"]),
+        "weight": Named(weights, vocab["weight"]),
+        "output": Named(golden.transpose(0, 1, 2, 4, 3, 5, 6), vocab["output"]),
+    }
+
+
+_ARRAYS = {
+    "weight_stationary": _ws_arrays,
+    "output_stationary": _os_arrays,
+    "input_stationary": _is_arrays,
+}
+
+
+def _placer(kind: str, p: Profile, g: _Geometry, laid: Laid) -> Callable[[list[int]], Placement]:
+    """Where a kind's file sits in the layer, from its index row (columns and ranges looked up once
+    a kind; the returned function runs once a file)."""
+    axes = VOCABULARY[p.dataflow][kind]
+    col = laid.column
+    s, n, ty, tx = col("s"), col("n"), col("ty"), col("tx")
+    i, o, k, q = col("itile"), col("otile"), col("kij"), col("pass")
+    ic = [g.ic_range(t) for t in range(g.itiles)]
+    oc = [g.oc_range(t) for t in range(g.otiles)]
+    ys = [(t * p.tile, min((t + 1) * p.tile, g.h)) for t in range(g.ty)]
+    xs = [(t * p.tile, min((t + 1) * p.tile, g.w)) for t in range(g.tx)]
+    pixels = [(t * g.per_pass, (t + 1) * g.per_pass) for t in range(g.passes)]
+    all_ic = (0, g.c_in) if "ic" in axes else None  # a file without itile holds every input channel
+    all_oc = (0, g.c_out) if "oc" in axes else None
+
+    def place(row: list[int]) -> Placement:
+        spatial = s is not None and n is not None and ty is not None and tx is not None
+        return Placement(
+            tile=row[s] if spatial and s is not None else None,
+            n=row[n] if spatial and n is not None else None,
+            y=ys[row[ty]] if spatial and ty is not None else None,
+            x=xs[row[tx]] if spatial and tx is not None else None,
+            itile=None if i is None else row[i],
+            otile=None if o is None else row[o],
+            kij=None if k is None else row[k],
+            ic=all_ic if i is None else ic[row[i]],
+            oc=all_oc if o is None else oc[row[o]],
+            pixels=None if q is None else pixels[row[q]],
         )
 
-    s = 0
-    for image in range(n):
-        for ty in range(ty_count):
-            for tx in range(tx_count):
-                pixels = Placement(
-                    tile=s,
-                    n=image,
-                    y=(ty * p.tile, min((ty + 1) * p.tile, h)),
-                    x=(tx * p.tile, min((tx + 1) * p.tile, w)),
+    return place
+
+
+_PHASE = {
+    "activation": (0, 0),
+    "psum": (0, 1),
+    "psum_kij": (0, 2),
+    "psum_acc": (0, 3),
+    "psum_run": (0, 4),
+    "output": (1, 0),
+}
+
+
+def _order_keys(kind: str, laid: Laid) -> np.ndarray:
+    """Each file's key in the manifest's order, (files, 7): weights, the SFU rules, then tile by
+    tile (and pass by pass) its activation and psums by input tile, then its outputs (and requant)
+    by output tile, then the address table."""
+    rows = np.asarray(laid.rows, dtype=np.int64).reshape(len(laid.rows), len(laid.keys))
+    count = rows.shape[0]
+    out = np.zeros((count, 7), dtype=np.int64)
+    out[:, -1] = np.arange(count)
+    if kind in ("weight", "address"):
+        out[:, 0] = 0 if kind == "weight" else 3
+        return out
+    phase, sub = _PHASE[kind]
+    major = laid.column("itile") if phase == 0 else laid.column("otile")
+    out[:, 0], out[:, 3], out[:, 5] = 2, phase, sub
+    for at, column in ((1, laid.column("s")), (2, laid.column("pass")), (4, major)):
+        if column is not None:
+            out[:, at] = rows[:, column]
+    return out
+
+
+def _check_psum_fit(layer: IntLayer, tiled: TiledPsums, p: Profile, g: _Geometry) -> None:
+    """Each tile's psums (its partial sums, or its totals with one input tile; an output-stationary
+    PE's whole sum) must fit ``psum_bits``; the first tile that does not is named."""
+    k = layer.kernel
+    several = g.itiles > 1
+    written = tiled.partial if several else tiled.total[None]
+    if signed_bits_of(written) <= p.psum_bits:
+        return
+    # the worst case of one tile's psums: its input channels (rows or fewer) x k*k taps at the extremes
+    worst = min(g.c_in, g.rows) * k * k * (2 ** (layer.w_bit - 1) - 1) * _act_spec(p).value_range[1]
+    blocks = np.stack([_by_tile(part, p, g) for part in written], axis=3)  # (n, ty, tx, i, o, oy, ox, oc)
+    blocks = blocks.reshape(g.n * g.ty * g.tx, len(written), g.otiles, -1)
+    low, high = blocks.min(axis=3), blocks.max(axis=3)
+    bound = 1 << (p.psum_bits - 1)
+    s, i, o = (int(v[0]) for v in np.nonzero((low < -bound) | (high >= bound)))
+    check_psum_width(
+        blocks[s, i, o],
+        p.psum_bits,
+        f"layer {layer.label} tile {s} itile {i} otile {o}"
+        if several
+        else f"layer {layer.label} tile {s} otile {o}",
+        f"the {p.name} core's {p.psum_bits}-bit psums are too narrow",
+        "a profile with psum_bits =",
+        smallest_signed_bits(-worst, worst),
+    )
+
+
+def _map_plans(
+    layer: IntLayer, maps: list[_TileMap], p: Profile, g: _Geometry, prefix: str
+) -> tuple[np.ndarray, list[TensorPlan]]:
+    """Per output tile (s, o) each map's pixels (the next ``x_int`` after the pool, a skip), output
+    channel a lane; after the tile's outputs, in the maps' order."""
+    plans: list[TensorPlan] = []
+    keys: list[list[int]] = []
+    for s, (image, ty, tx) in enumerate(np.ndindex(g.n, g.ty, g.tx)):
+        for o in range(g.otiles):
+            for number, m in enumerate(maps):
+                r0, c0 = ty * m.side, tx * m.side
+                part = m.full[image : image + 1, :, r0 : r0 + m.side, c0 : c0 + m.side]
+                high_y, high_x = m.size
+                plans.append(
+                    TensorPlan(
+                        m.tensor,
+                        prefix + name_pattern(p, m.tensor).format(s=s, o=o, layer=layer.folder),
+                        part[:, o * p.cols : (o + 1) * p.cols].transpose(0, 2, 3, 1),
+                        ("n", "h", "w", "c"),
+                        m.spec,
+                        where=Placement(
+                            tile=s,
+                            n=int(image),
+                            y=(min(r0, high_y), min(r0 + m.side, high_y)),
+                            x=(min(c0, high_x), min(c0 + m.side, high_x)),
+                            otile=o,
+                            oc=g.oc_range(o),
+                        ),
+                    )
                 )
-                rows = slice(ty * p.tile * stride, ty * p.tile * stride + grid)
-                cols = slice(tx * p.tile * stride, tx * p.tile * stride + grid)
-                # this tile's outputs in the reference's (n, oc, H, W) arrays
-                window = (
-                    slice(image, image + 1),
-                    slice(None),
-                    slice(ty * p.tile, (ty + 1) * p.tile),
-                    slice(tx * p.tile, (tx + 1) * p.tile),
-                )
-                for i in range(itiles):
-                    chans = slice(i * p.rows, (i + 1) * p.rows)
-                    plans.append(
-                        TensorPlan(
-                            "input",
-                            prefix + names["activation"].format(a=s * itiles + i, layer=layer.folder),
-                            x[image : image + 1, chans, rows, cols].transpose(0, 2, 3, 1),
-                            ("n", "h", "w", "c"),
-                            act_spec,
-                            padded=True,
-                            where=replace(pixels, itile=i, ic=ic_range(i)),
-                        )
-                    )
-                    if itiles > 1:
-                        for o in range(otiles):
-                            values = _by_pixel(partial[i][window], o, p)
-                            fit_psum(values, f"tile {s} itile {i} otile {o}")
-                            plans.append(
-                                TensorPlan(
-                                    "psum",
-                                    prefix + names["psum"].format(s=s, i=i, o=o, layer=layer.folder),
-                                    values,
-                                    ("n", "h", "w", "c"),
-                                    psum_spec,
-                                    where=replace(pixels, itile=i, otile=o, ic=ic_range(i), oc=oc_range(o)),
-                                )
-                            )
-                for o in range(otiles):
-                    if itiles == 1:
-                        fit_psum(_by_pixel(total[window], o, p), f"tile {s} otile {o}")
-                    name = (
-                        names["output"].format(layer=layer.folder)
-                        if single
-                        else names["output_tiled"].format(s=s, o=o, layer=layer.folder)
-                    )
-                    plans.append(
-                        TensorPlan(
-                            "output",
-                            prefix + name,
-                            _by_pixel(golden[window], o, p),
-                            ("n", "h", "w", "c"),
-                            out_spec,
-                            where=replace(pixels, otile=o, oc=oc_range(o)),
-                        )
-                    )
-                    for m in maps:
-                        r0, c0 = ty * m.side, tx * m.side
-                        part = m.full[image : image + 1, :, r0 : r0 + m.side, c0 : c0 + m.side]
-                        high_y, high_x = m.size
-                        plans.append(
-                            TensorPlan(
-                                m.tensor,
-                                prefix + name_pattern(p, m.tensor).format(s=s, o=o, layer=layer.folder),
-                                _by_pixel(part, o, p),
-                                ("n", "h", "w", "c"),
-                                m.spec,
-                                where=Placement(
-                                    tile=s,
-                                    n=image,
-                                    y=(min(r0, high_y), min(r0 + m.side, high_y)),
-                                    x=(min(c0, high_x), min(c0 + m.side, high_x)),
-                                    otile=o,
-                                    oc=oc_range(o),
-                                ),
-                            )
-                        )
-                s += 1
-    if p.dataflow == "weight_stationary":
-        plans.append(_address_plan(p, layer, prefix + names["address"].format(layer=layer.folder)))
-    return plans
+                keys.append([2, s, 0, 1, o, 1, number])
+    return np.array(keys, dtype=np.int64).reshape(-1, 7), plans
 
 
 @dataclass(frozen=True)
@@ -422,22 +663,9 @@ def _sfu_rule_plans(
     return plans
 
 
-def _by_pixel(total: np.ndarray, otile: int, p: Profile) -> np.ndarray:
-    """(1, C, tile, tile) -> (1, tile, tile, cols): output pixel a word, output channel a lane."""
-    return total[:, otile * p.cols : (otile + 1) * p.cols].transpose(0, 2, 3, 1)
-
-
-def _address_plan(p: Profile, layer: IntLayer, stem: str) -> TensorPlan:
-    """Per output pixel (orow, ocol), its k*k addresses G*G*kk + (orow*s+ki)*G + (ocol*s+kj)."""
-    grid, k, stride = grid_size(layer, p.tile), layer.kernel, layer.stride
-    o = np.arange(p.tile * p.tile)
-    kk = np.arange(k * k)
-    orow, ocol = (o // p.tile)[:, None], (o % p.tile)[:, None]
-    ki, kj = (kk // k)[None, :], (kk % k)[None, :]
-    addresses = grid * grid * kk[None, :] + (orow * stride + ki) * grid + (ocol * stride + kj)
+def _check_addresses(layer: IntLayer, p: Profile, addresses: np.ndarray) -> None:
     if int(addresses.max()) >= 1 << p.address_bits:
         raise BitWidthError(
             f"layer {layer.label}: psum addresses reach {addresses.max()}; profile {p.name}'s "
             f"{p.address_bits} address bits are too few"
         )
-    return TensorPlan("address", stem, addresses, ("pixel", "kij"), PackSpec(p.address_bits, 1, False))

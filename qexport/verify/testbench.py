@@ -40,11 +40,23 @@ def _parameters(prof: Profile, kernel: int, stride: int, grid: int, out_bits: in
     }
 
 
+def check_drivable(prof: Profile) -> None:
+    """The rendered testbench drives weight-stationary sets only; refuse any other dataflow."""
+    if prof.dataflow != "weight_stationary":
+        raise InputError(
+            f"profile {prof.name} is {prof.dataflow.replace('_', '-')}: the rendered testbench and its "
+            "reference core drive the weight-stationary file set only (activation grids, weight files, "
+            "acc_address); write the vectors with `qexport dump` and drive your core from them, or use "
+            "a weight-stationary profile (course, systolic) for `qexport testbench`"
+        )
+
+
 def testbench_context(
     plan: LayerPlan, memory: MemoryContext, prof: Profile, *, vcd: bool = False
 ) -> dict[str, Any]:
     """``plan``'s tiles as the testbench template walks them; ``memory`` names the model and format;
     ``vcd`` makes tb.sv dump waveforms (``$dumpvars`` of tb and the DUT) and the scripts trace."""
+    check_drivable(prof)
     by_kind: dict[str, list[TensorPlan]] = {}
     for tp in plan.tensors:
         by_kind.setdefault(tp.tensor, []).append(tp)

@@ -286,6 +286,7 @@ class FileEntry:
                 kij=r.opt_integer("kij", absent=True),
                 ic=r.span("ic"),
                 oc=r.span("oc"),
+                pixels=r.span("pixels"),
             ),
         )
         r.done()

@@ -314,7 +314,7 @@ def test_installed_wheel_ships_templates_and_profiles(tmp_path: Path) -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import qexport.layout.profile as p, qexport.writer.render as r;"
-        "assert p.builtin_names() == ['course', 'course-os', 'flat', 'systolic'];"
+        "assert p.builtin_names() == ['course', 'course-os', 'flat', 'systolic', 'systolic-is'];"
         "assert r.environment().get_template('hex/memory.hex.j2').filename.startswith(sys.argv[1]);"
         "print(p.__file__)"
     )

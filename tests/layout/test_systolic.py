@@ -154,7 +154,8 @@ STRIDED = [
 
 
 @pytest.mark.parametrize("case", STRIDED, ids=["3x3s2", "1x1s2", "3x3s2-itiles", "3x3s1p0"])
-@pytest.mark.parametrize("profile", ["course", "course-os", "systolic"])
+# course-os is output-stationary (issue 17): its own independent reading is in test_declare.py
+@pytest.mark.parametrize("profile", ["course", "systolic"])
 def test_strided_tiles_match_an_independent_reading(case: tuple[int, ...], profile: str) -> None:
     from helpers import conv_tensors
 

@@ -41,11 +41,11 @@ def _run(folder: Path) -> subprocess.CompletedProcess[str]:
     [
         (33, "course", "hex", 128),
         (33, "course", "bin", 128),
-        (27, "course-os", "hex", 512),  # 128 -> 32 channels: 16 input and 4 output channel tiles
+        (27, "course", "hex", 512),  # 128 -> 32 channels: 16 input and 4 output channel tiles
         (33, "2x2", "bin", 128),
         (30, "16x16", "hex", 256),  # 32 -> 8 channels on a 16x16 array: 2 input tiles, padded columns
     ],
-    ids=["course-33-hex", "course-33-bin", "course-os-27-tiled", "systolic-2x2", "systolic-16x16"],
+    ids=["course-33-hex", "course-33-bin", "course-27-tiled", "systolic-2x2", "systolic-16x16"],
 )
 def test_testbench_passes(tmp_path: Path, layer: int, profile: str, fmt: str, values: int) -> None:
     prof = {
@@ -88,6 +88,13 @@ def test_flat_profile_and_text_formats_are_refused(tmp_path: Path) -> None:
         api.testbench(SourceOptions(), 33, tmp_path / "a", "flat")
     with pytest.raises(InputError, match="use --format hex or bin"):
         api.testbench(SourceOptions(), 33, tmp_path / "b", "course", "coe")
+
+
+def test_an_output_stationary_profile_is_refused_naming_the_dataflow(tmp_path: Path) -> None:
+    # issue 17: course-os writes the output-stationary file set, which the reference core does not read
+    with pytest.raises(InputError, match="profile course-os is output-stationary: the rendered testbench"):
+        api.testbench(SourceOptions(), 33, tmp_path / "os", "course-os", "hex")
+    assert not (tmp_path / "os").exists()
 
 
 def test_two_bit_layer_on_the_course_core(tmp_path: Path) -> None:
@@ -160,10 +167,8 @@ def strided_layer(monkeypatch: pytest.MonkeyPatch) -> Callable[..., LayerTensors
 STRIDED_TB = [
     # (c_in, c_out, side, kernel, stride, padding), profile, output values compared
     ((8, 8, 16, 3, 2, 1), "mine", 4 * 16 * 8),  # 8x8 output: four tiles of a 9x9 grid
-    ((8, 8, 16, 3, 2, 1), "mine-os", 4 * 16 * 8),
     ((8, 8, 16, 3, 2, 1), "systolic", 4 * 16 * 16),  # 16 lanes, channels 8..15 padded
     ((16, 16, 16, 1, 2, 0), "mine", 4 * 2 * 16 * 8),  # 1x1: one pass; 2 input and 2 output tiles
-    ((16, 16, 16, 1, 2, 0), "mine-os", 4 * 2 * 16 * 8),
     ((16, 16, 16, 1, 2, 0), "systolic", 4 * 16 * 16),
     ((8, 8, 12, 3, 2, 1), "mine", 4 * 16 * 8),  # 6x6 output rounded up to 8x8
 ]
@@ -172,7 +177,7 @@ STRIDED_TB = [
 @pytest.mark.parametrize(
     ("conv", "profile", "values"),
     STRIDED_TB,
-    ids=["3x3s2-ws", "3x3s2-os", "3x3s2-16x16", "1x1s2-ws", "1x1s2-os", "1x1s2-16x16", "3x3s2-6x6"],
+    ids=["3x3s2-ws", "3x3s2-16x16", "1x1s2-ws", "1x1s2-16x16", "3x3s2-6x6"],
 )
 def test_strided_testbench_passes_and_a_corrupted_golden_fails(
     tmp_path: Path,
@@ -188,9 +193,7 @@ def test_strided_testbench_passes_and_a_corrupted_golden_fails(
     from qexport.writer.manifest import loads
 
     ints = integerize(strided_layer(*conv))
-    prof = {"mine": _course_like("course"), "mine-os": _course_like("course-os")}.get(
-        profile
-    ) or load_profile(profile)
+    prof = {"mine": _course_like("course")}.get(profile) or load_profile(profile)
     out = tmp_path / "tb"
     api.testbench(SourceOptions(), 33, out, prof, "hex")
     c_in, c_out, side, kernel, stride, padding = conv

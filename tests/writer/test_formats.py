@@ -66,6 +66,10 @@ def test_round_trip(
         if entry["tensor"] == "weight":
             if profile == "flat":
                 weights = values.transpose(0, 3, 1, 2)
+            elif profile == "course-os":  # (ic, oc): a line an input channel, lane = oc
+                k = entry["kij"]
+                oc0, oc1 = entry["oc"]
+                weights[oc0:oc1, :, k // 3, k % 3] = values[:, : oc1 - oc0].T
             else:
                 k = entry["kij"]
                 oc0, oc1 = entry["oc"]
@@ -74,6 +78,10 @@ def test_round_trip(
         if entry["tensor"] == "output":
             if profile == "flat":
                 outputs = values[0].transpose(2, 0, 1)
+            elif profile == "course-os":  # (r, oc): the pass's pixels p0..p1 of the 4x4 tile, row-major
+                oc0, oc1 = entry["oc"]
+                p0, p1 = entry["pixels"]
+                outputs[oc0:oc1].reshape(oc1 - oc0, 16)[:, p0:p1] = values[:, : oc1 - oc0].T
             else:
                 oc0, oc1 = entry["oc"]
                 outputs[oc0:oc1] = values[0, :, :, : oc1 - oc0].transpose(2, 0, 1)
