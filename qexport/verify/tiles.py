@@ -12,7 +12,8 @@ profile's one file holds it:
                                   ``padding`` pixels left out when ``padded``) is pixels y, x, lanes ic
     requant    (N, H', W', OC)    a file: pixels y, x (after the max-pool), lanes oc
     threshold  (OC, T)            a file: lanes oc (axes t, c or c, t: the file's axes decide)
-    direction  (OC,)
+    direction  (OC,)              (multiplier, shift, bias of a ResNet block end likewise)
+    skip, requant_shortcut        as requant (no pool)
 
 A file's values sit at the start of each of its axes (a partial tile's unused rows and lanes are
 zero fill after them). Every value of the tensor must come from some file: a set whose manifest
@@ -34,6 +35,11 @@ AXES: dict[str, tuple[str, ...]] = {
     "requant": ("n", "h", "w", "c"),
     "threshold": ("c", "t"),
     "direction": ("c",),
+    "multiplier": ("c",),
+    "shift": ("c",),
+    "bias": ("c",),
+    "skip": ("n", "h", "w", "c"),
+    "requant_shortcut": ("n", "h", "w", "c"),
 }
 """The flat layout's axes of each tensor :func:`assemble` rebuilds."""
 
@@ -57,7 +63,7 @@ def _full_shape(layer: LayerEntry, tensor: str, first: np.ndarray, first_axes: t
         return [oc, k, k, ic]
     if tensor == "input":
         return [n, h, w, ic]
-    if tensor == "requant":
+    if tensor in ("requant", "skip", "requant_shortcut"):
         pool = _pool(layer)
         return [n, layer.output_shape[2] // pool, layer.output_shape[3] // pool, oc]
     if tensor == "threshold":
@@ -65,7 +71,9 @@ def _full_shape(layer: LayerEntry, tensor: str, first: np.ndarray, first_axes: t
     return [oc]
 
 
-def _region(layer: LayerEntry, tensor: str, entry: FileEntry, axis: str, full: int) -> tuple[slice, slice]:
+def _region(
+    layer: LayerEntry, tensor: str, entry: FileEntry, axis: str, full: int, size: int
+) -> tuple[slice, slice]:
     """The destination and source ranges of one file along one canonical axis."""
     where = entry.where
     span: tuple[int, int] | None = None
@@ -74,7 +82,13 @@ def _region(layer: LayerEntry, tensor: str, entry: FileEntry, axis: str, full: i
         span = (where.n, where.n + 1)
     elif axis in ("h", "w"):
         span = where.y if axis == "h" else where.x
-        offset = layer.padding if tensor == "input" and entry.padded else 0
+        if tensor == "input" and span is not None:
+            # an input tile is placed by its output pixels: a stride-s conv's tile of output rows
+            # y0..y1 reads input rows from y0*s (its grid, past the halo, may hold fewer rows)
+            offset = layer.padding if entry.padded else 0
+            start = span[0] * layer.stride
+            stop = min(span[1] * layer.stride, full, start + int(size) - offset)
+            return slice(start, stop), slice(offset, offset + stop - start)
     elif axis == "c":
         span = where.ic if tensor == "input" else where.oc
     elif axis in ("oc", "ic"):
@@ -85,6 +99,12 @@ def _region(layer: LayerEntry, tensor: str, entry: FileEntry, axis: str, full: i
         return slice(tap, tap + 1), slice(0, 1)
     start, stop = span if span is not None else (0, full)
     return slice(start, stop), slice(offset, offset + stop - start)
+
+
+def _read(layer: LayerEntry, size: int) -> np.ndarray:
+    """Which of an input axis's ``size`` positions some kernel tap of the conv reads: position r is
+    tap ``(r + padding) mod stride`` of an output, read when that is below the kernel."""
+    return np.asarray((np.arange(size) + layer.padding) % layer.stride < layer.kernel)
 
 
 def assemble(
@@ -101,6 +121,12 @@ def assemble(
     for entry in entries:
         data = read(entry)
         if sorted(entry.axes) != sorted(axes):
+            if tensor == "input":
+                raise InputError(
+                    f"{entry.path}: axes {list(entry.axes)}: an activation stream (an output- or "
+                    "input-stationary profile's per-pass lines), not an input grid; infer --from reads "
+                    "sets whose activation files are grids (profiles flat, course, systolic)"
+                )
             raise InputError(
                 f"{entry.path}: axes {list(entry.axes)}; a {tensor} file holds {sorted(axes)} in some order"
             )
@@ -109,7 +135,7 @@ def assemble(
             shape = _full_shape(layer, tensor, data, axes)
             out = np.zeros(shape, dtype=np.int64)
             filled = np.zeros(shape, dtype=bool)
-        regions = [_region(layer, tensor, entry, a, out.shape[i]) for i, a in enumerate(axes)]
+        regions = [_region(layer, tensor, entry, a, out.shape[i], data.shape[i]) for i, a in enumerate(axes)]
         dst = tuple(r[0] for r in regions)
         src = tuple(r[1] for r in regions)
         part = data[src]
@@ -123,6 +149,11 @@ def assemble(
         filled[dst] = True
     if out is None or filled is None:
         raise InputError(f"layer {layer.key} has no {tensor} file in the manifest")
+    if tensor == "input":  # a value no tap of the conv reads (a 1x1 stride-2 conv's odd rows) is in no tile
+        filled |= (
+            ~_read(layer, out.shape[1])[None, :, None, None]
+            | ~_read(layer, out.shape[2])[None, None, :, None]
+        )
     if not filled.all():
         at = np.argwhere(~filled)[0]
         place = ", ".join(f"{a} {int(i)}" for a, i in zip(axes, at, strict=True))
