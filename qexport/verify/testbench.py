@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from qexport import __version__
@@ -142,7 +141,7 @@ def testbench_context(
         "relu": "relu" in prof.golden,
         "address_file": "" if address is None else path(address),
         "tiles": sorted(tiles, key=lambda t: (t["tile"], t["otile"])),
-        "parameters": json.dumps(_parameters(prof, kernel, stride, grid, out_spec.lane_bits), sort_keys=True),
+        "parameters": dict(sorted(_parameters(prof, kernel, stride, grid, out_spec.lane_bits).items())),
         "vcd": vcd,
         "dut": "qexport_ref_core",
         "dut_file": "qexport_ref_core.v",

@@ -3,7 +3,7 @@
 
 Drives qexport_ref_core through the handshake its file documents with the vectors of this set (read by
 manifest.json), and fails naming tile / pixel / channel / expected / got of each mismatch.
-Run it with ./run_cocotb.sh (SIM=icarus).
+Run it with ./run_cocotb.sh (SIM=icarus, or SIM=verilator).
 """
 
 from __future__ import annotations
@@ -18,7 +18,21 @@ from qexport.cocotb import check_layer, run_cocotb
 
 HERE = Path(__file__).resolve().parent
 # the DUT's parameters, as tb.sv sets them
-PARAMETERS = {"ACT_BITS": 4, "ADDR_BITS": 11, "COLS": 8, "GRID": 6, "KERNEL": 3, "OUT_BITS": 16, "PSUM_BITS": 16, "RELU": 1, "ROWS": 8, "STRIDE": 1, "TILE": 4, "WEIGHT_STATIONARY": 1, "W_BITS": 4}
+PARAMETERS = {
+    "ACT_BITS": 4,
+    "ADDR_BITS": 11,
+    "COLS": 8,
+    "GRID": 6,
+    "KERNEL": 3,
+    "OUT_BITS": 16,
+    "PSUM_BITS": 16,
+    "RELU": 1,
+    "ROWS": 8,
+    "STRIDE": 1,
+    "TILE": 4,
+    "WEIGHT_STATIONARY": 1,
+    "W_BITS": 4,
+}
 
 
 @cocotb.test()
