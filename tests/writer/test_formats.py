@@ -66,10 +66,11 @@ def test_round_trip(
         if entry["tensor"] == "weight":
             if profile == "flat":
                 weights = values.transpose(0, 3, 1, 2)
-            elif profile == "course-os":  # (ic, oc): a line an input channel, lane = oc
+            elif profile == "course-os":  # (ic, 1, 1, oc): a line an input channel, lane = oc
                 k = entry["kij"]
                 oc0, oc1 = entry["oc"]
-                weights[oc0:oc1, :, k // 3, k % 3] = values[:, : oc1 - oc0].T
+                lines = values.reshape(values.shape[0], values.shape[-1])  # axes ic, kh=1, kw=1, oc
+                weights[oc0:oc1, :, k // 3, k % 3] = lines[:, : oc1 - oc0].T
             else:
                 k = entry["kij"]
                 oc0, oc1 = entry["oc"]
