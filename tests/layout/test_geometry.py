@@ -92,8 +92,8 @@ def test_a_single_tile_layer_is_the_bare_map_and_its_interior_outputs() -> None:
 
 @pytest.mark.parametrize(
     ("c_in", "c_out", "side", "kernel", "stride", "padding", "images"),
-    [(12, 10, 13, 3, 1, 1, 2), (8, 8, 15, 5, 2, 2, 1), (9, 3, 9, 3, 1, 0, 1)],
-    ids=["3x3-s1-p1-2itiles-2otiles-2images", "5x5-s2-p2", "3x3-p0"],
+    [(12, 10, 13, 3, 1, 1, 2), (8, 8, 15, 5, 2, 2, 1), (9, 3, 9, 3, 1, 0, 1), (8, 8, 8, 3, 1, 1, 1)],
+    ids=["3x3-s1-p1-2itiles-2otiles-2images", "5x5-s2-p2", "3x3-p0", "readme-8x8"],
 )
 def test_a_multi_tile_layer_against_a_valid_conv_of_the_bare_map(
     c_in: int, c_out: int, side: int, kernel: int, stride: int, padding: int, images: int
