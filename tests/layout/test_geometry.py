@@ -147,6 +147,37 @@ def test_a_multi_tile_layer_against_a_valid_conv_of_the_bare_map(
     assert checked == images * tiles * tiles * otiles * t * t
 
 
+@pytest.mark.parametrize("base", ["course-os", "systolic-is"])
+def test_the_os_and_is_layouts_read_the_bare_map_too(base: str) -> None:
+    # 10x10 map, 3x3 stride 1 pad 1, tile 4: 8x8 interior outputs, 2x2 tiles of 2 passes of 8 pixels
+    layer = integerize(conv_tensors(8, 8, 10, 3, 1, 1))
+    files = _plans(layer, _valid(base))
+    x = _bare(layer)
+    for sp in range(4):
+        ty, tx = divmod(sp, 2)
+        for q in range(2):
+            stem = (
+                f"activation_tile{sp}_pass{q}"
+                if base == "course-os"
+                else f"activation_tile{sp}_itile0_pass{q}"
+            )
+            act = _words(files[stem])
+            golden = _words(files[f"out_tile{sp}_pass{q}_otile0"])
+            for lane in range(8):  # pixel 8q + lane of the tile, row-major
+                oy, ox = divmod(8 * q + lane, 4)
+                vy, vx = ty * 4 + oy, tx * 4 + ox
+                for ic in range(8):
+                    for kij in range(9):
+                        ki, kj = divmod(kij, 3)
+                        line = ic * 9 + kij if base == "course-os" else kij * 8 + ic
+                        assert act[line, lane] == x[0, ic, vy + ki, vx + kj]
+                conv = np.maximum(_valid_conv(layer, x, 0, vy, vx), 0)
+                got = golden[lane] if base == "course-os" else golden[:, lane]
+                np.testing.assert_array_equal(got, conv)
+            out = files[f"out_tile{sp}_pass{q}_otile0"]
+            assert (out.where.y, out.where.x) == ((1 + ty * 4, 5 + ty * 4), (1 + tx * 4, 5 + tx * 4))
+
+
 @pytest.mark.parametrize(
     ("side", "kernel", "stride", "padding", "message"),
     [
