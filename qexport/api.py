@@ -676,7 +676,7 @@ def _tiled(int_layer: IntLayer, psums: Psums, prof: Profile) -> TiledPsums | Non
     if prof.kind != "systolic":
         return None
     check_systolic(int_layer, prof)  # the core takes this layer, before any tile is summed
-    tiled = tiled_psums(int_layer, prof.rows, prof.tile, prof.golden)
+    tiled = tiled_psums(int_layer, prof.rows, prof.tile, prof.golden, prof.geometry)
     check_tiled(int_layer, psums, tiled, prof.golden)
     return tiled
 

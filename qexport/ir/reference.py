@@ -289,17 +289,21 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def partial_psums(layer: IntLayer, rows: int, out_hw: tuple[int, int] | None = None) -> np.ndarray:
+def partial_psums(
+    layer: IntLayer, rows: int, out_hw: tuple[int, int] | None = None, padding: int | None = None
+) -> np.ndarray:
     """Psums split by input-channel tile: (itiles, n, oc, h', w') int64, before ReLU.
 
     Tile ``i`` sums input channels ``[i*rows, (i+1)*rows)`` (the last tile may hold fewer); the
     tiles add up to the layer's psums. ``out_hw`` (at least the conv's h', w') extends the map
     right and bottom as the input extended with zeros gives it, as a core computing whole
     output tiles sees it. One grouped ``integer_conv``, exact by the same proof as ``conv_psum``
-    (each group's bound is its own tile's channels).
+    (each group's bound is its own tile's channels). ``padding`` (default: the layer's) is the zero
+    border the core's conv sees: 0 for a valid conv over the bare map.
     """
     n, c_in, h, w = layer.x_int.shape
-    k, s, pad = layer.kernel, layer.stride, layer.padding
+    k, s = layer.kernel, layer.stride
+    pad = layer.padding if padding is None else padding
     h_out, w_out = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
     out_h, out_w = out_hw or (h_out, w_out)
     itiles, oc = _ceil_div(c_in, rows), layer.out_channels
@@ -323,7 +327,10 @@ class TiledPsums:
 
     ``partial`` (itiles, n, oc, H, W) one input-channel tile's sums, no ReLU; ``total``
     (n, oc, H, W) their sum; ``golden`` (n, oc, H, W) ``total`` after the golden ops (ReLU,
-    or requantization to the next layer's integers). All int64.
+    or requantization to the next layer's integers). All int64. ``origin``: the layer's output
+    pixel (row and column) at [0, 0] of these maps — 0 for the padded grid, ``padding / stride``
+    for a valid conv over the bare map (its outputs are the layer's interior outputs); ``size``:
+    the real (h', w') of these maps before the rounding up to whole tiles.
     """
 
     rows: int
@@ -331,15 +338,25 @@ class TiledPsums:
     partial: np.ndarray
     total: np.ndarray
     golden: np.ndarray
+    origin: int = 0
+    size: tuple[int, int] = (0, 0)
 
 
-def tiled_psums(layer: IntLayer, rows: int, tile: int, golden: Sequence[str]) -> TiledPsums:
+def tiled_psums(
+    layer: IntLayer, rows: int, tile: int, golden: Sequence[str], geometry: str = "padded_grid"
+) -> TiledPsums:
     """What a tiled layout writes: partial sums, their total and the golden output (``golden``
-    holds the ops, as a profile's: ``accumulate``, ``relu``, ``requantize``)."""
+    holds the ops, as a profile's: ``accumulate``, ``relu``, ``requantize``). ``geometry`` is what
+    the core computes: ``padded_grid`` the layer's conv (its zero border), ``valid`` a valid conv
+    over the bare map (``padding`` a multiple of ``stride``, the map at least the kernel: the
+    layout stage's ``check_systolic`` refuses the rest), (h - k) // s + 1 outputs a side."""
     n, _, h, w = layer.x_int.shape
-    h_out = (h + 2 * layer.padding - layer.kernel) // layer.stride + 1
-    w_out = (w + 2 * layer.padding - layer.kernel) // layer.stride + 1
-    partial = partial_psums(layer, rows, (_ceil_div(h_out, tile) * tile, _ceil_div(w_out, tile) * tile))
+    valid = geometry == "valid"
+    pad = 0 if valid else layer.padding
+    h_out = (h + 2 * pad - layer.kernel) // layer.stride + 1
+    w_out = (w + 2 * pad - layer.kernel) // layer.stride + 1
+    rounded = (_ceil_div(h_out, tile) * tile, _ceil_div(w_out, tile) * tile)
+    partial = partial_psums(layer, rows, rounded, padding=pad)
     total = partial.sum(axis=0)
     if "requantize" in golden:
         out = requantize(layer, total, check=False)
@@ -347,7 +364,8 @@ def tiled_psums(layer: IntLayer, rows: int, tile: int, golden: Sequence[str]) ->
         out = np.maximum(total, 0)
     else:
         out = total
-    return TiledPsums(rows, tile, partial, total, np.asarray(out))
+    origin = layer.padding // layer.stride if valid else 0
+    return TiledPsums(rows, tile, partial, total, np.asarray(out), origin, (h_out, w_out))
 
 
 def check_tiled(layer: IntLayer, psums: Psums, tiled: TiledPsums, golden: Sequence[str]) -> None:
@@ -356,12 +374,16 @@ def check_tiled(layer: IntLayer, psums: Psums, tiled: TiledPsums, golden: Sequen
     from qexport.errors import CheckFailed
 
     n, _, h, w = psums.psum.shape
+    o = tiled.origin  # a valid conv's outputs are the layer's from output pixel (o, o) on
+    if tiled.size != (0, 0):
+        h, w = tiled.size
     inside = tiled.total[:n, : psums.psum.shape[1], :h, :w]
-    if not np.array_equal(inside, psums.psum):
-        image, _, y, x = (int(v[0]) for v in np.nonzero(inside != psums.psum))
+    expected = psums.psum[:, :, o : o + h, o : o + w]
+    if not np.array_equal(inside, expected):
+        image, _, y, x = (int(v[0]) for v in np.nonzero(inside != expected))
         raise CheckFailed(
-            f"layer {layer.label}: the input-channel tiles ({tiled.rows} channels each) at n={image} y={y} "
-            f"x={x} do not add up to the reference conv"
+            f"layer {layer.label}: the input-channel tiles ({tiled.rows} channels each) at n={image} "
+            f"y={y + o} x={x + o} do not add up to the reference conv"
         )
     if "requantize" in golden:
         requantize(layer, psums.psum)  # proves the formula against the next layer's integers

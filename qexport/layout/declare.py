@@ -92,6 +92,9 @@ REQUIRED = {
 """The kinds a dataflow's profile must lay out (psum is written for several input tiles only);
 ``psum_kij`` / ``psum_acc`` / ``psum_run`` are written when a profile has their table."""
 
+STEP_KINDS = ("psum_kij", "psum_acc", "psum_run")
+"""The per-step psum kinds (weight-stationary only: its psum memory between passes)."""
+
 ALIASES = {"i": "itile", "o": "otile", "k": "kij", "p": "pass"}
 """Short placeholders of the old ``[names]`` patterns: ``{i}`` is ``{itile}``."""
 PLACEHOLDER_MEANING = {
@@ -172,6 +175,12 @@ def _group(where: str, kind: str, key: str, item: object) -> tuple[str, ...]:
 def parse_file_spec(where: str, kind: str, raw: object, dataflow: str) -> FileSpec:
     """A ``[files.<kind>]`` table, checked against the dataflow's axes for ``kind``."""
     vocab = VOCABULARY[dataflow]
+    if kind in STEP_KINDS and kind not in vocab:
+        raise InputError(
+            f"{where}: [files.{kind}] is a step psum, what a weight-stationary core's psum memory "
+            f"holds between its kernel passes; the {dataflow} array accumulates in its PEs and has "
+            f'no psum memory to check; leave [files.{kind}] out or use dataflow = "weight_stationary"'
+        )
     if kind not in vocab:
         raise InputError(
             f"{where}: [files.{kind}] is not a file kind of the {dataflow} dataflow; "

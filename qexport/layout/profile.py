@@ -74,8 +74,10 @@ class Profile:
     psum_lanes: int = 1
     pad_channels: bool = True
     dataflow: Literal["weight_stationary", "output_stationary", "input_stationary"] = "weight_stationary"
-    geometry: Literal["padded_grid"] = "padded_grid"
-    """What the core computes: a valid conv over each tile's padded G×G input grid."""
+    geometry: Literal["padded_grid", "valid"] = "padded_grid"
+    """What the core computes: ``padded_grid`` the layer's conv, each tile's G×G grid read from
+    the zero-padded map; ``valid`` a valid conv over the bare map, grids of real pixels only and
+    golden = the interior outputs (README "Layout profiles": geometry)."""
     rows: int = 8
     cols: int = 8
     act_bits: int = 4
@@ -102,7 +104,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "kind": ("flat", "systolic"),
     "lane_order": ("lsb_first", "msb_first"),
     "dataflow": ("weight_stationary", "output_stationary", "input_stationary"),
-    "geometry": ("padded_grid",),
+    "geometry": ("padded_grid", "valid"),
     "word_order": ("row_major",),
     "header": ("tokens", "comment"),
     "format": ("hex", "bin", "txt", "coe", "mif", "h", "npy"),

@@ -24,6 +24,12 @@ rows -1..3 and columns 3..7; output pixel (1, 1) at kernel position (0, 2), kk =
 position (1*2+0)*5 + (1*2+2) = 14, psum address 25*2 + 14 = 64. A 1×1 conv, stride 2, padding 0,
 tile 4: G = 7, one kernel pass; output pixel (orow, ocol) reads grid position 2*orow*7 + 2*ocol.
 
+``geometry = "valid"``: the core computes a valid conv over the bare map instead (``padding`` a
+multiple of ``stride``): the grids are read as above with no zero border (tile row ty starts at
+input row ty*tile*s; zeros only beyond the map's bottom and right, to whole tiles), and the golden
+holds the (h-k)//s+1 interior outputs a side, the layer's output pixels p/s.. of its own
+coordinates (the manifest's ``y`` / ``x``); ``acc_address`` is the same table (G and the taps are).
+
 Tiles ``s`` are numbered image-major, then tile row, then tile column; activation tile
 ``a = s * itiles + i`` for input-channel tile ``i``; ``o`` is the output-channel tile.
 """
@@ -78,6 +84,8 @@ def check_systolic(layer: IntLayer, p: Profile) -> None:
             f"fixed at {p.tile + 2}x{p.tile + 2} and its kernel passes at 9); use --profile systolic "
             "(or a copy of it), which takes any kernel and stride"
         )
+    if p.geometry == "valid":
+        _check_valid(layer, p)
     act_spec, w_spec = _act_spec(p), _w_spec(p)
     check_fits(
         layer.x_int,
@@ -97,6 +105,25 @@ def check_systolic(layer: IntLayer, p: Profile) -> None:
     )
     if "requantize" in p.golden:
         check_requantizable(layer)
+
+
+def _check_valid(layer: IntLayer, p: Profile) -> None:
+    """A valid conv over the bare map must exist and its outputs must be the layer's own."""
+    _, _, h, w = layer.x_int.shape
+    k, stride, pad = layer.kernel, layer.stride, layer.padding
+    if h < k or w < k:
+        raise InputError(
+            f"layer {layer.label}: profile {p.name} computes a valid conv over the bare map "
+            f'(geometry = "valid"), and its {h}x{w} map is smaller than the {k}x{k} kernel, so it has '
+            'no interior output; use a profile with geometry = "padded_grid" for this layer'
+        )
+    if pad % stride:
+        raise InputError(
+            f"layer {layer.label}: profile {p.name} computes a valid conv over the bare map "
+            f'(geometry = "valid"), whose outputs are the layer\'s only when its padding ({pad}) is a '
+            f"multiple of its stride ({stride}); a stride-{stride} valid conv from input row 0 reads "
+            'windows the layer never reads; use a profile with geometry = "padded_grid" for this layer'
+        )
 
 
 def _act_spec(p: Profile) -> PackSpec:
@@ -127,6 +154,12 @@ def systolic_layout(
     words (c), and per output tile its ``skip`` (identity shortcut) and ``requant`` /
     ``requant_shortcut`` files, laid out as ``requant``.
     """
+    if sfu is not None and p.geometry == "valid":
+        raise InputError(
+            f'layer {layer.label}: profile {p.name} computes a valid conv (geometry = "valid"), whose '
+            "golden is the interior outputs only, and the SFU files (--sfu, --chain) are cut from the "
+            'whole output map; leave out --sfu, or use a profile with geometry = "padded_grid"'
+        )
     g = _geometry(layer, tiled, p)
     named = _ARRAYS[p.dataflow](layer, tiled, p, g)
     out_bits = max(p.psum_bits, signed_bits_of(psums.psum))
@@ -153,8 +186,11 @@ def systolic_layout(
             continue
         base, blocks = specs[kind], laid.blocks
         lanes = int(blocks.shape[-1]) if spec.lanes else 1  # every file of a kind has the same lanes
+        _check_lanes(layer, p, kind, spec.lanes, lanes)
         pack = replace(base, lanes=lanes, lane_order=spec.lane_order or base.lane_order)
-        axes, padded, tensor = spec.manifest_axes(), True if kind == "activation" else None, TENSOR_OF[kind]
+        # a valid conv's grids hold real pixels only: no zero border (manifest ``padded`` false)
+        padded = (p.geometry == "padded_grid") if kind == "activation" else None
+        axes, tensor = spec.manifest_axes(), TENSOR_OF[kind]
         place = _placer(kind, p, g, laid)
         names = file_names(spec, laid, g.single, layer.folder)
         for number, (row, name) in enumerate(zip(laid.rows, names, strict=True)):
@@ -201,6 +237,30 @@ def systolic_layout(
     return plans
 
 
+_LANE_EDGE: dict[str, dict[str, str]] = {
+    "weight_stationary": {"activation": "rows", "weight": "rows"},
+    "output_stationary": {"activation": "rows", "weight": "cols", "output": "cols"},
+    "input_stationary": {"activation": "cols", "weight": "rows"},
+}
+"""Per dataflow the array edge a kind's word crosses (``rows`` or ``cols``); a kind not listed
+(psums, step psums, outputs) is written by the PE columns: ``cols``. The address table is no
+array word and has no limit."""
+
+
+def _check_lanes(layer: IntLayer, p: Profile, kind: str, axes: tuple[str, ...], lanes: int) -> None:
+    """A word is what one array edge reads or writes at once: its lanes fit the edge's PEs."""
+    if kind == "address":
+        return
+    edge = _LANE_EDGE[p.dataflow].get(kind, "cols")
+    limit, pe = (p.rows, "row") if edge == "rows" else (p.cols, "column")
+    if lanes > limit:
+        raise InputError(
+            f"layer {layer.label}: profile {p.name}: [files.{kind}] packs {lanes} lanes a word "
+            f"(lanes = {' '.join(axes)}), and the {p.dataflow} {p.rows}x{p.cols} array's {kind} word "
+            f"holds one value a PE {pe}, {limit} at most; move an axis from lanes to lines"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class _Geometry:
     """A layer's tiling on one profile's array."""
@@ -222,6 +282,13 @@ class _Geometry:
     cols: int
     h: int
     w: int
+    """Where the placements' pixel ranges stop: the input map's size (padded_grid), or a valid
+    conv's interior output map."""
+    origin: int
+    """The layer's output pixel (row and column) of the first tile's [0, 0]: 0, or for a valid
+    conv ``padding / stride``."""
+    pad: int
+    """The zero border the grids are read with: the layer's padding, 0 for a valid conv."""
 
     def ic_range(self, i: int) -> Span:
         return (i * self.rows, min((i + 1) * self.rows, self.c_in))
@@ -251,17 +318,37 @@ def _geometry(layer: IntLayer, tiled: TiledPsums, p: Profile) -> _Geometry:
     single = itiles == otiles == passes == 1 and n * ty * tx == 1
     rows = c_in if os else p.rows
     grid = grid_size(layer, p.tile)
+    pad = 0 if p.geometry == "valid" else layer.padding
+    if p.geometry == "valid":  # (padded_grid keeps the input's size, as before: same for stride 1)
+        h, w = tiled.size
     return _Geometry(
-        n, itiles, otiles, ty, tx, grid, passes, per_pass, single, c_in, c_out, rows, p.cols, h, w
+        n,
+        itiles,
+        otiles,
+        ty,
+        tx,
+        grid,
+        passes,
+        per_pass,
+        single,
+        c_in,
+        c_out,
+        rows,
+        p.cols,
+        h,
+        w,
+        tiled.origin,
+        pad,
     )
 
 
 def _grids(layer: IntLayer, p: Profile, g: _Geometry, channels: int) -> np.ndarray:
-    """Every tile's G×G input grid, (n, channels, ty, tx, G, G): read from the padded map (padded
-    row r is input row r - pad), zeros beyond it and beyond the real channels — the input the
-    reference's tiled psums were summed over."""
+    """Every tile's G×G input grid, (n, channels, ty, tx, G, G): read from the map with a zero
+    border of ``g.pad`` (the layer's padding; 0 for a valid conv over the bare map: padded row r is
+    input row r - pad), zeros beyond it and beyond the real channels — the input the reference's
+    tiled psums were summed over."""
     n, c_in, h, w = layer.x_int.shape
-    stride, pad = layer.stride, layer.padding
+    stride, pad = layer.stride, g.pad
     x = np.zeros(
         (
             n,
@@ -422,8 +509,9 @@ def _placer(kind: str, p: Profile, g: _Geometry, laid: Laid) -> Callable[[list[i
     i, o, k, q = col("itile"), col("otile"), col("kij"), col("pass")
     ic = [g.ic_range(t) for t in range(g.itiles)]
     oc = [g.oc_range(t) for t in range(g.otiles)]
-    ys = [(t * p.tile, min((t + 1) * p.tile, g.h)) for t in range(g.ty)]
-    xs = [(t * p.tile, min((t + 1) * p.tile, g.w)) for t in range(g.tx)]
+    first = g.origin  # the layer's own output coordinates
+    ys = [(first + t * p.tile, first + min((t + 1) * p.tile, g.h)) for t in range(g.ty)]
+    xs = [(first + t * p.tile, first + min((t + 1) * p.tile, g.w)) for t in range(g.tx)]
     pixels = [(t * g.per_pass, (t + 1) * g.per_pass) for t in range(g.passes)]
     all_ic = (0, g.c_in) if "ic" in axes else None  # a file without itile holds every input channel
     all_oc = (0, g.c_out) if "oc" in axes else None
