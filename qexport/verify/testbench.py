@@ -50,19 +50,20 @@ def check_drivable(prof: Profile) -> None:
         )
 
 
-def _check_sfu(plan: LayerPlan, by_kind: dict[str, list[TensorPlan]]) -> None:
+def _check_sfu(plan: LayerPlan, label: str, by_kind: dict[str, list[TensorPlan]]) -> None:
     """``--sfu`` checks threshold SFUs: the plan must hold this layer's threshold files."""
+    where = label if label == plan.name else f"{label} ({plan.name})"
     if "multiplier" in by_kind:
         raise InputError(
-            f"testbench --sfu: layer {plan.name}'s SFU is fixed point (a residual chain); the rendered "
+            f"testbench --sfu: layer {where}'s SFU is fixed point (a residual add); the rendered "
             "SFU stage checks threshold SFUs (VGG layers with a next conv) only; drop --sfu, or check "
             "the fixed-point requant files from `qexport dump --sfu`"
         )
     if "requant" not in by_kind:
         raise InputError(
-            f"testbench --sfu: no next quantized conv reads layer {plan.name}'s output through a "
-            "thresholdable chain ([BatchNorm] -> ReLU -> [max-pool], a VGG's features), so it has no "
-            "SFU files to check; drop --sfu, or choose a VGG layer with a next conv"
+            f"testbench --sfu: layer {where} has no SFU files to check: no next quantized conv reads "
+            "its output through a thresholdable chain ([BatchNorm] -> ReLU -> [max-pool], a VGG's "
+            "features); drop --sfu, or choose a VGG layer with a next conv"
         )
 
 
@@ -136,7 +137,7 @@ def testbench_context(
     out_spec = by_kind["output"][0].spec
     extra: dict[str, Any] = {}
     if sfu:
-        _check_sfu(plan, by_kind)
+        _check_sfu(plan, str(memory.layer), by_kind)
         by_otile = {
             kind: {_need(tp.where.otile, tp, "otile"): path(tp) for tp in by_kind[kind]}
             for kind in ("threshold", "direction")

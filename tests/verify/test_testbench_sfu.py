@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from qexport import api
 from qexport.api import SourceOptions
 from qexport.cli.main import main
-from qexport.errors import InputError
 from qexport.frontend.models.vgg import Arch, _from_cfg
 from qexport.verify.check import check_set
 from qexport.verify.compare import compare
@@ -124,8 +123,16 @@ def test_negative_thresholds_pass_from_the_pre_relu_sums_and_fail_from_relu(tmp_
 
 
 def test_sfu_needs_a_next_conv(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"testbench --sfu: no next quantized conv reads layer features\.51"):
-        api.testbench(SourceOptions(), 51, tmp_path / "tb", "course", "hex", sfu=True)
+    from helpers import course_checkpoint
+
+    # features.7 is SMALL's last conv: nothing reads its output through thresholds
+    checkpoint = course_checkpoint(tmp_path / "small.pth", SMALL)
+    args = ["testbench", "--checkpoint", str(checkpoint), "--layer", "7", "--sfu", "-o", str(tmp_path / "tb")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "testbench --sfu: layer 7 (features.7) has no SFU files to check" in result.output
+    assert "choose a VGG layer with a next conv" in result.output
+    assert "Traceback" not in result.output
     assert not (tmp_path / "tb").exists()
 
 
