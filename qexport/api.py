@@ -343,9 +343,11 @@ def testbench(
     force: bool = False,
     template_dir: Path | None = None,
     vcd: bool = False,
+    sfu: bool = False,
 ) -> ExportResult:
     """A self-checking testbench folder: vectors/, tb.sv, the reference core, its Icarus and Verilator
-    scripts, and a cocotb test with its runner script; ``vcd`` makes tb.sv dump waveforms."""
+    scripts, and a cocotb test with its runner script; ``vcd`` makes tb.sv dump waveforms; ``sfu``
+    adds the layer's SFU files, qexport_ref_sfu.v and tb.sv's SFU stage (VGG layers with a next conv)."""
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     if prof.kind != "systolic":
         raise InputError(f"profile {prof.name} is {prof.kind}; the testbench drives a systolic core profile")
@@ -355,7 +357,7 @@ def testbench(
             f"the testbench reads memories with $readmemh/$readmemb; use --format hex or bin, not {fmt}"
         )
     with staged(out_dir, force=force) as folder:
-        manifest, notices = _testbench_set(folder, opts, layer, prof, fmt, template_dir, out_dir, vcd)
+        manifest, notices = _testbench_set(folder, opts, layer, prof, fmt, template_dir, out_dir, vcd, sfu)
     return ExportResult(out_dir, manifest, notices)
 
 
@@ -368,6 +370,7 @@ def _testbench_set(
     template_dir: Path | None,
     set_dir: Path | None,
     vcd: bool = False,
+    sfu: bool = False,
 ) -> tuple[Manifest, list[str]]:
     plans: list[tuple[LayerPlan, MemoryContext]] = []
     manifest, notices = _render_set(
@@ -384,14 +387,17 @@ def _testbench_set(
         set_dir=set_dir,
         plans=plans,
         vcd=vcd,
+        sfu=sfu,
     )
     ((plan, memory),) = plans
-    context = testbench_context(plan, memory, prof, vcd=vcd)
+    context = testbench_context(plan, memory, prof, vcd=vcd, sfu=sfu)
     sink.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
     sink.add(
         "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
     )
-    sink.add("qexport_ref_core.v", render("testbench/qexport_ref_core.v", {}, template_dir))
+    sink.add("qexport_ref_core.v", render("testbench/qexport_ref_core.v", {"sfu": sfu}, template_dir))
+    if sfu:
+        sink.add("qexport_ref_sfu.v", render("testbench/qexport_ref_sfu.v", {}, template_dir))
     for script in ("run_verilator.sh", "run_cocotb.sh"):
         sink.add(script, render(f"testbench/{script}.j2", context, template_dir), executable=True)
     sink.add("cocotb_tb.py", render("testbench/cocotb_tb.py.j2", context, template_dir))
@@ -441,7 +447,7 @@ def _regenerate(recipe: Recipe, checkpoint: Path | None, set_dir: Path | None) -
     plan = ExportPlan()
     if recipe.kind == "testbench":
         (layer,) = layers or [0]
-        _testbench_set(plan, opts, layer, prof, recipe.format, template_dir, set_dir, recipe.vcd)
+        _testbench_set(plan, opts, layer, prof, recipe.format, template_dir, set_dir, recipe.vcd, recipe.sfu)
     else:
         depth = cast(Depth, recipe.depth)
         _render_set(

@@ -299,9 +299,15 @@ def dump(
     is_flag=True,
     help="tb.sv dumps waveforms: the run scripts write tb.vcd (or $VCD) where they are run from.",
 )
+@click.option(
+    "--sfu",
+    is_flag=True,
+    help="Also write the layer's SFU files and qexport_ref_sfu.v; tb.sv checks requant after the conv "
+    "(VGG layers with a next conv).",
+)
 @handles_errors
 def testbench_command(
-    layer_text: str, profile: str, fmt: str, out_dir: Path, force: bool, vcd: bool, **kwargs: Any
+    layer_text: str, profile: str, fmt: str, out_dir: Path, force: bool, vcd: bool, sfu: bool, **kwargs: Any
 ) -> None:
     """Render a self-checking SystemVerilog testbench with its vectors and a reference core.
 
@@ -309,16 +315,19 @@ def testbench_command(
     $readmemh/$readmemb), tb.sv, qexport_ref_core.v (a behavioural core; swap in your DUT, same
     ports and handshake), run_iverilog.sh and run_verilator.sh, which compile and run it and exit
     0 only on PASS, and cocotb_tb.py with run_cocotb.sh (the same check from cocotb; SIM=icarus or
-    SIM=verilator). --vcd makes tb.sv dump waveforms to tb.vcd where a script runs.
+    SIM=verilator). --vcd makes tb.sv dump waveforms to tb.vcd where a script runs. --sfu adds
+    the SFU stage: the layer's threshold / direction / requant files, qexport_ref_sfu.v, and a
+    requant check in tb.sv fed the core's pre-ReLU sums (cocotb_tb.py checks the conv only).
 
     \b
     Example:
       qexport testbench --layer 33 --profile course -o tb33 && tb33/run_iverilog.sh
+      qexport testbench --layer 33 --sfu -o tb33s && tb33s/run_iverilog.sh
     """
     from qexport import api
 
     (layer,) = _parse_layers(layer_text)
-    result = api.testbench(_source(kwargs), layer, out_dir, profile, fmt, force=force, vcd=vcd)
+    result = api.testbench(_source(kwargs), layer, out_dir, profile, fmt, force=force, vcd=vcd, sfu=sfu)
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
     vectors = out_dir / PurePosixPath(result.manifest.layers[0].files[0].path).parent
@@ -329,7 +338,7 @@ def testbench_command(
     for line in _set_lines(out_dir, result.manifest):
         click.echo(f"  {line}")
     names: tuple[str, ...] = ("tb.sv", "qexport_ref_core.v", "run_iverilog.sh", "run_verilator.sh")
-    names += ("cocotb_tb.py", "run_cocotb.sh")
+    names += ("cocotb_tb.py", "run_cocotb.sh") + (("qexport_ref_sfu.v",) if sfu else ())
     bench = ", ".join(str(out_dir / name) for name in names)
     click.echo(f"  testbench {bench}")
 

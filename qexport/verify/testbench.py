@@ -50,11 +50,29 @@ def check_drivable(prof: Profile) -> None:
         )
 
 
+def _check_sfu(plan: LayerPlan, label: str, by_kind: dict[str, list[TensorPlan]]) -> None:
+    """``--sfu`` checks threshold SFUs: the plan must hold this layer's threshold files."""
+    where = label if label == plan.name else f"{label} ({plan.name})"
+    if "multiplier" in by_kind:
+        raise InputError(
+            f"testbench --sfu: layer {where}'s SFU is fixed point (a residual add); the rendered "
+            "SFU stage checks threshold SFUs (VGG layers with a next conv) only; drop --sfu, or check "
+            "the fixed-point requant files from `qexport dump --sfu`"
+        )
+    if "requant" not in by_kind:
+        raise InputError(
+            f"testbench --sfu: layer {where} has no SFU files to check: no next quantized conv reads "
+            "its output through a thresholdable chain ([BatchNorm] -> ReLU -> [max-pool], a VGG's "
+            "features); drop --sfu, or choose a VGG layer with a next conv"
+        )
+
+
 def testbench_context(
-    plan: LayerPlan, memory: MemoryContext, prof: Profile, *, vcd: bool = False
+    plan: LayerPlan, memory: MemoryContext, prof: Profile, *, vcd: bool = False, sfu: bool = False
 ) -> dict[str, Any]:
     """``plan``'s tiles as the testbench template walks them; ``memory`` names the model and format;
-    ``vcd`` makes tb.sv dump waveforms (``$dumpvars`` of tb and the DUT) and the scripts trace."""
+    ``vcd`` makes tb.sv dump waveforms (``$dumpvars`` of tb and the DUT) and the scripts trace;
+    ``sfu`` adds the SFU stage (the plan's threshold, direction and requant files)."""
     check_drivable(prof)
     by_kind: dict[str, list[TensorPlan]] = {}
     for tp in plan.tensors:
@@ -83,7 +101,7 @@ def testbench_context(
             f"layer {plan.name} is a {kernel}x{kernel} conv: {passes} kernel passes; the testbench's "
             f"w_kij port has 4 bits, so it drives at most {_MAX_PASSES} (a 4x4 kernel)"
         )
-    tiles = []
+    tiles: list[dict[str, Any]] = []
     for out in by_kind["output"]:
         at = out.where
         s, o = _need(at.tile, out, "tile"), _need(at.otile, out, "otile")
@@ -117,6 +135,37 @@ def testbench_context(
     stride = (grid - kernel) // (prof.tile - 1) if prof.tile > 1 else 1
     address = by_kind["address"][0] if "address" in by_kind else None
     out_spec = by_kind["output"][0].spec
+    extra: dict[str, Any] = {}
+    if sfu:
+        _check_sfu(plan, str(memory.layer), by_kind)
+        by_otile = {
+            kind: {_need(tp.where.otile, tp, "otile"): path(tp) for tp in by_kind[kind]}
+            for kind in ("threshold", "direction")
+        }
+        requant = {
+            (_need(tp.where.tile, tp, "tile"), _need(tp.where.otile, tp, "otile")): tp
+            for tp in by_kind["requant"]
+        }
+        for t in tiles:
+            rq = requant[(t["tile"], t["otile"])]
+            if rq.where.y is None or rq.where.x is None:
+                raise InputError(f"{rq.stem}: a requant tile names its y and x; the layout is incomplete")
+            t.update(  # ry0, rx0: the tile's origin in the requant map (after the pool)
+                threshold=by_otile["threshold"][t["otile"]],
+                direction=by_otile["direction"][t["otile"]],
+                requant=path(rq),
+                ry0=rq.where.y[0],
+                rx0=rq.where.x[0],
+            )
+        rq, th = by_kind["requant"][0], by_kind["threshold"][0]
+        side = int(rq.array.shape[1])  # (1, tile / pool, tile / pool, cols)
+        extra = {
+            "t_bits": th.spec.lane_bits,
+            "levels": int(th.array.shape[0]),  # (t, c): a word a threshold
+            "x_bits": rq.spec.lane_bits,
+            "pool": prof.tile // side,
+            "rq_side": side,
+        }
     return {
         "version": __version__,
         "model": memory.model,
@@ -145,4 +194,6 @@ def testbench_context(
         "vcd": vcd,
         "dut": "qexport_ref_core",
         "dut_file": "qexport_ref_core.v",
+        "sfu": sfu,
+        **extra,
     }

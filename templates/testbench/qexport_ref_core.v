@@ -26,6 +26,13 @@
 // Read latency: one clock. The testbench sets out_addr after a falling edge and samples out_data
 // at the next falling edge, so out_data may be registered on the rising edge in between (as here,
 // like a block RAM's synchronous read) or be combinational.
+{% if sfu %}
+//
+// psum_data (`qexport testbench --sfu`): out_addr's pixel's accumulated sums BEFORE ReLU, COLS
+// signed lanes of PSUM_BITS (channel 0 lowest), with out_data's read latency. This is what the
+// team's SFU sees: its thresholds apply to the raw psum (a BatchNorm with a negative bias or gamma
+// makes count(ReLU(psum) >= T) differ from count(psum >= T)), so the SFU stage feeds it these.
+{% endif %}
 `timescale 1ns/1ps
 module qexport_ref_core #(
     parameter ROWS = 8,
@@ -57,7 +64,10 @@ module qexport_ref_core #(
     input  wire start,
     output reg  done,
     input  wire [15:0] out_addr,
-    output wire [COLS*OUT_BITS-1:0] out_data
+    output wire [COLS*OUT_BITS-1:0] out_data{{ "," if sfu }}
+{% if sfu %}
+    output wire [COLS*PSUM_BITS-1:0] psum_data
+{% endif %}
 );
     localparam PIXELS = TILE * TILE;
     localparam PASSES = KERNEL * KERNEL;
@@ -135,4 +145,18 @@ module qexport_ref_core #(
     endgenerate
     always @(posedge clk) out_q <= out_next;
     assign out_data = out_q;
+{% if sfu %}
+
+    // the raw accumulators, cut to PSUM_BITS (the psums fit them: the layout checks the psum width)
+    wire [COLS*PSUM_BITS-1:0] psum_next;
+    reg [COLS*PSUM_BITS-1:0] psum_q;
+    generate
+        for (lane = 0; lane < COLS; lane = lane + 1) begin : psum_lanes
+            wire signed [63:0] raw = acc[out_addr*COLS + lane];
+            assign psum_next[lane*PSUM_BITS +: PSUM_BITS] = raw[PSUM_BITS-1:0];
+        end
+    endgenerate
+    always @(posedge clk) psum_q <= psum_next;
+    assign psum_data = psum_q;
+{% endif %}
 endmodule
