@@ -16,7 +16,7 @@ from qexport.cli.main import main
 from qexport.errors import BitWidthError, InputError
 from qexport.layout.flat import TensorPlan
 from qexport.layout.placement import Placement
-from qexport.layout.profile import load_profile, parse_profile
+from qexport.layout.profile import parse_profile
 from qexport.verify.decode import decode_file
 from qexport.writer import formats, pack
 from qexport.writer import render as render_module
@@ -327,7 +327,9 @@ def test_a_name_pattern_that_gives_two_files_one_name_is_refused(tmp_path: Path)
     result = CliRunner().invoke(main, ["dump", "--layer", "33", "--profile", str(mine), "-o", str(out)])
     assert result.exit_code == 2, result.output
     # the pattern is refused when the profile is read, before anything is written
-    assert "[files.weight] name = 'w{i}{o}' does not tell its files apart: add {kij} (or {a})" in result.output
+    assert (
+        "[files.weight] name = 'w{i}{o}' does not tell its files apart: add {kij} (or {a})" in result.output
+    )
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["mine.toml"]  # no staging folder left either
 
