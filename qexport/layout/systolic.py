@@ -319,8 +319,11 @@ def _geometry(layer: IntLayer, tiled: TiledPsums, p: Profile) -> _Geometry:
     rows = c_in if os else p.rows
     grid = grid_size(layer, p.tile)
     pad = 0 if p.geometry == "valid" else layer.padding
-    if p.geometry == "valid":  # (padded_grid keeps the input's size, as before: same for stride 1)
+    if p.geometry == "valid":
         h, w = tiled.size
+    else:  # the output map's own size (the input's for a stride-1 "same" conv)
+        k, s = layer.kernel, layer.stride
+        h, w = (h + 2 * layer.padding - k) // s + 1, (w + 2 * layer.padding - k) // s + 1
     return _Geometry(
         n,
         itiles,
