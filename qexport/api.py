@@ -387,14 +387,20 @@ def _testbench_set(
     )
     ((plan, memory),) = plans
     context = testbench_context(plan, memory, prof, vcd=vcd)
-    sink.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
+    ws = prof.dataflow == "weight_stationary"  # output-/input-stationary: tb_streamed, their own core
+    sink.add(
+        "tb.sv", render("testbench/tb.sv.j2" if ws else "testbench/tb_streamed.sv.j2", context, template_dir)
+    )
     sink.add(
         "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
     )
-    sink.add("qexport_ref_core.v", render("testbench/qexport_ref_core.v", {}, template_dir))
-    for script in ("run_verilator.sh", "run_cocotb.sh"):
+    core = context["dut_file"]  # the dataflow's reference core
+    sink.add(core, render(f"testbench/{core}", {}, template_dir))
+    # qexport.cocotb drives the weight-stationary handshake only: no cocotb files for the others
+    for script in ("run_verilator.sh", "run_cocotb.sh") if ws else ("run_verilator.sh",):
         sink.add(script, render(f"testbench/{script}.j2", context, template_dir), executable=True)
-    sink.add("cocotb_tb.py", render("testbench/cocotb_tb.py.j2", context, template_dir))
+    if ws:
+        sink.add("cocotb_tb.py", render("testbench/cocotb_tb.py.j2", context, template_dir))
     return manifest, notices
 
 

@@ -307,9 +307,10 @@ def testbench_command(
 
     The folder holds manifest.json, vectors/layer<L>/ (the profile's files, read with
     $readmemh/$readmemb), tb.sv, qexport_ref_core.v (a behavioural core; swap in your DUT, same
-    ports and handshake), run_iverilog.sh and run_verilator.sh, which compile and run it and exit
-    0 only on PASS, and cocotb_tb.py with run_cocotb.sh (the same check from cocotb; SIM=icarus or
-    SIM=verilator). --vcd makes tb.sv dump waveforms to tb.vcd where a script runs.
+    ports and handshake; qexport_ref_core_os.v / _is.v for course-os / systolic-is), run_iverilog.sh
+    and run_verilator.sh, which compile and run it and exit 0 only on PASS, and (weight-stationary)
+    cocotb_tb.py with run_cocotb.sh (the same check from cocotb; SIM=icarus or SIM=verilator).
+    --vcd makes tb.sv dump waveforms to tb.vcd where a script runs.
 
     \b
     Example:
@@ -328,9 +329,10 @@ def testbench_command(
     )
     for line in _set_lines(out_dir, result.manifest):
         click.echo(f"  {line}")
-    names: tuple[str, ...] = ("tb.sv", "qexport_ref_core.v", "run_iverilog.sh", "run_verilator.sh")
-    names += ("cocotb_tb.py", "run_cocotb.sh")
-    bench = ", ".join(str(out_dir / name) for name in names)
+    names: tuple[str, ...] = ("tb.sv", "qexport_ref_core.v", "qexport_ref_core_os.v", "qexport_ref_core_is.v")
+    names += ("run_iverilog.sh", "run_verilator.sh", "cocotb_tb.py", "run_cocotb.sh")
+    # the dataflow picks the core; output-/input-stationary sets have no cocotb files
+    bench = ", ".join(str(out_dir / name) for name in names if (out_dir / name).exists())
     click.echo(f"  testbench {bench}")
 
 
