@@ -6,6 +6,7 @@ from typing import Any
 
 from qexport import __version__
 from qexport.errors import InputError
+from qexport.layout.declare import FileSpec
 from qexport.layout.flat import LayerPlan, TensorPlan
 from qexport.layout.profile import Profile, load_profile
 from qexport.writer.render import MemoryContext
@@ -45,6 +46,11 @@ _STREAMED = {"output_stationary": "course-os", "input_stationary": "systolic-is"
 _CORE_FILE = {"output_stationary": "qexport_ref_core_os.v", "input_stationary": "qexport_ref_core_is.v"}
 
 
+def _shape(spec: FileSpec, prof: Profile) -> tuple[object, ...]:
+    """What the streamed testbench reads of a file kind: everything but its name."""
+    return (set(spec.files), spec.lines, spec.lanes, dict(spec.split), spec.lane_order or prof.lane_order)
+
+
 def check_drivable(prof: Profile) -> None:
     """The rendered testbenches drive the built-in file layouts: weight-stationary grids, or the
     `course-os` / `systolic-is` streams (their names may differ); refuse any other layout."""
@@ -52,21 +58,8 @@ def check_drivable(prof: Profile) -> None:
         return
     builtin = load_profile(_STREAMED[prof.dataflow])
     for kind in ("activation", "weight", "output"):
-        mine, want = prof.files[kind], builtin.files[kind]
-        shape = (
-            set(mine.files),
-            mine.lines,
-            mine.lanes,
-            dict(mine.split),
-            mine.lane_order or prof.lane_order,
-        )
-        if shape != (
-            set(want.files),
-            want.lines,
-            want.lanes,
-            dict(want.split),
-            want.lane_order or builtin.lane_order,
-        ):
+        want = builtin.files[kind]
+        if _shape(prof.files[kind], prof) != _shape(want, builtin):
             raise InputError(
                 f"profile {prof.name}: its [files.{kind}] is not the {builtin.name} layout (files "
                 f"{list(want.files)}, lines {[' '.join(g) for g in want.lines]}, lanes {list(want.lanes)}, "
