@@ -390,17 +390,29 @@ def _testbench_set(
         sfu=sfu,
     )
     ((plan, memory),) = plans
+    ws = prof.dataflow == "weight_stationary"  # output-/input-stationary: tb_streamed, their own core
+    if sfu and not ws:
+        raise InputError(
+            f"testbench --sfu: profile {prof.name} is {prof.dataflow.replace('_', '-')}; the SFU stage "
+            "is rendered for weight-stationary testbenches only (its core exposes the pre-ReLU sums); "
+            "use --profile course or systolic, or drop --sfu"
+        )
     context = testbench_context(plan, memory, prof, vcd=vcd, sfu=sfu)
-    sink.add("tb.sv", render("testbench/tb.sv.j2", context, template_dir))
+    sink.add(
+        "tb.sv", render("testbench/tb.sv.j2" if ws else "testbench/tb_streamed.sv.j2", context, template_dir)
+    )
     sink.add(
         "run_iverilog.sh", render("testbench/run_iverilog.sh.j2", context, template_dir), executable=True
     )
-    sink.add("qexport_ref_core.v", render("testbench/qexport_ref_core.v", {"sfu": sfu}, template_dir))
+    core = context["dut_file"]  # the dataflow's reference core
+    sink.add(core, render(f"testbench/{core}", {"sfu": sfu}, template_dir))
     if sfu:
         sink.add("qexport_ref_sfu.v", render("testbench/qexport_ref_sfu.v", {}, template_dir))
-    for script in ("run_verilator.sh", "run_cocotb.sh"):
+    # qexport.cocotb drives the weight-stationary handshake only: no cocotb files for the others
+    for script in ("run_verilator.sh", "run_cocotb.sh") if ws else ("run_verilator.sh",):
         sink.add(script, render(f"testbench/{script}.j2", context, template_dir), executable=True)
-    sink.add("cocotb_tb.py", render("testbench/cocotb_tb.py.j2", context, template_dir))
+    if ws:
+        sink.add("cocotb_tb.py", render("testbench/cocotb_tb.py.j2", context, template_dir))
     return manifest, notices
 
 

@@ -313,9 +313,10 @@ def testbench_command(
 
     The folder holds manifest.json, vectors/layer<L>/ (the profile's files, read with
     $readmemh/$readmemb), tb.sv, qexport_ref_core.v (a behavioural core; swap in your DUT, same
-    ports and handshake), run_iverilog.sh and run_verilator.sh, which compile and run it and exit
-    0 only on PASS, and cocotb_tb.py with run_cocotb.sh (the same check from cocotb; SIM=icarus or
-    SIM=verilator). --vcd makes tb.sv dump waveforms to tb.vcd where a script runs. --sfu adds
+    ports and handshake; qexport_ref_core_os.v / _is.v for course-os / systolic-is), run_iverilog.sh
+    and run_verilator.sh, which compile and run it and exit 0 only on PASS, and (weight-stationary)
+    cocotb_tb.py with run_cocotb.sh (the same check from cocotb; SIM=icarus or SIM=verilator).
+    --vcd makes tb.sv dump waveforms to tb.vcd where a script runs. --sfu (weight-stationary) adds
     the SFU stage: the layer's threshold / direction / requant files, qexport_ref_sfu.v, and a
     requant check in tb.sv fed the core's pre-ReLU sums (cocotb_tb.py checks the conv only).
 
@@ -337,9 +338,10 @@ def testbench_command(
     )
     for line in _set_lines(out_dir, result.manifest):
         click.echo(f"  {line}")
-    names: tuple[str, ...] = ("tb.sv", "qexport_ref_core.v", "run_iverilog.sh", "run_verilator.sh")
-    names += ("cocotb_tb.py", "run_cocotb.sh") + (("qexport_ref_sfu.v",) if sfu else ())
-    bench = ", ".join(str(out_dir / name) for name in names)
+    names: tuple[str, ...] = ("tb.sv", "qexport_ref_core.v", "qexport_ref_core_os.v", "qexport_ref_core_is.v")
+    names += ("qexport_ref_sfu.v", "run_iverilog.sh", "run_verilator.sh", "cocotb_tb.py", "run_cocotb.sh")
+    # the dataflow picks the core; output-/input-stationary sets have no cocotb files
+    bench = ", ".join(str(out_dir / name) for name in names if (out_dir / name).exists())
     click.echo(f"  testbench {bench}")
 
 

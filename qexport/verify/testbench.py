@@ -6,8 +6,9 @@ from typing import Any
 
 from qexport import __version__
 from qexport.errors import InputError
+from qexport.layout.declare import FileSpec
 from qexport.layout.flat import LayerPlan, TensorPlan
-from qexport.layout.profile import Profile
+from qexport.layout.profile import Profile, load_profile
 from qexport.writer.render import MemoryContext
 
 
@@ -39,15 +40,34 @@ def _parameters(prof: Profile, kernel: int, stride: int, grid: int, out_bits: in
     }
 
 
+_STREAMED = {"output_stationary": "course-os", "input_stationary": "systolic-is"}
+"""The built-in profile whose file layouts the streamed testbench and its reference core read."""
+
+_CORE_FILE = {"output_stationary": "qexport_ref_core_os.v", "input_stationary": "qexport_ref_core_is.v"}
+
+
+def _shape(spec: FileSpec, prof: Profile) -> tuple[object, ...]:
+    """What the streamed testbench reads of a file kind: everything but its name."""
+    return (set(spec.files), spec.lines, spec.lanes, dict(spec.split), spec.lane_order or prof.lane_order)
+
+
 def check_drivable(prof: Profile) -> None:
-    """The rendered testbench drives weight-stationary sets only; refuse any other dataflow."""
-    if prof.dataflow != "weight_stationary":
-        raise InputError(
-            f"profile {prof.name} is {prof.dataflow.replace('_', '-')}: the rendered testbench and its "
-            "reference core drive the weight-stationary file set only (activation grids, weight files, "
-            "acc_address); write the vectors with `qexport dump` and drive your core from them, or use "
-            "a weight-stationary profile (course, systolic) for `qexport testbench`"
-        )
+    """The rendered testbenches drive the built-in file layouts: weight-stationary grids, or the
+    `course-os` / `systolic-is` streams (their names may differ); refuse any other layout."""
+    if prof.dataflow == "weight_stationary":
+        return
+    builtin = load_profile(_STREAMED[prof.dataflow])
+    for kind in ("activation", "weight", "output"):
+        want = builtin.files[kind]
+        if _shape(prof.files[kind], prof) != _shape(want, builtin):
+            raise InputError(
+                f"profile {prof.name}: its [files.{kind}] is not the {builtin.name} layout (files "
+                f"{list(want.files)}, lines {[' '.join(g) for g in want.lines]}, lanes {list(want.lanes)}, "
+                f"{want.lane_order or builtin.lane_order}), which the rendered "
+                f"{prof.dataflow.replace('_', '-')} testbench and its reference core read; write the "
+                "vectors with `qexport dump` and drive your core from them, or keep that layout "
+                "(only its name patterns may change) for `qexport testbench`"
+            )
 
 
 def _check_sfu(plan: LayerPlan, label: str, by_kind: dict[str, list[TensorPlan]]) -> None:
@@ -77,6 +97,8 @@ def testbench_context(
     by_kind: dict[str, list[TensorPlan]] = {}
     for tp in plan.tensors:
         by_kind.setdefault(tp.tensor, []).append(tp)
+    if prof.dataflow != "weight_stationary":
+        return _streamed_context(plan, memory, prof, by_kind, vcd)
 
     def path(tp: TensorPlan) -> str:
         return f"{tp.stem}.{memory.fmt}"  # as render_memory names the file
@@ -196,4 +218,102 @@ def testbench_context(
         "dut_file": "qexport_ref_core.v",
         "sfu": sfu,
         **extra,
+    }
+
+
+def _streamed_context(
+    plan: LayerPlan, memory: MemoryContext, prof: Profile, by_kind: dict[str, list[TensorPlan]], vcd: bool
+) -> dict[str, Any]:
+    """The output- / input-stationary testbench's context (``tb_streamed.sv.j2``): per tile, pass
+    and output-channel tile its golden file, and per input-channel tile (output-stationary: the
+    one stream of every input channel) its activation file and weight files by kernel position."""
+    os = prof.dataflow == "output_stationary"
+    per_pass = prof.rows if os else prof.cols
+
+    def path(tp: TensorPlan) -> str:
+        return f"{tp.stem}.{memory.fmt}"  # as render_memory names the file
+
+    def pass_of(tp: TensorPlan) -> int:
+        if tp.where.pixels is None:  # the streamed layouts place every pass's file; else a bug there
+            raise InputError(f"{tp.stem}: a streamed tile file names its pixels; the layout is incomplete")
+        return tp.where.pixels[0] // per_pass
+
+    def itile_of(tp: TensorPlan) -> int:  # output-stationary: one stream holds every input channel
+        return 0 if os else _need(tp.where.itile, tp, "itile")
+
+    activation = {
+        (_need(tp.where.tile, tp, "tile"), itile_of(tp), pass_of(tp)): path(tp) for tp in by_kind["input"]
+    }
+    weights = {
+        (itile_of(tp), _need(tp.where.otile, tp, "otile"), _need(tp.where.kij, tp, "kij")): path(tp)
+        for tp in by_kind["weight"]
+    }
+    itiles = 1 + max(i for _, i, _ in activation)
+    taps = 1 + max(k for _, _, k in weights)
+    kernel = round(taps**0.5)
+    if taps > _MAX_PASSES:
+        raise InputError(
+            f"layer {plan.name} is a {kernel}x{kernel} conv: {taps} kernel positions; the testbench's "
+            f"w_kij port has 4 bits, so it drives at most {_MAX_PASSES} (a 4x4 kernel)"
+        )
+    tiles = []
+    for out in by_kind["output"]:
+        at = out.where
+        s, o, q = _need(at.tile, out, "tile"), _need(at.otile, out, "otile"), pass_of(out)
+        if at.y is None or at.x is None or at.oc is None or at.pixels is None:
+            raise InputError(
+                f"{out.stem}: a streamed output file names its y, x, oc and pixels; the layout is incomplete"
+            )
+        tiles.append(
+            {
+                "tile": s,
+                "pass": q,
+                "otile": o,
+                "n": _need(at.n, out, "n"),
+                "y0": at.y[0],
+                "x0": at.x[0],
+                "oc0": at.oc[0],
+                "oc1": at.oc[1],
+                "pixel0": at.pixels[0],
+                "pixel1": at.pixels[1],
+                "out": path(out),
+                "itiles": [
+                    {
+                        "itile": i,
+                        "activation": activation[(s, i, q)],
+                        "weights": [weights[(i, o, k)] for k in range(taps)],
+                    }
+                    for i in range(itiles)
+                ],
+            }
+        )
+    out_spec = by_kind["output"][0].spec
+    dataflow = prof.dataflow.replace("_", "-")
+    core = _CORE_FILE[prof.dataflow]
+    return {
+        "version": __version__,
+        "model": memory.model,
+        "demo": memory.demo_label,
+        "profile": prof.name,
+        "dataflow": dataflow,
+        "layer": memory.layer,
+        "folder": memory.folder,
+        "radix": "h" if memory.fmt == "hex" else "b",
+        "rows": prof.rows,
+        "cols": prof.cols,
+        "act_bits": prof.act_bits,
+        "w_bits": prof.w_bits,
+        "out_bits": out_spec.lane_bits,
+        "out_signed": out_spec.signed,
+        "tile": prof.tile,
+        "kernel": kernel,
+        # output-stationary: one stream holds every input channel (ic*taps + kij lines of rows lanes)
+        "channels": int(by_kind["input"][0].array.size) // (taps * prof.rows) if os else prof.rows,
+        "output_stationary": os,
+        "itiles": itiles,
+        "relu": "relu" in prof.golden,
+        "tiles": sorted(tiles, key=lambda t: (t["tile"], t["pass"], t["otile"])),
+        "vcd": vcd,
+        "dut": core.removesuffix(".v"),
+        "dut_file": core,
     }

@@ -90,10 +90,19 @@ def test_flat_profile_and_text_formats_are_refused(tmp_path: Path) -> None:
         api.testbench(SourceOptions(), 33, tmp_path / "b", "course", "coe")
 
 
-def test_an_output_stationary_profile_is_refused_naming_the_dataflow(tmp_path: Path) -> None:
-    # issue 17: course-os writes the output-stationary file set, which the reference core does not read
-    with pytest.raises(InputError, match="profile course-os is output-stationary: the rendered testbench"):
-        api.testbench(SourceOptions(), 33, tmp_path / "os", "course-os", "hex")
+def test_an_output_stationary_layout_other_than_course_os_is_refused_naming_it(tmp_path: Path) -> None:
+    # issue 17 item 8: course-os is driven (tests/verify/test_testbench_dataflows.py); a layout its
+    # core does not read (output lanes msb_first) is refused before anything is written
+    text = load_profile("course-os").source.replace('name = "course-os"', 'name = "mine"')
+    prof = parse_profile(
+        text.replace(
+            'name = "out_tile{s}_pass{p}_otile{o}"',
+            'name = "out_tile{s}_pass{p}_otile{o}"\nlane_order = "msb_first"',
+        ),
+        "mine",
+    )
+    with pytest.raises(InputError, match=r"profile mine: its \[files.output\] is not the course-os layout"):
+        api.testbench(SourceOptions(), 33, tmp_path / "os", prof, "hex")
     assert not (tmp_path / "os").exists()
 
 
