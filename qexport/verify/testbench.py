@@ -314,6 +314,7 @@ def _streamed_context(
         "relu": "relu" in prof.golden,
         "tiles": sorted(tiles, key=lambda t: (t["tile"], t["pass"], t["otile"])),
         "vcd": vcd,
+        "sfu": False,  # the SFU stage is weight-stationary only (api.testbench refuses it here)
         "dut": core.removesuffix(".v"),
         "dut_file": core,
     }

@@ -163,3 +163,13 @@ def test_a_renamed_streamed_profile_is_driven_and_another_layout_is_refused(tmp_
         InputError, match=r"profile mine: its \[files.activation\] is not the course-os layout"
     ):
         api.testbench(SourceOptions(), 33, tmp_path / "other", swapped, "hex")
+
+
+@pytest.mark.parametrize("profile", ["course-os", "systolic-is"])
+def test_the_sfu_stage_on_a_streamed_profile_is_refused(tmp_path: Path, profile: str) -> None:
+    out = tmp_path / "tb"
+    with pytest.raises(
+        InputError, match=r"testbench --sfu: profile .* the SFU stage is rendered for weight-stationary"
+    ):
+        api.testbench(SourceOptions(), 33, out, profile=profile, sfu=True)
+    assert not out.exists()
