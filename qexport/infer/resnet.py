@@ -245,9 +245,10 @@ def infer_resnet_network(
     index = {(r.name, r.next): r for r in rows}
     ends = EndRun(end_ops(model.fc, "fc")) if end == "int8" else None  # type: ignore[arg-type]
     plan: _Plan | None = None
+    ints: dict[str, IntLayer] = {}
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size]
-        logits, ints, floats = _float_pass(model, batch, bits)
+        logits, ints, floats = _float_pass(model, batch, bits, ints)
         if plan is None:
             plan = _plan(stem_bn, blocks, ints, widths, quant_stem)
         ours, features = _integer_pass(model, blocks, plan, ints, floats, index, widths, quant_stem)
@@ -262,16 +263,21 @@ def infer_resnet_network(
 
 
 def _float_pass(
-    model: nn.Module, batch: torch.Tensor, bits: Mapping[str, ConvBits] | None
+    model: nn.Module,
+    batch: torch.Tensor,
+    bits: Mapping[str, ConvBits] | None,
+    known: dict[str, IntLayer] | None = None,
 ) -> tuple[torch.Tensor, dict[str, IntLayer], dict[str, np.ndarray]]:
-    """The float model's logits, every conv in integers and every conv's float input."""
+    """The float model's logits, every conv in integers and every conv's float input
+    (``known``: the previous batch's, whose converted weights are taken over)."""
     out: list[torch.Tensor] = []
     handle = model.register_forward_hook(lambda _m, _a, o: out.append(o.detach().to("cpu")))
     try:
         captured = capture(model, batch, bits=bits)
     finally:
         handle.remove()
-    return out[0], {t.name: integerize(t) for t in captured}, {t.name: t.x.numpy() for t in captured}
+    ints = {t.name: integerize(t, (known or {}).get(t.name)) for t in captured}
+    return out[0], ints, {t.name: t.x.numpy() for t in captured}
 
 
 def _count(row: LayerAgreement, own: np.ndarray, local: np.ndarray, chained: np.ndarray) -> None:

@@ -239,9 +239,10 @@ def infer_network(
         labelled=labels is not None,
     )
     sfus: dict[str, _Sfu] = {}
+    ints: dict[str, IntLayer] = {}
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size]
-        logits, ints = _float_pass(model, batch, bits)
+        logits, ints = _float_pass(model, batch, bits, ints)
         if not sfus:
             sfus = {c.name: _sfu(c, ints) for c in chains}
         ours, features = _integer_pass(chains, sfus, ints, tail, model, report, keep_x_int)
@@ -261,16 +262,20 @@ def _index(name: str) -> int | None:
 
 
 def _float_pass(
-    model: nn.Module, batch: torch.Tensor, bits: Mapping[str, ConvBits] | None
+    model: nn.Module,
+    batch: torch.Tensor,
+    bits: Mapping[str, ConvBits] | None,
+    known: dict[str, IntLayer] | None = None,
 ) -> tuple[torch.Tensor, dict[str, IntLayer]]:
-    """The float model's logits (on the CPU) and every conv in integers, from one forward pass."""
+    """The float model's logits (on the CPU) and every conv in integers, from one forward pass
+    (``known``: the previous batch's, whose converted weights are taken over)."""
     out: list[torch.Tensor] = []
     handle = model.register_forward_hook(lambda _m, _a, o: out.append(o.detach().to("cpu")))
     try:
         captured = capture(model, batch, bits=bits)
     finally:
         handle.remove()
-    return out[0], {t.name: integerize(t) for t in captured}
+    return out[0], {t.name: integerize(t, (known or {}).get(t.name)) for t in captured}
 
 
 def _sfu(chain: Chain, ints: dict[str, IntLayer]) -> _Sfu:

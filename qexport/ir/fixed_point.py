@@ -255,6 +255,8 @@ def near_boundary(v: np.ndarray, own: np.ndarray, ours: np.ndarray, fan_in: int)
     boundary = np.maximum(own, ours).astype(np.float64) - 0.5
     adjacent = np.abs(own.astype(np.int64) - ours.astype(np.int64)) == 1
     return np.asarray(adjacent & (np.abs(v.astype(np.float64) - boundary) <= float32_error(v, fan_in)))
+
+
 @dataclass(frozen=True, slots=True)
 class RequantTo:
     """One consumer of a block end: the conv ``consumer`` reads ``rule.apply(out)``, the golden

@@ -53,17 +53,26 @@ def _to_int(values: torch.Tensor, delta: float, layer: str, tensor: str) -> np.n
     return rounded.to(torch.int64).numpy()
 
 
-def integerize(t: LayerTensors) -> IntLayer:
-    """w_int = round(weight_q / w_delta), x_int = round(act_q(x) / x_delta), both proven integral."""
+def integerize(t: LayerTensors, same_weights: IntLayer | None = None) -> IntLayer:
+    """w_int = round(weight_q / w_delta), x_int = round(act_q(x) / x_delta), both proven integral.
+
+    ``same_weights``: this layer integerized from another batch of the same model, unchanged
+    since (``qexport infer`` runs batch after batch): its ``w_int`` and ``w_float`` are taken
+    instead of converting the weights again.
+    """
     w_bit, act_bit = t.w_bit, t.act_bit
     w_delta = t.wgt_alpha / (2 ** (w_bit - 1) - 1)
     x_delta = t.act_alpha / (2**act_bit - 1)
     with torch.no_grad():
         x_q = quantize_act(t.x, _alpha(t.act_alpha, t.x), act_bit, t.act_clip)
-    w_int = _to_int(t.weight_q, w_delta, t.label, "w_int")
     x_int = _to_int(x_q, x_delta, t.label, "x_int")
+    if same_weights is not None and same_weights.name == t.name and same_weights.w_delta == w_delta:
+        w_int, w_float = same_weights.w_int, same_weights.w_float
+    else:
+        w_int = _to_int(t.weight_q, w_delta, t.label, "w_int")
+        w_float = None
     w_max = 2 ** (w_bit - 1) - 1
-    if w_int.size and int(np.abs(w_int).max()) > w_max:
+    if w_float is None and w_int.size and int(np.abs(w_int).max()) > w_max:
         raise BitWidthError(
             f"layer {t.label} w_int spans [{w_int.min()}, {w_int.max()}]; {w_bit}-bit symmetric "
             f"weights hold [-{w_max}, {w_max}]"
@@ -78,7 +87,7 @@ def integerize(t: LayerTensors) -> IntLayer:
         x_delta=x_delta,
         w_int=w_int,
         x_int=x_int,
-        w_float=float_weights(w_int),
+        w_float=float_weights(w_int) if w_float is None else w_float,
         y_float=t.y.numpy(),
         next_x=None if t.next_x is None else t.next_x.numpy(),
         **_next_layer(t),

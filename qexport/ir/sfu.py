@@ -83,18 +83,36 @@ class Thresholds:
     act_bit: int
 
     def apply(self, psum: np.ndarray) -> np.ndarray:
-        """``psum`` (N, C, H, W) int64 -> the next ``x_int`` (N, C, H, W) int64."""
-        out = np.empty(psum.shape, dtype=np.int64)
-        levels = self.thresholds.shape[1]
-        for c in range(psum.shape[1]):  # one searchsorted a channel, over every value of it
-            values = psum[:, c]
-            t = self.thresholds[c]
-            if self.direction[c] > 0:
-                out[:, c] = np.searchsorted(t, values, side="right")
-            elif self.direction[c] < 0:
-                out[:, c] = levels - np.searchsorted(t[::-1], values, side="left")
-            else:
-                out[:, c] = self.constant[c]
+        """``psum`` (N, C, H, W) int64 -> the next ``x_int`` (N, C, H, W) int64.
+
+        Up to 32 levels (act_bit <= 5): one whole-array comparison a level, ``x = sum_k (s * psum
+        >= s * T_k)`` with ``s`` the channel's direction (-1 turns ``psum <= T`` round), about
+        twice as fast as a searchsorted a channel; more levels: a searchsorted a channel.
+        """
+        channels, levels = self.thresholds.shape
+        sign = np.where(self.direction < 0, -1, 1).astype(np.int64)
+        if levels <= 32 and psum.size:
+            # thresholds past the psums' range clamped to just beyond it (the counts stay), and
+            # int32 where that range allows: half the bytes a comparison reads
+            limit = int(np.abs(psum).max()) + 1
+            kind = np.int32 if limit < 2**31 - 1 else np.int64
+            values = np.multiply(psum.astype(kind), sign.astype(kind)[None, :, None, None])
+            steps = (np.clip(self.thresholds, -limit, limit) * sign[:, None]).T.astype(kind)  # (L, C)
+            count = np.zeros(psum.shape, dtype=np.uint8)
+            for k in range(levels):  # a level at a time, every value at once
+                count += values >= steps[k][None, :, None, None]
+            out = count.astype(np.int64)
+        else:
+            out = np.zeros(psum.shape, dtype=np.int64)
+            for c in range(channels):  # one searchsorted a channel, over every value of it
+                t = self.thresholds[c]
+                if self.direction[c] > 0:
+                    out[:, c] = np.searchsorted(t, psum[:, c], side="right")
+                else:
+                    out[:, c] = levels - np.searchsorted(t[::-1], psum[:, c], side="left")
+        constant = self.direction == 0
+        if constant.any():
+            out[:, constant] = self.constant[constant][None, :, None, None]
         return out
 
     def clamped(self, limit: int) -> Thresholds:

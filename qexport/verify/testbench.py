@@ -117,40 +117,12 @@ def testbench_context(
     }
     itiles = 1 + max(i for _, i in activation)
     passes = 1 + max(k for _, _, k in weights)  # kernel passes, kernel * kernel
-    kernel = round(passes**0.5)
-    if passes > _MAX_PASSES:
-        raise InputError(
-            f"layer {plan.name} is a {kernel}x{kernel} conv: {passes} kernel passes; the testbench's "
-            f"w_kij port has 4 bits, so it drives at most {_MAX_PASSES} (a 4x4 kernel)"
-        )
+    kernel = _kernel(plan, passes)
     tiles: list[dict[str, Any]] = []
     for out in by_kind["output"]:
-        at = out.where
-        s, o = _need(at.tile, out, "tile"), _need(at.otile, out, "otile")
-        if at.y is None or at.x is None or at.oc is None:
-            raise InputError(
-                f"{out.stem}: a systolic output tile names its y, x and oc; the layout is incomplete"
-            )
-        tiles.append(
-            {
-                "tile": s,
-                "otile": o,
-                "n": _need(at.n, out, "n"),
-                "y0": at.y[0],
-                "x0": at.x[0],
-                "oc0": at.oc[0],
-                "oc1": at.oc[1],
-                "out": path(out),
-                "itiles": [
-                    {
-                        "itile": i,
-                        "activation": activation[(s, i)],
-                        "weights": [weights[(i, o, k)] for k in range(passes)],
-                    }
-                    for i in range(itiles)
-                ],
-            }
-        )
+        s, o = _need(out.where.tile, out, "tile"), _need(out.where.otile, out, "otile")
+        runs = [(activation[(s, i)], [weights[(i, o, k)] for k in range(passes)]) for i in range(itiles)]
+        tiles.append({"tile": s, "otile": o, **_output_tile(out, path(out), runs)})
     # the grid and stride as the layout wrote them: (1, G, G, rows) an activation file,
     # G = (tile-1)*stride + kernel (with one output pixel a tile the stride changes no address)
     grid = int(by_kind["input"][0].array.shape[1])
@@ -221,6 +193,34 @@ def testbench_context(
     }
 
 
+def _kernel(plan: LayerPlan, taps: int) -> int:
+    """The kernel side of ``taps`` kernel positions; more than the w_kij port drives is refused."""
+    kernel = round(taps**0.5)
+    if taps > _MAX_PASSES:
+        raise InputError(
+            f"layer {plan.name} is a {kernel}x{kernel} conv: {taps} kernel passes; the testbench's "
+            f"w_kij port has 4 bits, so it drives at most {_MAX_PASSES} (a 4x4 kernel)"
+        )
+    return int(kernel)
+
+
+def _output_tile(out: TensorPlan, path: str, runs: list[tuple[str, list[str]]]) -> dict[str, Any]:
+    """What both testbenches know of a golden file: its image, first pixel and channels, and per
+    input-channel tile (``runs``) the activation file and the weight files by kernel position."""
+    at = out.where
+    if at.y is None or at.x is None or at.oc is None:
+        raise InputError(f"{out.stem}: a golden tile file names its y, x and oc; the layout is incomplete")
+    return {
+        "n": _need(at.n, out, "n"),
+        "y0": at.y[0],
+        "x0": at.x[0],
+        "oc0": at.oc[0],
+        "oc1": at.oc[1],
+        "out": path,
+        "itiles": [{"itile": i, "activation": act, "weights": taps} for i, (act, taps) in enumerate(runs)],
+    }
+
+
 def _streamed_context(
     plan: LayerPlan, memory: MemoryContext, prof: Profile, by_kind: dict[str, list[TensorPlan]], vcd: bool
 ) -> dict[str, Any]:
@@ -250,41 +250,20 @@ def _streamed_context(
     }
     itiles = 1 + max(i for _, i, _ in activation)
     taps = 1 + max(k for _, _, k in weights)
-    kernel = round(taps**0.5)
-    if taps > _MAX_PASSES:
-        raise InputError(
-            f"layer {plan.name} is a {kernel}x{kernel} conv: {taps} kernel positions; the testbench's "
-            f"w_kij port has 4 bits, so it drives at most {_MAX_PASSES} (a 4x4 kernel)"
-        )
+    kernel = _kernel(plan, taps)
     tiles = []
     for out in by_kind["output"]:
-        at = out.where
-        s, o, q = _need(at.tile, out, "tile"), _need(at.otile, out, "otile"), pass_of(out)
-        if at.y is None or at.x is None or at.oc is None or at.pixels is None:
-            raise InputError(
-                f"{out.stem}: a streamed output file names its y, x, oc and pixels; the layout is incomplete"
-            )
+        s, o, q = _need(out.where.tile, out, "tile"), _need(out.where.otile, out, "otile"), pass_of(out)
+        first, last = out.where.pixels or (0, 0)  # pass_of has checked them
+        runs = [(activation[(s, i, q)], [weights[(i, o, k)] for k in range(taps)]) for i in range(itiles)]
         tiles.append(
             {
                 "tile": s,
                 "pass": q,
                 "otile": o,
-                "n": _need(at.n, out, "n"),
-                "y0": at.y[0],
-                "x0": at.x[0],
-                "oc0": at.oc[0],
-                "oc1": at.oc[1],
-                "pixel0": at.pixels[0],
-                "pixel1": at.pixels[1],
-                "out": path(out),
-                "itiles": [
-                    {
-                        "itile": i,
-                        "activation": activation[(s, i, q)],
-                        "weights": [weights[(i, o, k)] for k in range(taps)],
-                    }
-                    for i in range(itiles)
-                ],
+                "pixel0": first,
+                "pixel1": last,
+                **_output_tile(out, path(out), runs),
             }
         )
     out_spec = by_kind["output"][0].spec

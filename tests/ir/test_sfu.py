@@ -4,9 +4,11 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qexport.errors import InputError
-from qexport.ir.sfu import BatchNorm, float32_band, max_pool, scale, thresholds
+from qexport.ir.sfu import BatchNorm, Thresholds, float32_band, max_pool, scale, thresholds
 
 
 def _brute(psum: np.ndarray, s: Fraction, bn: BatchNorm, alpha: float, bit: int) -> np.ndarray:
@@ -99,3 +101,34 @@ def test_float32_band_holds_the_exact_level_and_is_narrow() -> None:
 def test_thresholds_refuse_a_non_positive_alpha() -> None:
     with pytest.raises(InputError, match="act_alpha"):
         thresholds(Fraction(1, 8), BatchNorm.identity(1), 0.0, 4)
+
+
+@settings(derandomize=True, max_examples=200, deadline=None, database=None)
+@given(
+    channels=st.integers(1, 6),
+    levels=st.sampled_from([1, 3, 15, 40]),
+    reach=st.sampled_from([0, 5, 2**20, 2**40]),
+    seed=st.integers(0, 2**16),
+)
+def test_apply_counts_each_channel_as_its_own_rule(channels: int, levels: int, reach: int, seed: int) -> None:
+    # apply's one searchsorted over shifted channels against the rule spelt per value: huge and
+    # out-of-range thresholds, ties with psums, both directions and constant channels
+    rng = np.random.default_rng(seed)
+    psum = rng.integers(-reach, reach, size=(2, channels, 3, 3), endpoint=True)
+    picks = np.concatenate([psum.reshape(-1), [-(2**62), 2**62, reach + 1, -reach - 1]])
+    t = np.sort(rng.choice(picks, size=(channels, levels)), axis=1)
+    direction = rng.integers(-1, 1, size=channels, endpoint=True).astype(np.int8)
+    t[direction < 0] = t[direction < 0, ::-1]  # descending for count(psum <= T)
+    constant = rng.integers(0, levels, size=channels, endpoint=True)
+    rule = Thresholds(t, direction, constant, 4)
+    expected = np.empty_like(psum)
+    for c in range(channels):
+        for index in np.ndindex(psum[:, c].shape):
+            v = int(psum[:, c][index])
+            if direction[c] > 0:
+                expected[:, c][index] = sum(v >= int(k) for k in t[c])
+            elif direction[c] < 0:
+                expected[:, c][index] = sum(v <= int(k) for k in t[c])
+            else:
+                expected[:, c][index] = constant[c]
+    np.testing.assert_array_equal(rule.apply(psum), expected)
