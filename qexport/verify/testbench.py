@@ -9,6 +9,7 @@ from qexport.errors import InputError
 from qexport.layout.declare import FileSpec
 from qexport.layout.flat import LayerPlan, TensorPlan
 from qexport.layout.profile import Profile, load_profile
+from qexport.writer.pack import PackSpec
 from qexport.writer.render import MemoryContext
 
 
@@ -161,22 +162,8 @@ def testbench_context(
             "rq_side": side,
         }
     return {
-        "version": __version__,
-        "model": memory.model,
-        "demo": memory.demo_label,
-        "profile": prof.name,
-        "layer": memory.layer,
-        "folder": memory.folder,
-        "radix": "h" if memory.fmt == "hex" else "b",
-        "rows": prof.rows,
-        "cols": prof.cols,
-        "act_bits": prof.act_bits,
-        "w_bits": prof.w_bits,
+        **_shared_context(memory, prof, out_spec, kernel),
         "psum_bits": prof.psum_bits,
-        "out_bits": out_spec.lane_bits,
-        "out_signed": out_spec.signed,
-        "tile": prof.tile,
-        "kernel": kernel,
         "stride": stride,
         "grid": grid,
         "address_bits": prof.address_bits,
@@ -190,6 +177,27 @@ def testbench_context(
         "dut_file": "qexport_ref_core.v",
         "sfu": sfu,
         **extra,
+    }
+
+
+def _shared_context(memory: MemoryContext, prof: Profile, out_spec: PackSpec, kernel: int) -> dict[str, Any]:
+    """What every testbench template reads of the set, the array and the layer."""
+    return {
+        "version": __version__,
+        "model": memory.model,
+        "demo": memory.demo_label,
+        "profile": prof.name,
+        "layer": memory.layer,
+        "folder": memory.folder,
+        "radix": "h" if memory.fmt == "hex" else "b",
+        "rows": prof.rows,
+        "cols": prof.cols,
+        "act_bits": prof.act_bits,
+        "w_bits": prof.w_bits,
+        "out_bits": out_spec.lane_bits,
+        "out_signed": out_spec.signed,
+        "tile": prof.tile,
+        "kernel": kernel,
     }
 
 
@@ -270,22 +278,8 @@ def _streamed_context(
     dataflow = prof.dataflow.replace("_", "-")
     core = _CORE_FILE[prof.dataflow]
     return {
-        "version": __version__,
-        "model": memory.model,
-        "demo": memory.demo_label,
-        "profile": prof.name,
+        **_shared_context(memory, prof, out_spec, kernel),
         "dataflow": dataflow,
-        "layer": memory.layer,
-        "folder": memory.folder,
-        "radix": "h" if memory.fmt == "hex" else "b",
-        "rows": prof.rows,
-        "cols": prof.cols,
-        "act_bits": prof.act_bits,
-        "w_bits": prof.w_bits,
-        "out_bits": out_spec.lane_bits,
-        "out_signed": out_spec.signed,
-        "tile": prof.tile,
-        "kernel": kernel,
         # output-stationary: one stream holds every input channel (ic*taps + kij lines of rows lanes)
         "channels": int(by_kind["input"][0].array.size) // (taps * prof.rows) if os else prof.rows,
         "output_stationary": os,
