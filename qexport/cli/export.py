@@ -348,6 +348,8 @@ def testbench_command(
 def _set_lines(out_dir: Path, manifest: Manifest) -> list[str]:
     """The set's real paths: its manifest, then each layer's folder with its files."""
     lines = [f"manifest  {out_dir / 'manifest.json'}"]
+    if manifest.sv_package is not None:
+        lines.append(f"package   {out_dir / manifest.sv_package.path}  (the files' sizes as SV localparams)")
     for entry in manifest.layers:
         names = [PurePosixPath(f.path) for f in entry.files]
         folder = out_dir / names[0].parent  # layer<index>/: every file of a layer is in it

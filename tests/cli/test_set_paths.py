@@ -65,6 +65,8 @@ def test_dump_prints_the_real_paths(args: list[str]) -> None:
     assert f"to the vector set {default}:" in output
     assert f"manifest  {default / 'manifest.json'}" in output
     assert (default / "manifest.json").is_file()
+    assert f"package   {default / 'qexport_vectors_pkg.sv'}  (" in output
+    assert (default / "qexport_vectors_pkg.sv").is_file()
     for layer in layers:
         match = re.search(rf"layer {layer}\s+(\S+)/  (\d+) files", output)
         assert match, output
