@@ -134,17 +134,7 @@ module qexport_ref_core #(
     end
 
     // the read is registered: out_data shows out_addr's pixel one rising edge after out_addr
-    wire [COLS*OUT_BITS-1:0] out_next;
-    reg [COLS*OUT_BITS-1:0] out_q;
-    genvar lane;
-    generate
-        for (lane = 0; lane < COLS; lane = lane + 1) begin : out_lanes
-            wire signed [63:0] value = acc[out_addr*COLS + lane];
-            assign out_next[lane*OUT_BITS +: OUT_BITS] = (RELU && value < 0) ? {OUT_BITS{1'b0}} : value[OUT_BITS-1:0];
-        end
-    endgenerate
-    always @(posedge clk) out_q <= out_next;
-    assign out_data = out_q;
+{% include "testbench/_registered_read.v.j2" %}
 {% if sfu %}
 
     // the raw accumulators, cut to PSUM_BITS (the psums fit them: the layout checks the psum width)

@@ -94,15 +94,5 @@ module qexport_ref_core_is #(
     end
 
     // the read is registered: out_data shows output channel out_addr one rising edge after out_addr
-    wire [COLS*OUT_BITS-1:0] out_next;
-    reg [COLS*OUT_BITS-1:0] out_q;
-    genvar lane;
-    generate
-        for (lane = 0; lane < COLS; lane = lane + 1) begin : out_lanes
-            wire signed [63:0] value = acc[out_addr*COLS + lane];
-            assign out_next[lane*OUT_BITS +: OUT_BITS] = (RELU && value < 0) ? {OUT_BITS{1'b0}} : value[OUT_BITS-1:0];
-        end
-    endgenerate
-    always @(posedge clk) out_q <= out_next;
-    assign out_data = out_q;
+{% include "testbench/_registered_read.v.j2" %}
 endmodule
